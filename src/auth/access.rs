@@ -1,0 +1,1 @@
+//! Pure access rules (to be implemented).

@@ -1,0 +1,1 @@
+//! The Django client (to be implemented).

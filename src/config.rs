@@ -1,0 +1,333 @@
+//! Configuration: every setting is an environment variable (the seed's names,
+//! plus `CHAT_*`) and a flag; all are validated once, at start.
+//!
+//! Each flag's value name is its variable, so a bad value's error message
+//! names the variable the operator actually set.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// SQLite's `synchronous` setting for the embedded store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SqliteSync {
+    /// Survives a crash of the process (WAL, no fsync per commit).
+    Normal,
+    /// Survives power loss (fsync per commit).
+    Full,
+}
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "chat-service",
+    version,
+    about = "Real-time mentor–student chat over WebSocket, authenticated by Django.",
+    long_about = None
+)]
+pub struct Config {
+    /// HTTP + WebSocket port (0 picks a free one and logs it).
+    #[arg(long, env = "PORT", value_name = "PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Address to bind.
+    #[arg(long, env = "CHAT_BIND", value_name = "CHAT_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+
+    /// MongoDB connection string; unset means the embedded SQLite store.
+    #[arg(long, env = "MONGO_URI", value_name = "MONGO_URI", value_parser = non_empty)]
+    pub mongo_uri: Option<String>,
+
+    /// MongoDB database name.
+    #[arg(long, env = "MONGO_DB", value_name = "MONGO_DB", default_value = "chat", value_parser = non_empty)]
+    pub mongo_db: String,
+
+    /// Django base URL, e.g. `http://django:8000` or `http://host/backend`.
+    #[arg(long, env = "DJANGO_BASE_URL", value_name = "DJANGO_BASE_URL", value_parser = django_base_url)]
+    pub django_base_url: String,
+
+    /// Directory of the embedded store.
+    #[arg(long, env = "CHAT_DATA_DIR", value_name = "CHAT_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Hub shards (default: available cores).
+    #[arg(long, env = "CHAT_SHARDS", value_name = "CHAT_SHARDS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub shards: Option<u16>,
+
+    /// Longest message text, in UTF-8 bytes.
+    #[arg(long, env = "CHAT_MAX_TEXT_BYTES", value_name = "CHAT_MAX_TEXT_BYTES", default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub max_text_bytes: u32,
+
+    /// Longest inbound WebSocket message, all fragments together.
+    #[arg(long, env = "CHAT_MAX_FRAME_BYTES", value_name = "CHAT_MAX_FRAME_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(256..=67_108_864))]
+    pub max_frame_bytes: u32,
+
+    /// Most messages one `/messages` call returns.
+    #[arg(long, env = "CHAT_MAX_HISTORY", value_name = "CHAT_MAX_HISTORY", default_value_t = 10000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_history: u32,
+
+    /// Comma-separated allowed `Origin`s for `/ws` (unset: any).
+    #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_name = "CHAT_ALLOWED_ORIGINS", value_parser = origin_list)]
+    pub allowed_origins: Option<OriginList>,
+
+    /// Timeout of one Django call, in milliseconds.
+    #[arg(long, env = "CHAT_DJANGO_TIMEOUT_MS", value_name = "CHAT_DJANGO_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub django_timeout_ms: u64,
+
+    /// How long a Django 200 answer is reused, in seconds (0: never cached).
+    #[arg(long, env = "CHAT_AUTH_CACHE_TTL_S", value_name = "CHAT_AUTH_CACHE_TTL_S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub auth_cache_ttl_s: u64,
+
+    /// Path of Django's users endpoint; `{user_id}` is replaced.
+    #[arg(long, env = "CHAT_DJANGO_USER_PATH", value_name = "CHAT_DJANGO_USER_PATH", default_value = "/api/content/chat-service/users/{user_id}/", value_parser = path_template("{user_id}"))]
+    pub django_user_path: String,
+
+    /// Path of Django's lesson endpoint; `{lesson_id}` is replaced.
+    #[arg(long, env = "CHAT_DJANGO_LESSON_PATH", value_name = "CHAT_DJANGO_LESSON_PATH", default_value = "/api/content/chat-service/lesson/{lesson_id}/detail/", value_parser = path_template("{lesson_id}"))]
+    pub django_lesson_path: String,
+
+    /// Durability of the embedded store: `normal` survives a process crash,
+    /// `full` survives power loss.
+    #[arg(long, env = "CHAT_SQLITE_SYNC", value_name = "CHAT_SQLITE_SYNC", value_enum, default_value_t = SqliteSync::Normal)]
+    pub sqlite_sync: SqliteSync,
+
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `chat_service=debug`.
+    #[arg(long, env = "CHAT_LOG", value_name = "CHAT_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Most concurrent WebSocket connections (default: what the open-files
+    /// limit allows, less a reserve).
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", value_name = "CHAT_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
+    /// Server ping interval, in seconds.
+    #[arg(long, env = "CHAT_PING_INTERVAL_S", value_name = "CHAT_PING_INTERVAL_S", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ping_interval_s: u64,
+
+    /// A connection that sent nothing for this long is closed (1001), in seconds.
+    #[arg(long, env = "CHAT_IDLE_TIMEOUT_S", value_name = "CHAT_IDLE_TIMEOUT_S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout_s: u64,
+
+    /// Frames one connection may have queued before it counts as a slow
+    /// consumer and is closed with 1013.
+    #[arg(long, env = "CHAT_OUTBOUND_QUEUE", value_name = "CHAT_OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub outbound_queue: u32,
+
+    /// Most writes one store batch carries.
+    #[arg(long, env = "CHAT_WRITER_BATCH", value_name = "CHAT_WRITER_BATCH", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub writer_batch: u32,
+
+    /// How long a partial batch waits for more writes, in milliseconds.
+    #[arg(long, env = "CHAT_WRITER_WINDOW_MS", value_name = "CHAT_WRITER_WINDOW_MS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub writer_window_ms: u64,
+
+    /// Writes held at most while the store is slow or down; beyond it new
+    /// messages are refused with `overloaded`.
+    #[arg(long, env = "CHAT_WRITER_QUEUE", value_name = "CHAT_WRITER_QUEUE", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub writer_queue: u32,
+
+    /// How long shutdown may take to close sockets and flush, in seconds.
+    #[arg(long, env = "CHAT_SHUTDOWN_TIMEOUT_S", value_name = "CHAT_SHUTDOWN_TIMEOUT_S", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub shutdown_timeout_s: u64,
+
+    /// MongoDB connection pool size.
+    #[arg(long, env = "CHAT_MONGO_POOL_SIZE", value_name = "CHAT_MONGO_POOL_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub mongo_pool_size: u32,
+
+    /// MongoDB connect and server-selection timeout, in milliseconds.
+    #[arg(long, env = "CHAT_MONGO_TIMEOUT_MS", value_name = "CHAT_MONGO_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub mongo_timeout_ms: u64,
+
+    /// MongoDB write concern `w`: `majority` or a number of nodes.
+    #[arg(long, env = "CHAT_MONGO_W", value_name = "CHAT_MONGO_W", default_value = "majority", value_parser = write_concern_w)]
+    pub mongo_w: String,
+
+    /// Whether MongoDB writes wait for the journal (`j`).
+    #[arg(long, env = "CHAT_MONGO_JOURNAL", value_name = "CHAT_MONGO_JOURNAL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub mongo_journal: bool,
+}
+
+/// Allowed `Origin` values, compared exactly (scheme, host and port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OriginList(pub Vec<String>);
+
+impl OriginList {
+    pub fn allows(&self, origin: &str) -> bool {
+        self.0.iter().any(|allowed| allowed == origin)
+    }
+}
+
+impl Config {
+    pub fn shard_count(&self) -> usize {
+        match self.shards {
+            Some(n) => usize::from(n),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
+    pub fn django_timeout(&self) -> Duration {
+        Duration::from_millis(self.django_timeout_ms)
+    }
+
+    pub fn auth_cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.auth_cache_ttl_s)
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_s)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_s)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_s)
+    }
+
+    pub fn writer_window(&self) -> Duration {
+        Duration::from_millis(self.writer_window_ms)
+    }
+
+    pub fn mongo_timeout(&self) -> Duration {
+        Duration::from_millis(self.mongo_timeout_ms)
+    }
+
+    /// A config for tests and benches: defaults, with Django at `django_base_url`.
+    pub fn for_tests(django_base_url: &str) -> Self {
+        Config::parse_from(["chat-service", "--django-base-url", django_base_url])
+    }
+}
+
+fn non_empty(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(value.to_string())
+    }
+}
+
+/// Accepts `http(s)://host[:port][/prefix]`; drops one trailing slash so the
+/// seed's string concatenation (`base + "/api/..."`) gives the same URL.
+fn django_base_url(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    let rest = value
+        .strip_prefix("http://")
+        .or_else(|| value.strip_prefix("https://"))
+        .ok_or_else(|| format!("{value:?} is not an http:// or https:// URL"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || host.contains(['?', '#', ' ', '@']) {
+        return Err(format!("{value:?} has no valid host"));
+    }
+    if value.contains(['?', '#']) {
+        return Err(format!("{value:?} must not carry a query or fragment"));
+    }
+    Ok(value.strip_suffix('/').unwrap_or(value).to_string())
+}
+
+fn origin_list(value: &str) -> Result<OriginList, String> {
+    let origins: Vec<String> = value
+        .split(',')
+        .map(|o| o.trim().trim_end_matches('/').to_string())
+        .filter(|o| !o.is_empty())
+        .collect();
+    if origins.is_empty() {
+        return Err("lists no origin".into());
+    }
+    Ok(OriginList(origins))
+}
+
+fn path_template(placeholder: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone {
+    move |value: &str| {
+        if !value.starts_with('/') {
+            Err(format!("{value:?} must start with '/'"))
+        } else if value.matches(placeholder).count() != 1 {
+            Err(format!("{value:?} must contain {placeholder} exactly once"))
+        } else {
+            Ok(value.to_string())
+        }
+    }
+}
+
+fn write_concern_w(value: &str) -> Result<String, String> {
+    if value == "majority" || value.parse::<u32>().is_ok() {
+        Ok(value.to_string())
+    } else {
+        Err(format!("{value:?} is neither \"majority\" nor a number"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut all = vec!["chat-service"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn base_url_keeps_prefix_and_drops_one_trailing_slash() {
+        let cfg = parse(&["--django-base-url", "http://h:8000/backend/"]).unwrap();
+        assert_eq!(cfg.django_base_url, "http://h:8000/backend");
+        let cfg = parse(&["--django-base-url", "https://h"]).unwrap();
+        assert_eq!(cfg.django_base_url, "https://h");
+    }
+
+    #[test]
+    fn malformed_base_url_names_the_variable() {
+        for bad in ["h:8000", "ftp://h", "http://", "http://h/?q=1"] {
+            let err = parse(&["--django-base-url", bad]).unwrap_err();
+            assert!(err.contains("DJANGO_BASE_URL"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_base_url_names_the_variable() {
+        let err = parse(&[]).unwrap_err();
+        assert!(err.contains("DJANGO_BASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn bad_numbers_name_their_variable() {
+        let err = parse(&["--django-base-url", "http://h", "--max-text-bytes", "0"]).unwrap_err();
+        assert!(err.contains("CHAT_MAX_TEXT_BYTES"), "{err}");
+        let err = parse(&["--django-base-url", "http://h", "--shards", "x"]).unwrap_err();
+        assert!(err.contains("CHAT_SHARDS"), "{err}");
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let cfg = Config::for_tests("http://h");
+        assert_eq!(cfg.port, 8080);
+        assert_eq!(cfg.bind.to_string(), "0.0.0.0");
+        assert_eq!(cfg.mongo_db, "chat");
+        assert_eq!(cfg.max_text_bytes, 8192);
+        assert_eq!(cfg.max_frame_bytes, 65536);
+        assert_eq!(cfg.max_history, 10000);
+        assert_eq!(cfg.django_timeout_ms, 5000);
+        assert_eq!(cfg.auth_cache_ttl_s, 30);
+        assert_eq!(cfg.sqlite_sync, SqliteSync::Normal);
+        assert_eq!(cfg.django_user_path, "/api/content/chat-service/users/{user_id}/");
+        assert_eq!(cfg.django_lesson_path, "/api/content/chat-service/lesson/{lesson_id}/detail/");
+        assert!(cfg.allowed_origins.is_none());
+        assert!(cfg.shard_count() >= 1);
+    }
+
+    #[test]
+    fn origins_are_split_and_trimmed() {
+        let cfg = parse(&["--django-base-url", "http://h", "--allowed-origins", "https://a.example, http://b:3000/"]).unwrap();
+        let origins = cfg.allowed_origins.unwrap();
+        assert!(origins.allows("https://a.example"));
+        assert!(origins.allows("http://b:3000"));
+        assert!(!origins.allows("https://evil.example"));
+    }
+
+    #[test]
+    fn path_templates_need_their_placeholder() {
+        let err = parse(&["--django-base-url", "http://h", "--django-user-path", "/users/"]).unwrap_err();
+        assert!(err.contains("CHAT_DJANGO_USER_PATH"), "{err}");
+    }
+}

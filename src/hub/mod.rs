@@ -1,0 +1,1 @@
+//! The sharded hub (to be implemented).

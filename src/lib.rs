@@ -1,0 +1,19 @@
+//! chat-service: real-time mentor–student chat over WebSocket.
+//!
+//! # Layout
+//!
+//! - [`config`]: environment variables and flags, validated once.
+//! - [`model`]: ids, conversations, messages, time.
+//! - [`auth`]: the Django client and the pure access rules.
+//! - [`store`]: the `Store` seam (SQLite, MongoDB) and the batched writer.
+//! - [`hub`]: conversation rooms, sharded; fan-out and presence.
+//! - [`ws`]: the `/ws` upgrade checks, one session per connection, the protocol.
+//! - [`http`]: the router, REST handlers, CORS and the JSON error type.
+
+pub mod auth;
+pub mod config;
+pub mod hub;
+pub mod http;
+pub mod model;
+pub mod store;
+pub mod ws;

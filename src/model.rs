@@ -1,0 +1,303 @@
+//! The nouns every module shares: ids, users, conversations, messages, time.
+//!
+//! Ids are MongoDB ObjectIds in both stores, so data moves between them and a
+//! seed database is read as it is. They are generated here, on the node, so a
+//! message is broadcast before any database round trip.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A Django user id (the seed's int64).
+pub type UserId = i64;
+/// A Django lesson id (the seed's int64).
+pub type LessonId = i64;
+/// A conversation's ObjectId.
+pub type ConversationId = ObjectId;
+/// A message's ObjectId.
+pub type MessageId = ObjectId;
+
+/// A 12-byte MongoDB ObjectId: 4 bytes of seconds, 5 bytes unique to this
+/// process, 3 bytes of counter. Byte order is creation order within a
+/// process, which history pagination relies on.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId([u8; 12]);
+
+impl ObjectId {
+    /// A fresh id, unique across processes (random process part) and
+    /// increasing within this one.
+    pub fn new() -> Self {
+        Self::with_seconds(unix_seconds())
+    }
+
+    fn with_seconds(seconds: u32) -> Self {
+        static PROCESS_UNIQUE: OnceLock<[u8; 5]> = OnceLock::new();
+        static COUNTER: OnceLock<AtomicU32> = OnceLock::new();
+        let process = PROCESS_UNIQUE.get_or_init(|| {
+            let mut bytes = [0u8; 5];
+            fill_random(&mut bytes);
+            bytes
+        });
+        let counter = COUNTER.get_or_init(|| {
+            let mut bytes = [0u8; 4];
+            fill_random(&mut bytes);
+            AtomicU32::new(u32::from_be_bytes(bytes) & 0x00ff_ffff)
+        });
+        let count = counter.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
+        let mut id = [0u8; 12];
+        id[..4].copy_from_slice(&seconds.to_be_bytes());
+        id[4..9].copy_from_slice(process);
+        id[9..].copy_from_slice(&count.to_be_bytes()[1..]);
+        ObjectId(id)
+    }
+
+    pub const fn from_bytes(bytes: [u8; 12]) -> Self {
+        ObjectId(bytes)
+    }
+
+    pub const fn bytes(&self) -> [u8; 12] {
+        self.0
+    }
+
+    /// Parses exactly 24 hex digits (either case); anything else is `None`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let raw = text.as_bytes();
+        if raw.len() != 24 {
+            return None;
+        }
+        let mut id = [0u8; 12];
+        for (i, pair) in raw.chunks_exact(2).enumerate() {
+            id[i] = (hex_value(pair[0])? << 4) | hex_value(pair[1])?;
+        }
+        Some(ObjectId(id))
+    }
+
+    /// The creation time encoded in the id, in milliseconds.
+    pub fn timestamp(&self) -> Millis {
+        let seconds = u32::from_be_bytes([self.0[0], self.0[1], self.0[2], self.0[3]]);
+        Millis(i64::from(seconds) * 1000)
+    }
+
+    /// Lowercase hex into a fixed buffer, no allocation.
+    pub fn hex(&self) -> HexId {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 24];
+        for (i, byte) in self.0.iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(byte >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(byte & 0x0f)];
+        }
+        HexId(out)
+    }
+}
+
+impl Default for ObjectId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// 24 lowercase hex digits of an [`ObjectId`].
+#[derive(Clone, Copy)]
+pub struct HexId([u8; 24]);
+
+impl HexId {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written into the buffer.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.hex().as_str())
+    }
+}
+
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectId({self})")
+    }
+}
+
+impl serde::Serialize for ObjectId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.hex().as_str())
+    }
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        b'A'..=b'F' => Some(digit - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn fill_random(buf: &mut [u8]) {
+    if getrandom::fill(buf).is_err() {
+        // No OS randomness: fall back to time and pid, which is still unique
+        // enough for the process part of an id.
+        let seed = (now().0 as u64) ^ (u64::from(std::process::id()) << 32);
+        for (i, byte) in buf.iter_mut().enumerate() {
+            *byte = (seed >> ((i % 8) * 8)) as u8;
+        }
+    }
+}
+
+fn unix_seconds() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch, UTC: the precision of a BSON date, so
+/// an instant reads the same over WebSocket, REST and both stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Millis(pub i64);
+
+/// The current time.
+pub fn now() -> Millis {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Millis(ms)
+}
+
+impl Millis {
+    /// RFC 3339 in UTC with a `Z` and millisecond fraction,
+    /// e.g. `2025-01-01T10:00:00.123Z`.
+    pub fn rfc3339(self) -> String {
+        let ms = self.0.rem_euclid(1000);
+        let secs = self.0.div_euclid(1000);
+        let days = secs.div_euclid(86_400);
+        let rem = secs.rem_euclid(86_400);
+        let (year, month, day) = civil_from_days(days);
+        format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+            rem / 3600,
+            (rem / 60) % 60,
+            rem % 60
+        )
+    }
+}
+
+impl serde::Serialize for Millis {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.rfc3339())
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Who a user is, as Django says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Mentor,
+    Student,
+}
+
+/// The natural key of a conversation: one per (lesson, mentor, student).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConversationKey {
+    pub lesson_id: LessonId,
+    pub mentor_id: UserId,
+    pub student_id: UserId,
+}
+
+/// A conversation as stored (CONTRACT §5) and listed by REST (§4).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Conversation {
+    pub id: ConversationId,
+    pub lesson_id: LessonId,
+    pub mentor_id: UserId,
+    pub student_id: UserId,
+    pub created_at: Millis,
+}
+
+impl Conversation {
+    pub fn key(&self) -> ConversationKey {
+        ConversationKey {
+            lesson_id: self.lesson_id,
+            mentor_id: self.mentor_id,
+            student_id: self.student_id,
+        }
+    }
+
+    /// Whether `user` is the mentor or the student of this conversation.
+    pub fn has_participant(&self, user: UserId) -> bool {
+        self.mentor_id == user || self.student_id == user
+    }
+}
+
+/// A message as stored (CONTRACT §5) and listed by REST (§4).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Message {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub sender_id: UserId,
+    pub text: String,
+    pub created_at: Millis,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub viewed_by: Option<UserId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub viewed_at: Option<Millis>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_id_round_trips_through_hex() {
+        let id = ObjectId::new();
+        let hex = id.to_string();
+        assert_eq!(hex.len(), 24);
+        assert_eq!(hex, hex.to_lowercase());
+        assert_eq!(ObjectId::parse(&hex), Some(id));
+        assert_eq!(ObjectId::parse(&hex.to_uppercase()), Some(id));
+    }
+
+    #[test]
+    fn object_id_rejects_malformed_text() {
+        for bad in ["", "abc", "663af8129dde123456789deg", "663af8129dde123456789def0", " 63af8129dde123456789def"] {
+            assert_eq!(ObjectId::parse(bad), None, "{bad:?}");
+        }
+        assert!(ObjectId::parse("663af8129dde123456789def").is_some());
+    }
+
+    #[test]
+    fn object_ids_increase_within_a_process() {
+        let ids: Vec<ObjectId> = (0..1000).map(|_| ObjectId::with_seconds(1_700_000_000)).collect();
+        // The counter may wrap once in 2^24; across 1000 ids from a random start
+        // that happens at most once, so at most one step may go down.
+        let downs = ids.windows(2).filter(|w| w[0] >= w[1]).count();
+        assert!(downs <= 1, "{downs} non-increasing steps");
+        assert_eq!(ids[0].timestamp(), Millis(1_700_000_000_000));
+    }
+
+    #[test]
+    fn rfc3339_formats_utc_with_z() {
+        assert_eq!(Millis(0).rfc3339(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(Millis(1_735_725_600_000).rfc3339(), "2025-01-01T10:00:00.000Z");
+        assert_eq!(Millis(951_782_400_123).rfc3339(), "2000-02-29T00:00:00.123Z");
+        assert_eq!(Millis(-1).rfc3339(), "1969-12-31T23:59:59.999Z");
+    }
+}

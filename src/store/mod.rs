@@ -1,0 +1,141 @@
+//! The one seam between the service and a database.
+//!
+//! REST and the upgrade path read through [`Store`]; every write goes through
+//! the batching [`writer`], which calls [`Store::write_batch`]. Two
+//! implementations: [`sqlite::SqliteStore`] (embedded, used when `MONGO_URI`
+//! is unset) and [`mongo::MongoStore`]. Both pass the same conformance suite
+//! (`tests/store_conformance.rs`).
+
+pub mod mongo;
+pub mod sqlite;
+pub mod writer;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::model::{
+    Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, UserId,
+};
+
+/// A boxed future, so `Store` can be a trait object shared by REST, the
+/// upgrade path and the writer without making them all generic.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Why a store call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or timed out; the call may succeed if
+    /// retried. The writer retries these; REST answers 503.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (corrupt data, a bug, a refused write). Not retried.
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+/// Which conversations to list. Every set field must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConversationFilter {
+    pub mentor_id: Option<UserId>,
+    pub student_id: Option<UserId>,
+    /// The user is the mentor *or* the student.
+    pub participant: Option<UserId>,
+    /// At most this many, oldest first.
+    pub limit: usize,
+}
+
+/// One page of a conversation's history.
+///
+/// With `after`: the first `limit` messages whose id is greater than `after`
+/// (and less than `before`, when set). Otherwise the last `limit` messages
+/// whose id is less than `before` (all, when unset). Always returned oldest
+/// (smallest id) first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub conversation_id: ConversationId,
+    pub before: Option<MessageId>,
+    pub after: Option<MessageId>,
+    pub limit: usize,
+}
+
+/// One write the writer hands to [`Store::write_batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Insert a message. Idempotent: if a message with the same `id` is
+    /// already stored this is [`WriteOutcome::Inserted`] again (a retried
+    /// batch); if one with the same (conversation, sender, client_id) is,
+    /// it is [`WriteOutcome::Duplicate`] naming the stored id.
+    Insert(Message),
+    /// Mark a message viewed: sets `viewed_by` and `viewed_at` only on the
+    /// message `message_id` of `conversation_id` whose sender is not
+    /// `viewer_id`. Idempotent.
+    View {
+        conversation_id: ConversationId,
+        message_id: MessageId,
+        viewer_id: UserId,
+        at: Millis,
+    },
+}
+
+/// What one [`WriteOp`] did, in the order the ops were given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The message is stored (now, or already by an earlier try of this batch).
+    Inserted,
+    /// Another message with this (conversation, sender, client_id) was stored
+    /// first; nothing was written.
+    Duplicate { existing: MessageId },
+    /// The view was recorded.
+    Viewed,
+    /// No message of that conversation with that id and another sender.
+    ViewTargetMissing,
+    /// This op can never succeed (e.g. a constraint); the others may have.
+    Rejected(String),
+}
+
+/// A database for conversations and messages.
+///
+/// Contract for every implementation (checked by the conformance suite):
+/// - `conversation_for` is a race-free get-or-create on the natural key: any
+///   number of concurrent calls for one key return the same conversation.
+/// - `write_batch` applies ops in order (a `View` after the `Insert` it names
+///   in the same batch sees it) and returns one outcome per op. `Ok` means
+///   every `Inserted`/`Viewed` outcome is durable. `Err(Unavailable)` means
+///   the batch may be partly applied and is safe to retry whole: inserts are
+///   idempotent by id and by client_id, views by value.
+/// - Reads never wait behind a write batch for long: they do not share one
+///   queue with the writer.
+pub trait Store: Send + Sync + 'static {
+    /// A short name for logs and `/readyz`: `"sqlite"` or `"mongodb"`.
+    fn kind(&self) -> &'static str;
+
+    /// The conversation for `key`, created with `created_at` if absent.
+    fn conversation_for(
+        &self,
+        key: ConversationKey,
+        created_at: Millis,
+    ) -> StoreFuture<'_, Conversation>;
+
+    fn conversation(&self, id: ConversationId) -> StoreFuture<'_, Option<Conversation>>;
+
+    /// Conversations matching `filter`, oldest first.
+    fn conversations(&self, filter: ConversationFilter) -> StoreFuture<'_, Vec<Conversation>>;
+
+    fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, Vec<Message>>;
+
+    /// The `client_id`s (with their message ids) of the newest `limit`
+    /// messages `sender_id` sent to `conversation_id` with a client id, so a
+    /// reconnecting client's resends are recognised before delivery.
+    fn recent_client_ids(
+        &self,
+        conversation_id: ConversationId,
+        sender_id: UserId,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<(String, MessageId)>>;
+
+    /// Applies `ops` in order; see the trait docs for the contract.
+    fn write_batch(&self, ops: Vec<WriteOp>) -> StoreFuture<'_, Vec<WriteOutcome>>;
+
+    /// Succeeds when the store can serve reads and writes (`/readyz`).
+    fn ping(&self) -> StoreFuture<'_, ()>;
+}

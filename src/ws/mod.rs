@@ -1,0 +1,1 @@
+//! WebSocket sessions (to be implemented).
