@@ -4,6 +4,7 @@
 //! holds the pure rules that turn a user and a lesson into a conversation.
 
 pub mod access;
+pub mod caller;
 pub mod django;
 
 use crate::model::{LessonId, Role, UserId};

@@ -18,3 +18,11 @@ pub struct MongoSettings {
     /// Write concern `j`.
     pub journal: bool,
 }
+
+/// STUB — replaced by the mongo branch at merge.
+pub type MongoStore = super::memory::MemoryStore;
+impl super::memory::MemoryStore {
+    pub async fn connect(_s: &MongoSettings) -> Result<Self, super::StoreError> {
+        Ok(Self::default())
+    }
+}
