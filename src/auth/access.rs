@@ -115,11 +115,17 @@ mod tests {
     const STUDENT: UserId = 25;
 
     fn student(id: UserId) -> User {
-        User { id, is_mentor: false }
+        User {
+            id,
+            is_mentor: false,
+        }
     }
 
     fn mentor(id: UserId) -> User {
-        User { id, is_mentor: true }
+        User {
+            id,
+            is_mentor: true,
+        }
     }
 
     fn lesson(student_ids: Option<Vec<UserId>>) -> Lesson {
@@ -141,17 +147,26 @@ mod tests {
 
     #[test]
     fn a_student_opens_their_own_conversation_with_the_teacher() {
-        assert_eq!(conversation_key(&student(STUDENT), &lesson(None), None), Ok(key(STUDENT)));
+        assert_eq!(
+            conversation_key(&student(STUDENT), &lesson(None), None),
+            Ok(key(STUDENT))
+        );
     }
 
     #[test]
     fn a_student_cannot_choose_another_student() {
-        assert_eq!(conversation_key(&student(STUDENT), &lesson(None), Some(99)), Ok(key(STUDENT)));
+        assert_eq!(
+            conversation_key(&student(STUDENT), &lesson(None), Some(99)),
+            Ok(key(STUDENT))
+        );
     }
 
     #[test]
     fn the_teaching_mentor_opens_the_requested_students_conversation() {
-        assert_eq!(conversation_key(&mentor(TEACHER), &lesson(None), Some(STUDENT)), Ok(key(STUDENT)));
+        assert_eq!(
+            conversation_key(&mentor(TEACHER), &lesson(None), Some(STUDENT)),
+            Ok(key(STUDENT))
+        );
     }
 
     #[test]
@@ -191,21 +206,36 @@ mod tests {
     #[test]
     fn enrolment_is_checked_when_django_lists_students() {
         let enrolled = lesson(Some(vec![STUDENT, 26]));
-        assert_eq!(conversation_key(&student(STUDENT), &enrolled, None), Ok(key(STUDENT)));
-        assert_eq!(conversation_key(&student(27), &enrolled, None), Err(AccessDenied::NotEnrolled));
-        assert_eq!(conversation_key(&mentor(TEACHER), &enrolled, Some(26)), Ok(key(26)));
+        assert_eq!(
+            conversation_key(&student(STUDENT), &enrolled, None),
+            Ok(key(STUDENT))
+        );
+        assert_eq!(
+            conversation_key(&student(27), &enrolled, None),
+            Err(AccessDenied::NotEnrolled)
+        );
+        assert_eq!(
+            conversation_key(&mentor(TEACHER), &enrolled, Some(26)),
+            Ok(key(26))
+        );
         assert_eq!(
             conversation_key(&mentor(TEACHER), &enrolled, Some(27)),
             Err(AccessDenied::NotEnrolled)
         );
         let empty = lesson(Some(vec![]));
-        assert_eq!(conversation_key(&student(STUDENT), &empty, None), Err(AccessDenied::NotEnrolled));
+        assert_eq!(
+            conversation_key(&student(STUDENT), &empty, None),
+            Err(AccessDenied::NotEnrolled)
+        );
     }
 
     #[test]
     fn a_students_ignored_request_does_not_affect_enrolment() {
         let enrolled = lesson(Some(vec![STUDENT]));
-        assert_eq!(conversation_key(&student(STUDENT), &enrolled, Some(99)), Ok(key(STUDENT)));
+        assert_eq!(
+            conversation_key(&student(STUDENT), &enrolled, Some(99)),
+            Ok(key(STUDENT))
+        );
     }
 
     #[test]
@@ -213,7 +243,11 @@ mod tests {
         assert_eq!(AccessDenied::MissingStudentId.status(), 400);
         assert_eq!(AccessDenied::NotTeacher.status(), 403);
         assert_eq!(AccessDenied::NotEnrolled.status(), 403);
-        for denial in [AccessDenied::MissingStudentId, AccessDenied::NotTeacher, AccessDenied::NotEnrolled] {
+        for denial in [
+            AccessDenied::MissingStudentId,
+            AccessDenied::NotTeacher,
+            AccessDenied::NotEnrolled,
+        ] {
             assert_eq!(denial.message(), denial.to_string());
         }
         assert_eq!(Forbidden.status(), 403);
@@ -235,23 +269,49 @@ mod tests {
     #[test]
     fn a_filter_naming_the_caller_applies() {
         let as_mentor = conversation_filter(TEACHER, Some(TEACHER), None, 5).unwrap();
-        assert_eq!((as_mentor.mentor_id, as_mentor.student_id, as_mentor.participant), (Some(TEACHER), None, None));
+        assert_eq!(
+            (
+                as_mentor.mentor_id,
+                as_mentor.student_id,
+                as_mentor.participant
+            ),
+            (Some(TEACHER), None, None)
+        );
         let as_student = conversation_filter(STUDENT, None, Some(STUDENT), 5).unwrap();
-        assert_eq!((as_student.mentor_id, as_student.student_id, as_student.participant), (None, Some(STUDENT), None));
+        assert_eq!(
+            (
+                as_student.mentor_id,
+                as_student.student_id,
+                as_student.participant
+            ),
+            (None, Some(STUDENT), None)
+        );
     }
 
     #[test]
     fn a_filter_naming_someone_else_is_forbidden() {
-        assert_eq!(conversation_filter(STUDENT, Some(TEACHER), None, 5), Err(Forbidden));
-        assert_eq!(conversation_filter(TEACHER, None, Some(STUDENT), 5), Err(Forbidden));
-        assert_eq!(conversation_filter(99, Some(TEACHER), Some(STUDENT), 5), Err(Forbidden));
+        assert_eq!(
+            conversation_filter(STUDENT, Some(TEACHER), None, 5),
+            Err(Forbidden)
+        );
+        assert_eq!(
+            conversation_filter(TEACHER, None, Some(STUDENT), 5),
+            Err(Forbidden)
+        );
+        assert_eq!(
+            conversation_filter(99, Some(TEACHER), Some(STUDENT), 5),
+            Err(Forbidden)
+        );
     }
 
     #[test]
     fn both_filters_apply_when_one_is_the_caller() {
         for caller in [TEACHER, STUDENT] {
             let filter = conversation_filter(caller, Some(TEACHER), Some(STUDENT), 5).unwrap();
-            assert_eq!((filter.mentor_id, filter.student_id, filter.participant), (Some(TEACHER), Some(STUDENT), None));
+            assert_eq!(
+                (filter.mentor_id, filter.student_id, filter.participant),
+                (Some(TEACHER), Some(STUDENT), None)
+            );
         }
     }
 

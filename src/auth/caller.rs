@@ -45,7 +45,9 @@ pub fn user_id_from_jwt(token: &str) -> Option<UserId> {
     let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
     let id = match claims.get("user_id")? {
         serde_json::Value::Number(number) => number.as_i64()?,
-        serde_json::Value::String(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+        serde_json::Value::String(digits)
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) =>
+        {
             digits.parse().ok()?
         }
         _ => return None,
@@ -66,7 +68,9 @@ mod tests {
     #[test]
     fn reads_a_simplejwt_access_token() {
         // Shaped like SimpleJWT's default access token.
-        let token = jwt(r#"{"token_type":"access","exp":1735725600,"iat":1735722000,"jti":"a1b2","user_id":15}"#);
+        let token = jwt(
+            r#"{"token_type":"access","exp":1735725600,"iat":1735722000,"jti":"a1b2","user_id":15}"#,
+        );
         assert_eq!(user_id_from_jwt(&token), Some(15));
     }
 
@@ -80,7 +84,9 @@ mod tests {
         // This payload's base64url has a '-' (standard base64: '+') and
         // needs one '=' of padding, which SimpleJWT leaves out.
         let payload = r#"{"user_id":7,"x":"~~~"}"#;
-        assert!(base64::engine::general_purpose::URL_SAFE.encode(payload).ends_with("-In0="));
+        assert!(base64::engine::general_purpose::URL_SAFE
+            .encode(payload)
+            .ends_with("-In0="));
         assert_eq!(user_id_from_jwt(&jwt(payload)), Some(7));
         let padded = {
             let header = URL_SAFE_NO_PAD.encode("{}");
@@ -124,7 +130,7 @@ mod tests {
             "garbage".to_string(),
             "...".to_string(),
             format!("header.{payload}"),
-            format!("{payload}"),
+            payload.clone(),
             format!("h.{payload}.s.extra"),
             "h.!!!not-base64!!!.s".to_string(),
             format!("h.{payload}=x.s"),
@@ -143,7 +149,17 @@ mod tests {
 
     #[test]
     fn bearer_token_rejects_other_shapes() {
-        for value in ["", "Bearer", "Bearer ", "Bearer    ", "Basic abc", "Token abc", "abc", "Bearer a b", "Bearerabc"] {
+        for value in [
+            "",
+            "Bearer",
+            "Bearer ",
+            "Bearer    ",
+            "Basic abc",
+            "Token abc",
+            "abc",
+            "Bearer a b",
+            "Bearerabc",
+        ] {
             assert_eq!(bearer_token(value), None, "{value:?}");
         }
     }

@@ -130,14 +130,21 @@ impl DjangoClient {
             .unwrap_or(&settings.base_url)
             .to_string();
         if !settings.user_path.contains("{user_id}") {
-            return Err(format!("django user path {:?} lacks {{user_id}}", settings.user_path));
+            return Err(format!(
+                "django user path {:?} lacks {{user_id}}",
+                settings.user_path
+            ));
         }
         if !settings.lesson_path.contains("{lesson_id}") {
-            return Err(format!("django lesson path {:?} lacks {{lesson_id}}", settings.lesson_path));
+            return Err(format!(
+                "django lesson path {:?} lacks {{lesson_id}}",
+                settings.lesson_path
+            ));
         }
         for path in [&settings.user_path, &settings.lesson_path] {
             let sample = format!("{base_url}{path}");
-            let url = reqwest::Url::parse(&sample).map_err(|e| format!("django URL {sample:?}: {e}"))?;
+            let url =
+                reqwest::Url::parse(&sample).map_err(|e| format!("django URL {sample:?}: {e}"))?;
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(format!("django URL {sample:?} is not http(s)"));
             }
@@ -177,7 +184,9 @@ impl DjangoClient {
         let url = format!(
             "{}{}",
             self.inner.base_url,
-            self.inner.user_path.replace("{user_id}", &user_id.to_string())
+            self.inner
+                .user_path
+                .replace("{user_id}", &user_id.to_string())
         );
         let http = self.inner.http.clone();
         let fetch = move || async move {
@@ -186,7 +195,11 @@ impl DjangoClient {
                 Answer::Ok(body) => {
                     let answer: UserAnswer = parse(&body, Endpoint::Users, user_id)?;
                     if answer.id != user_id {
-                        tracing::warn!(user_id, answered_id = answer.id, "django users answer names another user");
+                        tracing::warn!(
+                            user_id,
+                            answered_id = answer.id,
+                            "django users answer names another user"
+                        );
                         return Err(AuthError::Unauthorized);
                     }
                     Ok(User {
@@ -207,7 +220,9 @@ impl DjangoClient {
         let url = format!(
             "{}{}",
             self.inner.base_url,
-            self.inner.lesson_path.replace("{lesson_id}", &lesson_id.to_string())
+            self.inner
+                .lesson_path
+                .replace("{lesson_id}", &lesson_id.to_string())
         );
         let http = self.inner.http.clone();
         let fetch = move || async move {
@@ -216,7 +231,11 @@ impl DjangoClient {
                 Answer::Ok(body) => {
                     let answer: LessonAnswer = parse(&body, Endpoint::Lesson, lesson_id)?;
                     if answer.id != lesson_id {
-                        tracing::warn!(lesson_id, answered_id = answer.id, "django lesson answer names another lesson");
+                        tracing::warn!(
+                            lesson_id,
+                            answered_id = answer.id,
+                            "django lesson answer names another lesson"
+                        );
                         return Err(AuthError::LessonNotFound);
                     }
                     Ok(Lesson {
@@ -228,7 +247,10 @@ impl DjangoClient {
                 }
             }
         };
-        self.inner.lessons.get_or_fetch(token, lesson_id, fetch).await
+        self.inner
+            .lessons
+            .get_or_fetch(token, lesson_id, fetch)
+            .await
     }
 
     /// Whether Django answers HTTP at all (any status), for `/readyz`.
@@ -268,16 +290,30 @@ async fn call(
     id: i64,
 ) -> Result<Answer, AuthError> {
     let name = endpoint.name();
-    let mut response = match http.get(url).header(AUTHORIZATION, authorization).send().await {
+    let mut response = match http
+        .get(url)
+        .header(AUTHORIZATION, authorization)
+        .send()
+        .await
+    {
         Ok(response) => response,
         Err(err) => return Err(outage(endpoint, id, &describe(&err))),
     };
     let status = response.status();
     if status.is_server_error() {
-        return Err(outage(endpoint, id, &format!("answered {}", status.as_u16())));
+        return Err(outage(
+            endpoint,
+            id,
+            &format!("answered {}", status.as_u16()),
+        ));
     }
     if status != StatusCode::OK {
-        tracing::debug!(endpoint = name, id, status = status.as_u16(), "django denied");
+        tracing::debug!(
+            endpoint = name,
+            id,
+            status = status.as_u16(),
+            "django denied"
+        );
         return Ok(Answer::Denied);
     }
     let mut body = Vec::new();
@@ -290,12 +326,22 @@ async fn call(
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(Answer::Ok(body)),
-            Err(err) => return Err(outage(endpoint, id, &format!("reading the answer: {}", describe(&err)))),
+            Err(err) => {
+                return Err(outage(
+                    endpoint,
+                    id,
+                    &format!("reading the answer: {}", describe(&err)),
+                ))
+            }
         }
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8], endpoint: Endpoint, id: i64) -> Result<T, AuthError> {
+fn parse<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    endpoint: Endpoint,
+    id: i64,
+) -> Result<T, AuthError> {
     serde_json::from_slice(body).map_err(|err| {
         // serde_json's message names a position and an expected type, never
         // the input, so it carries no user data.
@@ -378,7 +424,10 @@ mod tests {
         let s = DjangoSettings::from_config(&config);
         assert_eq!(s.base_url, "http://django:8000/backend");
         assert_eq!(s.user_path, "/api/content/chat-service/users/{user_id}/");
-        assert_eq!(s.lesson_path, "/api/content/chat-service/lesson/{lesson_id}/detail/");
+        assert_eq!(
+            s.lesson_path,
+            "/api/content/chat-service/lesson/{lesson_id}/detail/"
+        );
         assert_eq!(s.timeout, Duration::from_millis(5000));
         assert_eq!(s.cache_ttl, Duration::from_secs(30));
     }
@@ -386,8 +435,14 @@ mod tests {
     #[tokio::test]
     async fn a_token_that_cannot_be_a_header_is_refused_without_a_call() {
         let client = DjangoClient::new(settings()).unwrap();
-        assert_eq!(client.user("bad\ntoken", 1).await, Err(AuthError::Unauthorized));
-        assert_eq!(client.lesson("bad\ntoken", 1).await, Err(AuthError::LessonNotFound));
+        assert_eq!(
+            client.user("bad\ntoken", 1).await,
+            Err(AuthError::Unauthorized)
+        );
+        assert_eq!(
+            client.lesson("bad\ntoken", 1).await,
+            Err(AuthError::LessonNotFound)
+        );
     }
 
     #[test]

@@ -64,7 +64,12 @@ impl<V: Clone + Send + Sync + 'static> LookupCache<V> {
     /// The cached answer for (token, id), or the answer of the look-up
     /// already running for it, or the answer of `fetch` run now. Only `Ok`
     /// answers are cached.
-    pub(crate) async fn get_or_fetch<F, Fut>(&self, token: &str, id: i64, fetch: F) -> LookupResult<V>
+    pub(crate) async fn get_or_fetch<F, Fut>(
+        &self,
+        token: &str,
+        id: i64,
+        fetch: F,
+    ) -> LookupResult<V>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = LookupResult<V>> + Send + 'static,
@@ -92,7 +97,9 @@ impl<V: Clone + Send + Sync + 'static> LookupCache<V> {
                     .shared();
                 let generation = state.next_flight;
                 state.next_flight += 1;
-                state.in_flight.insert(key.clone(), (generation, flight.clone()));
+                state
+                    .in_flight
+                    .insert(key.clone(), (generation, flight.clone()));
                 (flight, Some((sender, generation)))
             }
         };
@@ -183,7 +190,13 @@ impl<V: Clone> FlightGuard<V> {
     fn finish(mut self, answer: &LookupResult<V>, ttl: Duration, capacity: usize) {
         let mut state = self.state.lock();
         if let Ok(value) = answer {
-            state.remember(self.key.clone(), value.clone(), Instant::now(), ttl, capacity);
+            state.remember(
+                self.key.clone(),
+                value.clone(),
+                Instant::now(),
+                ttl,
+                capacity,
+            );
         }
         remove_flight(&mut state, &self.key, self.generation);
         drop(state);
@@ -200,7 +213,11 @@ impl<V> Drop for FlightGuard<V> {
 }
 
 fn remove_flight<V>(state: &mut State<V>, key: &Key, generation: u64) {
-    if state.in_flight.get(key).is_some_and(|(g, _)| *g == generation) {
+    if state
+        .in_flight
+        .get(key)
+        .is_some_and(|(g, _)| *g == generation)
+    {
         state.in_flight.remove(key);
     }
 }
@@ -225,11 +242,26 @@ mod tests {
     async fn caches_ok_answers_until_the_ttl_passes() {
         let cache = LookupCache::new(Duration::from_secs(30), 10);
         let calls = Arc::new(AtomicUsize::new(0));
-        assert_eq!(cache.get_or_fetch("t", 1, counting_fetch(&calls, Ok(7))).await, Ok(7));
-        assert_eq!(cache.get_or_fetch("t", 1, counting_fetch(&calls, Ok(8))).await, Ok(7));
+        assert_eq!(
+            cache
+                .get_or_fetch("t", 1, counting_fetch(&calls, Ok(7)))
+                .await,
+            Ok(7)
+        );
+        assert_eq!(
+            cache
+                .get_or_fetch("t", 1, counting_fetch(&calls, Ok(8)))
+                .await,
+            Ok(7)
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         tokio::time::advance(Duration::from_secs(31)).await;
-        assert_eq!(cache.get_or_fetch("t", 1, counting_fetch(&calls, Ok(8))).await, Ok(8));
+        assert_eq!(
+            cache
+                .get_or_fetch("t", 1, counting_fetch(&calls, Ok(8)))
+                .await,
+            Ok(8)
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
@@ -237,9 +269,15 @@ mod tests {
     async fn errors_are_not_cached() {
         let cache = LookupCache::new(Duration::from_secs(30), 10);
         let calls = Arc::new(AtomicUsize::new(0));
-        let denied = cache.get_or_fetch("t", 1, counting_fetch(&calls, Err(AuthError::Unauthorized)));
+        let denied =
+            cache.get_or_fetch("t", 1, counting_fetch(&calls, Err(AuthError::Unauthorized)));
         assert_eq!(denied.await, Err(AuthError::Unauthorized));
-        assert_eq!(cache.get_or_fetch("t", 1, counting_fetch(&calls, Ok(3))).await, Ok(3));
+        assert_eq!(
+            cache
+                .get_or_fetch("t", 1, counting_fetch(&calls, Ok(3)))
+                .await,
+            Ok(3)
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         assert_eq!(cache.in_flight(), 0);
     }
@@ -249,7 +287,12 @@ mod tests {
         let cache = LookupCache::new(Duration::ZERO, 10);
         let calls = Arc::new(AtomicUsize::new(0));
         for _ in 0..3 {
-            assert_eq!(cache.get_or_fetch("t", 1, counting_fetch(&calls, Ok(1))).await, Ok(1));
+            assert_eq!(
+                cache
+                    .get_or_fetch("t", 1, counting_fetch(&calls, Ok(1)))
+                    .await,
+                Ok(1)
+            );
         }
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         assert_eq!(cache.cached(), 0);
@@ -259,9 +302,24 @@ mod tests {
     async fn keys_are_token_and_id() {
         let cache = LookupCache::new(Duration::from_secs(30), 10);
         let calls = Arc::new(AtomicUsize::new(0));
-        assert_eq!(cache.get_or_fetch("a", 1, counting_fetch(&calls, Ok(1))).await, Ok(1));
-        assert_eq!(cache.get_or_fetch("b", 1, counting_fetch(&calls, Ok(2))).await, Ok(2));
-        assert_eq!(cache.get_or_fetch("a", 2, counting_fetch(&calls, Ok(3))).await, Ok(3));
+        assert_eq!(
+            cache
+                .get_or_fetch("a", 1, counting_fetch(&calls, Ok(1)))
+                .await,
+            Ok(1)
+        );
+        assert_eq!(
+            cache
+                .get_or_fetch("b", 1, counting_fetch(&calls, Ok(2)))
+                .await,
+            Ok(2)
+        );
+        assert_eq!(
+            cache
+                .get_or_fetch("a", 2, counting_fetch(&calls, Ok(3)))
+                .await,
+            Ok(3)
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 
@@ -270,14 +328,23 @@ mod tests {
         let cache = LookupCache::new(Duration::from_secs(30), 3);
         let calls = Arc::new(AtomicUsize::new(0));
         for id in 0..5 {
-            cache.get_or_fetch("t", id, counting_fetch(&calls, Ok(1))).await.unwrap();
+            cache
+                .get_or_fetch("t", id, counting_fetch(&calls, Ok(1)))
+                .await
+                .unwrap();
             tokio::time::advance(Duration::from_millis(10)).await;
         }
         assert_eq!(cache.cached(), 3);
         // 0 and 1 were evicted, 2..5 kept.
-        cache.get_or_fetch("t", 4, counting_fetch(&calls, Ok(1))).await.unwrap();
+        cache
+            .get_or_fetch("t", 4, counting_fetch(&calls, Ok(1)))
+            .await
+            .unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 5);
-        cache.get_or_fetch("t", 0, counting_fetch(&calls, Ok(1))).await.unwrap();
+        cache
+            .get_or_fetch("t", 0, counting_fetch(&calls, Ok(1)))
+            .await
+            .unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 6);
         assert_eq!(cache.cached(), 3);
     }
@@ -287,7 +354,10 @@ mod tests {
         let cache = LookupCache::new(Duration::from_secs(1), 100);
         let calls = Arc::new(AtomicUsize::new(0));
         for _ in 0..50 {
-            cache.get_or_fetch("t", 1, counting_fetch(&calls, Ok(1))).await.unwrap();
+            cache
+                .get_or_fetch("t", 1, counting_fetch(&calls, Ok(1)))
+                .await
+                .unwrap();
             tokio::time::advance(Duration::from_secs(2)).await;
         }
         assert_eq!(calls.load(Ordering::SeqCst), 50);
@@ -320,7 +390,11 @@ mod tests {
         let followers: Vec<_> = (0..5)
             .map(|_| {
                 let (cache, calls) = (Arc::clone(&cache), Arc::clone(&calls));
-                tokio::spawn(async move { cache.get_or_fetch("t", 1, counting_fetch(&calls, Ok(9))).await })
+                tokio::spawn(async move {
+                    cache
+                        .get_or_fetch("t", 1, counting_fetch(&calls, Ok(9)))
+                        .await
+                })
             })
             .collect();
         // Let every follower join the flight before the first caller leaves.
@@ -345,6 +419,9 @@ mod tests {
             .await;
         assert!(matches!(answer, Err(AuthError::Outage(_))));
         assert_eq!(cache.in_flight(), 0);
-        assert_eq!(cache.get_or_fetch("t", 1, || async { Ok(2) }.boxed()).await, Ok(2));
+        assert_eq!(
+            cache.get_or_fetch("t", 1, || async { Ok(2) }.boxed()).await,
+            Ok(2)
+        );
     }
 }
