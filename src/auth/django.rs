@@ -181,16 +181,12 @@ impl DjangoClient {
         let Some(authorization) = bearer(token) else {
             return Err(AuthError::Unauthorized);
         };
-        let url = format!(
-            "{}{}",
-            self.inner.base_url,
-            self.inner
-                .user_path
-                .replace("{user_id}", &user_id.to_string())
-        );
-        let http = self.inner.http.clone();
+        let inner = Arc::clone(&self.inner);
+        // Runs only on a cache miss, in the look-up's own task.
         let fetch = move || async move {
-            match call(&http, url, authorization, Endpoint::Users, user_id).await? {
+            let url = inner.url(&inner.user_path, "{user_id}", user_id);
+            let http = &inner.http;
+            match call(http, url, authorization, Endpoint::Users, user_id).await? {
                 Answer::Denied => Err(AuthError::Unauthorized),
                 Answer::Ok(body) => {
                     let answer: UserAnswer = parse(&body, Endpoint::Users, user_id)?;
@@ -217,16 +213,12 @@ impl DjangoClient {
         let Some(authorization) = bearer(token) else {
             return Err(AuthError::LessonNotFound);
         };
-        let url = format!(
-            "{}{}",
-            self.inner.base_url,
-            self.inner
-                .lesson_path
-                .replace("{lesson_id}", &lesson_id.to_string())
-        );
-        let http = self.inner.http.clone();
+        let inner = Arc::clone(&self.inner);
+        // Runs only on a cache miss, in the look-up's own task.
         let fetch = move || async move {
-            match call(&http, url, authorization, Endpoint::Lesson, lesson_id).await? {
+            let url = inner.url(&inner.lesson_path, "{lesson_id}", lesson_id);
+            let http = &inner.http;
+            match call(http, url, authorization, Endpoint::Lesson, lesson_id).await? {
                 Answer::Denied => Err(AuthError::LessonNotFound),
                 Answer::Ok(body) => {
                     let answer: LessonAnswer = parse(&body, Endpoint::Lesson, lesson_id)?;
@@ -262,6 +254,16 @@ impl DjangoClient {
             .send()
             .await
             .is_ok()
+    }
+}
+
+impl Inner {
+    fn url(&self, template: &str, placeholder: &str, id: i64) -> String {
+        format!(
+            "{}{}",
+            self.base_url,
+            template.replace(placeholder, &id.to_string())
+        )
     }
 }
 
