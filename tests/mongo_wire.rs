@@ -172,6 +172,31 @@ async fn an_index_that_cannot_be_built_is_logged_and_connect_succeeds() {
 }
 
 #[tokio::test]
+async fn a_slow_index_build_does_not_hold_up_the_start() {
+    let server = WireServer::start().await;
+    server.script(|command| {
+        if command_name(command) == "createIndexes"
+            && command.get_str("createIndexes") == Ok("conversations")
+        {
+            Reply::Never
+        } else {
+            Reply::Default
+        }
+    });
+    let mut settings = settings(&server);
+    settings.timeout = Duration::from_millis(300);
+
+    let store = MongoStore::connect(&settings).await;
+
+    assert!(store.is_ok(), "{:?}", store.err());
+    assert_eq!(
+        server.commands_named("createIndexes").len(),
+        3,
+        "the other indexes are still created"
+    );
+}
+
+#[tokio::test]
 async fn a_batch_is_one_unordered_insert_then_one_update_with_the_write_concern() {
     let (server, store) = connected().await;
     let conversation = ObjectId::new();
@@ -698,5 +723,58 @@ async fn a_server_that_never_answers_a_hello_makes_connect_unavailable() {
         matches!(result, Err(StoreError::Unavailable(_))),
         "{:?}",
         result.err()
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_stops_answering_makes_a_read_unavailable() {
+    let server = WireServer::start().await;
+    let mut settings = settings(&server);
+    settings.timeout = Duration::from_millis(300);
+    let store = MongoStore::connect(&settings).await.unwrap();
+    server.script(|command| match command_name(command) {
+        "find" => Reply::Never,
+        _ => Reply::Default,
+    });
+
+    let query = HistoryQuery {
+        conversation_id: ObjectId::new(),
+        before: None,
+        after: None,
+        limit: 10,
+    };
+    let result = store.messages(query).await;
+
+    assert!(
+        matches!(result, Err(StoreError::Unavailable(_))),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_document_the_server_can_never_accept_is_rejected_alone() {
+    let (server, store) = connected().await;
+    server.script(|command| match command_name(command) {
+        "insert" => Reply::Document(doc! {
+            "n": 1,
+            "writeErrors": [{ "index": 0, "code": 121, "codeName": "DocumentValidationFailure", "errmsg": "Document failed validation" }],
+            "ok": 1.0,
+        }),
+        _ => Reply::Default,
+    });
+    let conversation = ObjectId::new();
+    let ops = vec![
+        WriteOp::Insert(message(conversation, 10, "refused", None)),
+        WriteOp::Insert(message(conversation, 10, "fine", None)),
+    ];
+
+    let outcomes = store.write_batch(ops).await.unwrap();
+
+    assert_eq!(
+        outcomes,
+        [
+            WriteOutcome::Rejected("Document failed validation".into()),
+            WriteOutcome::Inserted
+        ]
     );
 }

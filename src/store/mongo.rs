@@ -139,9 +139,7 @@ impl MongoStore {
             call_timeout: settings.timeout.saturating_mul(2),
         };
         store.ping_now().await?;
-        store
-            .bounded("createIndexes", indexes::ensure_indexes(&store.database))
-            .await?;
+        indexes::ensure_indexes(&store.database, store.call_timeout).await?;
         tracing::info!(database = %settings.database, "MongoDB store ready");
         Ok(store)
     }

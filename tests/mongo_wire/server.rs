@@ -19,6 +19,8 @@ pub enum Reply {
     Default,
     /// Close the connection without answering (a network failure).
     HangUp,
+    /// Keep the connection open and never answer (a stalled server).
+    Never,
 }
 
 type Script = Box<dyn FnMut(&Document) -> Reply + Send>;
@@ -110,6 +112,7 @@ async fn serve(mut stream: TcpStream, state: Arc<State>, connection_id: i32) {
                     Reply::Document(reply) => reply,
                     Reply::Default => default_reply(&command),
                     Reply::HangUp => return,
+                    Reply::Never => std::future::pending().await,
                 }
             }
         };

@@ -6,6 +6,8 @@
 //! Each index is created on its own, so one that cannot be built on existing
 //! data (duplicates, a conflicting older index) does not stop the others.
 
+use std::time::Duration;
+
 use mongodb::bson::{doc, Document};
 use mongodb::options::IndexOptions;
 use mongodb::{Database, IndexModel};
@@ -60,8 +62,13 @@ pub(crate) fn index_specs() -> Vec<IndexSpec> {
 
 /// Creates every index. A failure the database reports about the data or
 /// an existing index is logged loudly and skipped; an unreachable database is
-/// an error, since nothing else would work either.
-pub(crate) async fn ensure_indexes(database: &Database) -> Result<(), StoreError> {
+/// an error, since nothing else would work either. A build still running
+/// after `patience` (a large existing collection) goes on on the server and
+/// the service starts meanwhile.
+pub(crate) async fn ensure_indexes(
+    database: &Database,
+    patience: Duration,
+) -> Result<(), StoreError> {
     for spec in index_specs() {
         let options = IndexOptions::builder()
             .name(spec.name.to_string())
@@ -72,10 +79,18 @@ pub(crate) async fn ensure_indexes(database: &Database) -> Result<(), StoreError
             .keys(spec.keys.clone())
             .options(options)
             .build();
-        let created = database
-            .collection::<Document>(spec.collection)
-            .create_index(model)
-            .await;
+        let collection = database.collection::<Document>(spec.collection);
+        let Ok(created) = tokio::time::timeout(patience, collection.create_index(model)).await
+        else {
+            tracing::warn!(
+                collection = spec.collection,
+                index = spec.name,
+                "MongoDB index build takes longer than {patience:?}; it continues on the \
+                 server and the service starts meanwhile ({})",
+                spec.purpose
+            );
+            continue;
+        };
         if let Err(error) = created {
             match store_error("createIndexes", error) {
                 StoreError::Unavailable(reason) => return Err(StoreError::Unavailable(reason)),
