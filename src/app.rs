@@ -53,22 +53,12 @@ pub enum StartError {
 impl App {
     /// Opens the store named by the config and starts writer and hub.
     pub async fn build(config: Config) -> Result<(Arc<App>, Background), StartError> {
-        let store: Arc<dyn Store> = match &config.mongo_uri {
-            Some(uri) => {
-                let settings = MongoSettings {
-                    uri: uri.clone(),
-                    database: config.mongo_db.clone(),
-                    pool_size: config.mongo_pool_size,
-                    timeout: config.mongo_timeout(),
-                    w: config.mongo_w.clone(),
-                    journal: config.mongo_journal,
-                };
-                Arc::new(
-                    MongoStore::connect(&settings)
-                        .await
-                        .map_err(|e| StartError::Store(e.to_string()))?,
-                )
-            }
+        let store: Arc<dyn Store> = match MongoSettings::from_config(&config) {
+            Some(settings) => Arc::new(
+                MongoStore::connect(&settings)
+                    .await
+                    .map_err(|e| StartError::Store(e.to_string()))?,
+            ),
             None => Arc::new(
                 SqliteStore::open(&config.data_dir, config.sqlite_sync)
                     .map_err(|e| StartError::Store(e.to_string()))?,
@@ -82,14 +72,8 @@ impl App {
         config: Config,
         store: Arc<dyn Store>,
     ) -> Result<(Arc<App>, Background), StartError> {
-        let django = DjangoClient::new(DjangoSettings {
-            base_url: config.django_base_url.clone(),
-            user_path: config.django_user_path.clone(),
-            lesson_path: config.django_lesson_path.clone(),
-            timeout: config.django_timeout(),
-            cache_ttl: config.auth_cache_ttl(),
-        })
-        .map_err(StartError::Django)?;
+        let django =
+            DjangoClient::new(DjangoSettings::from_config(&config)).map_err(StartError::Django)?;
         let writer_config = WriterConfig {
             max_batch: config.writer_batch as usize,
             window: config.writer_window(),
