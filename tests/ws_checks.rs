@@ -23,8 +23,18 @@ async fn django() -> DjangoStandin {
 async fn row_1_missing_parameters_are_400() {
     let django = django().await;
     let server = Server::start(&django.base_url(), &[]);
-    for query in ["user_id=25&lesson_id=100", "token=tok-s25&lesson_id=100", "token=tok-s25&user_id=25", "token=&user_id=25&lesson_id=100", ""] {
-        assert_eq!(Client::refused_status(&server.ws_url(query)).await, 400, "{query}");
+    for query in [
+        "user_id=25&lesson_id=100",
+        "token=tok-s25&lesson_id=100",
+        "token=tok-s25&user_id=25",
+        "token=&user_id=25&lesson_id=100",
+        "",
+    ] {
+        assert_eq!(
+            Client::refused_status(&server.ws_url(query)).await,
+            400,
+            "{query}"
+        );
     }
     assert_eq!(django.requests(), 0, "refused before asking Django");
 }
@@ -40,24 +50,46 @@ async fn row_2_ids_that_are_not_positive_integers_are_400() {
         "token=tok-s25&user_id=25&lesson_id=1.5",
         "token=tok-m10&user_id=10&lesson_id=100&student_id=x",
     ] {
-        assert_eq!(Client::refused_status(&server.ws_url(query)).await, 400, "{query}");
+        assert_eq!(
+            Client::refused_status(&server.ws_url(query)).await,
+            400,
+            "{query}"
+        );
     }
 }
 
 #[tokio::test]
 async fn row_3_origin_not_allowed_is_403_and_missing_origin_passes() {
     let django = django().await;
-    let server = Server::start(&django.base_url(), &[("CHAT_ALLOWED_ORIGINS", "https://app.example")]);
+    let server = Server::start(
+        &django.base_url(),
+        &[("CHAT_ALLOWED_ORIGINS", "https://app.example")],
+    );
     let url = server.ws_url("token=tok-s25&user_id=25&lesson_id=100");
-    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
-    request.headers_mut().insert("Origin", "https://evil.example".parse().unwrap());
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            url.as_str(),
+        )
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("Origin", "https://evil.example".parse().unwrap());
     match tokio_tungstenite::connect_async(request).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 403),
         other => panic!("expected 403, got {:?}", other.map(|_| ())),
     }
-    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
-    request.headers_mut().insert("Origin", "https://app.example".parse().unwrap());
-    assert!(tokio_tungstenite::connect_async(request).await.is_ok(), "allowed origin");
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            url.as_str(),
+        )
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("Origin", "https://app.example".parse().unwrap());
+    assert!(
+        tokio_tungstenite::connect_async(request).await.is_ok(),
+        "allowed origin"
+    );
     Client::connect(&url).await; // no Origin header at all
 }
 
@@ -85,25 +117,40 @@ async fn row_4_at_capacity_is_503_before_the_upgrade() {
 async fn row_5_unknown_token_or_id_mismatch_is_401() {
     let django = django().await;
     let server = Server::start(&django.base_url(), &[]);
-    assert_eq!(Client::refused_status(&server.ws_url("token=nope&user_id=25&lesson_id=100")).await, 401);
-    assert_eq!(Client::refused_status(&server.ws_url("token=tok-s25&user_id=26&lesson_id=100")).await, 401);
+    assert_eq!(
+        Client::refused_status(&server.ws_url("token=nope&user_id=25&lesson_id=100")).await,
+        401
+    );
+    assert_eq!(
+        Client::refused_status(&server.ws_url("token=tok-s25&user_id=26&lesson_id=100")).await,
+        401
+    );
     // A lax Django answers 200 with the token owner's id: our id check refuses it.
     django.set_lax_user_ids(true);
-    assert_eq!(Client::refused_status(&server.ws_url("token=tok-s25&user_id=26&lesson_id=100")).await, 401);
+    assert_eq!(
+        Client::refused_status(&server.ws_url("token=tok-s25&user_id=26&lesson_id=100")).await,
+        401
+    );
 }
 
 #[tokio::test]
 async fn row_6_unknown_lesson_is_404() {
     let django = django().await;
     let server = Server::start(&django.base_url(), &[]);
-    assert_eq!(Client::refused_status(&server.ws_url("token=tok-s25&user_id=25&lesson_id=999")).await, 404);
+    assert_eq!(
+        Client::refused_status(&server.ws_url("token=tok-s25&user_id=25&lesson_id=999")).await,
+        404
+    );
 }
 
 #[tokio::test]
 async fn row_7_mentor_without_student_id_is_400() {
     let django = django().await;
     let server = Server::start(&django.base_url(), &[]);
-    assert_eq!(Client::refused_status(&server.ws_url("token=tok-m10&user_id=10&lesson_id=100")).await, 400);
+    assert_eq!(
+        Client::refused_status(&server.ws_url("token=tok-m10&user_id=10&lesson_id=100")).await,
+        400
+    );
 }
 
 #[tokio::test]
@@ -111,7 +158,10 @@ async fn row_8_mentor_who_is_not_the_teacher_is_403() {
     let django = django().await;
     let server = Server::start(&django.base_url(), &[]);
     assert_eq!(
-        Client::refused_status(&server.ws_url("token=tok-m11&user_id=11&lesson_id=100&student_id=25")).await,
+        Client::refused_status(
+            &server.ws_url("token=tok-m11&user_id=11&lesson_id=100&student_id=25")
+        )
+        .await,
         403
     );
 }
@@ -120,9 +170,15 @@ async fn row_8_mentor_who_is_not_the_teacher_is_403() {
 async fn row_9_not_on_the_roster_is_403() {
     let django = django().await;
     let server = Server::start(&django.base_url(), &[]);
-    assert_eq!(Client::refused_status(&server.ws_url("token=tok-s26&user_id=26&lesson_id=200")).await, 403);
     assert_eq!(
-        Client::refused_status(&server.ws_url("token=tok-m10&user_id=10&lesson_id=200&student_id=26")).await,
+        Client::refused_status(&server.ws_url("token=tok-s26&user_id=26&lesson_id=200")).await,
+        403
+    );
+    assert_eq!(
+        Client::refused_status(
+            &server.ws_url("token=tok-m10&user_id=10&lesson_id=200&student_id=26")
+        )
+        .await,
         403
     );
     Client::connect(&server.ws_url("token=tok-s25&user_id=25&lesson_id=200")).await;
@@ -132,9 +188,18 @@ async fn row_9_not_on_the_roster_is_403() {
 #[tokio::test]
 async fn row_10_django_outage_is_503_and_open_sessions_keep_chatting() {
     let django = django().await;
-    let server = Server::start(&django.base_url(), &[("CHAT_DJANGO_TIMEOUT_MS", "300"), ("CHAT_AUTH_CACHE_TTL_S", "0")]);
-    let mut student = Client::connect(&server.ws_url("token=tok-s25&user_id=25&lesson_id=100")).await;
-    let mut mentor = Client::connect(&server.ws_url("token=tok-m10&user_id=10&lesson_id=100&student_id=25")).await;
+    let server = Server::start(
+        &django.base_url(),
+        &[
+            ("CHAT_DJANGO_TIMEOUT_MS", "300"),
+            ("CHAT_AUTH_CACHE_TTL_S", "0"),
+        ],
+    );
+    let mut student =
+        Client::connect(&server.ws_url("token=tok-s25&user_id=25&lesson_id=100")).await;
+    let mut mentor =
+        Client::connect(&server.ws_url("token=tok-m10&user_id=10&lesson_id=100&student_id=25"))
+            .await;
     student.expect("presence").await;
     student.expect("presence").await;
     mentor.expect("presence").await;
@@ -147,7 +212,9 @@ async fn row_10_django_outage_is_503_and_open_sessions_keep_chatting() {
             "{outage:?}"
         );
     }
-    student.send(serde_json::json!({"type": "message", "text": "still here?"})).await;
+    student
+        .send(serde_json::json!({"type": "message", "text": "still here?"}))
+        .await;
     assert_eq!(mentor.expect("message").await["text"], "still here?");
     assert_eq!(student.expect("message").await["text"], "still here?");
     student.expect("ack").await;
@@ -158,12 +225,22 @@ async fn row_10_django_outage_is_503_and_open_sessions_keep_chatting() {
 async fn the_student_id_of_a_student_is_ignored() {
     let django = django().await;
     let server = Server::start(&django.base_url(), &[]);
-    let mut student = Client::connect(&server.ws_url("token=tok-s25&user_id=25&lesson_id=100&student_id=26")).await;
+    let mut student =
+        Client::connect(&server.ws_url("token=tok-s25&user_id=25&lesson_id=100&student_id=26"))
+            .await;
     student.expect("presence").await;
-    student.send(serde_json::json!({"type": "message", "text": "hi"})).await;
+    student
+        .send(serde_json::json!({"type": "message", "text": "hi"}))
+        .await;
     let event = student.expect("message").await;
     let conversation = event["conversation_id"].as_str().unwrap().to_string();
-    let reply = server.get(&format!("/conversations/{conversation}"), Some("tok-s25"), Some(25)).await;
+    let reply = server
+        .get(
+            &format!("/conversations/{conversation}"),
+            Some("tok-s25"),
+            Some(25),
+        )
+        .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json["student_id"], 25);
     assert_eq!(reply.json["mentor_id"], 10);
@@ -173,7 +250,9 @@ async fn the_student_id_of_a_student_is_ignored() {
 async fn a_plain_get_of_ws_is_400() {
     let django = django().await;
     let server = Server::start(&django.base_url(), &[]);
-    let reply = server.get("/ws?token=tok-s25&user_id=25&lesson_id=100", None, None).await;
+    let reply = server
+        .get("/ws?token=tok-s25&user_id=25&lesson_id=100", None, None)
+        .await;
     assert_eq!(reply.status, 400);
     assert_eq!(reply.json["error"]["code"], "bad_request");
 }

@@ -89,9 +89,9 @@ impl ConnHandle {
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            // notify_one stores a permit when nobody waits yet, so a request
-            // made before the writer starts waiting is not lost.
-            self.inner.close_requested.notify_one();
+            // Several futures wait (the writer, the shutdown watcher); each
+            // enables its `Notified` before checking the atomic, so none misses this.
+            self.inner.close_requested.notify_waiters();
         }
     }
 
@@ -103,14 +103,19 @@ impl ConnHandle {
         }
     }
 
-    /// Resolves once a close has been asked for. Cancel-safe: the request is
-    /// in the atomic, and the `Notify` permit survives a dropped waiter.
+    /// Resolves once a close has been asked for. Cancel-safe: the request
+    /// lives in the atomic, and a dropped waiter loses nothing.
     pub async fn closing(&self) -> Close {
         loop {
+            let notified = self.inner.close_requested.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a close between the check and
+            // the await still wakes us.
+            notified.as_mut().enable();
             if let Some(why) = self.close_requested() {
                 return why;
             }
-            self.inner.close_requested.notified().await;
+            notified.await;
         }
     }
 
@@ -146,6 +151,22 @@ mod tests {
         assert_eq!(rx.recv().await.as_deref(), Some(&b"a"[..]));
         drop(rx);
         assert_eq!(conn.send(Bytes::from_static(b"d")), Err(SendError::Gone));
+    }
+
+    #[tokio::test]
+    async fn every_waiter_sees_the_close() {
+        let (conn, _rx) = ConnHandle::new(1, 7, 2);
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let conn = conn.clone();
+                tokio::spawn(async move { conn.closing().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        conn.close(Close::Idle);
+        for waiter in waiters {
+            assert_eq!(waiter.await.unwrap(), Close::Idle);
+        }
     }
 
     #[tokio::test]

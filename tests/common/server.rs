@@ -35,7 +35,10 @@ impl Server {
     pub fn start(django_url: &str, env: &[(&str, &str)]) -> Server {
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().join("data");
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut server = Server {
             child: None,
             addr: String::new(),
@@ -128,7 +131,10 @@ impl Server {
             if let Some(status) = child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "server did not exit after SIGTERM");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -155,7 +161,11 @@ impl Server {
         let headers = response.headers().clone();
         let body = response.bytes().await.expect("body");
         let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        Reply { status, headers, json }
+        Reply {
+            status,
+            headers,
+            json,
+        }
     }
 }
 

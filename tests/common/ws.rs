@@ -39,13 +39,18 @@ impl Client {
     pub async fn refused_status(url: &str) -> u16 {
         match tokio_tungstenite::connect_async(url).await {
             Ok(_) => panic!("handshake unexpectedly accepted: {url}"),
-            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                response.status().as_u16()
+            }
             Err(other) => panic!("unexpected handshake error: {other}"),
         }
     }
 
     pub async fn send(&mut self, event: Value) {
-        self.ws.send(Message::text(event.to_string())).await.expect("send");
+        self.ws
+            .send(Message::text(event.to_string()))
+            .await
+            .expect("send");
     }
 
     pub async fn send_raw(&mut self, message: Message) {
@@ -60,7 +65,9 @@ impl Client {
                 Ok(None) => return Next::Closed(None),
                 Ok(Some(Err(_))) => return Next::Closed(None),
                 Ok(Some(Ok(Message::Text(text)))) => {
-                    return Next::Event(serde_json::from_str(text.as_str()).expect("server sent JSON"))
+                    return Next::Event(
+                        serde_json::from_str(text.as_str()).expect("server sent JSON"),
+                    )
                 }
                 Ok(Some(Ok(Message::Close(frame)))) => {
                     return Next::Closed(frame.map(|f| u16::from(f.code)))
@@ -107,11 +114,13 @@ impl Client {
     }
 
     pub async fn close(mut self) {
-        let _ = self.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
-        }))
-        .await;
+        let _ = self
+            .ws
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
         while let Some(Ok(_)) = self.ws.next().await {}
     }
 }
