@@ -18,7 +18,7 @@ pub const FD_HEADROOM: u64 = 1024;
 
 /// Load generator for chat-service: M mentor/student pairs over WebSocket.
 #[derive(Debug, Parser)]
-#[command(name = "loadtest", version)]
+#[command(name = "loadtest", version, args_override_self = true)]
 pub struct Args {
     /// chat-service address (host:port)
     #[arg(long, default_value = "127.0.0.1:8080")]

@@ -21,5 +21,7 @@ pub fn raise_nofile() -> (u64, u64) {
             }
         }
     }
+    // rlim_t is u64 on Linux but not everywhere.
+    #[allow(clippy::unnecessary_cast)]
     (lim.rlim_cur as u64, lim.rlim_max as u64)
 }
