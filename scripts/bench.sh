@@ -141,6 +141,7 @@ scenario() {
   } >>"$SECTIONS"
 }
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 start_standin
 
 scenario idle "Idle capacity" \
@@ -151,12 +152,12 @@ scenario idle "Idle capacity" \
 scenario throughput "Throughput" \
   "$LOAD_PAIRS pairs as fast as possible for ${LOAD_SECS} s; ≥ 200,000 delivered/s; zero lost" \
   --pairs "$LOAD_PAIRS" --rate max --window 8 --duration "$LOAD_SECS" --ramp-rate 4000 --drain-timeout 15 \
-  --expect connections_failed==0 --expect 'delivered_per_s>=200000' --expect lost==0 --expect unacked==0
+  --expect connections_failed==0 --expect 'delivered_per_s>=200000' --expect lost==0 --expect refused==0 --expect unacked==0
 
 scenario latency "Latency" \
   "$LOAD_PAIRS pairs at $LAT_RATE messages/s for ${LOAD_SECS} s; p99 ≤ 5 ms, p99.9 ≤ 20 ms" \
   --pairs "$LOAD_PAIRS" --rate "$LAT_RATE" --duration "$LOAD_SECS" --ramp-rate 4000 \
-  --expect connections_failed==0 --expect 'latency_p99_ms<=5' --expect 'latency_p99_9_ms<=20' --expect lost==0
+  --expect connections_failed==0 --expect 'latency_p99_ms<=5' --expect 'latency_p99_9_ms<=20' --expect lost==0 --expect refused==0
 
 scenario storm "Connect storm" \
   "$((STORM_PAIRS * 4)) connections (2 per user) opened at once; all succeed; Django asked at most once per (token, id)" \
@@ -164,6 +165,7 @@ scenario storm "Connect storm" \
   --standin-url "http://127.0.0.1:$PORT_STANDIN" \
   --expect connections_failed==0 --expect "django_requests<=$((STORM_PAIRS * 4))"
 
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 MEM=$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)
 CPU=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -176,6 +178,7 @@ if ! git diff --quiet HEAD 2>/dev/null; then COMMIT="$COMMIT (with uncommitted c
   echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "- commit: $COMMIT"
   echo "- machine: $(nproc) cores ($CPU), $MEM memory, Linux $(uname -r)"
+  echo "- load average (1/5/15 min) before: $LOAD_BEFORE, after: $LOAD_AFTER — anything else running competes for the same cores"
   echo "- limits: open files soft $(ulimit -Sn) / hard $(ulimit -Hn); ephemeral ports $(tr '\t' '-' </proc/sys/net/ipv4/ip_local_port_range)"
   echo "- service: \`target/release/chat-service\`, embedded store, CHAT_LOG=warn, a fresh process and data directory per scenario"
   echo "- Django: \`target/release/django-standin\` (token scheme bench-m-/bench-s-)"
@@ -188,6 +191,7 @@ if ! git diff --quiet HEAD 2>/dev/null; then COMMIT="$COMMIT (with uncommitted c
   echo
   echo "Latency is end to end: the sender's write to the peer's read, both in the generator."
   echo "Throughput counts each message once, when its peer receives it, during the send phase."
+  echo "lost = sent − delivered − refused (silently missing); refused = answered with an \`error\` naming its client_id (e.g. \`overloaded\`)."
   echo "RSS growth per connection is (max(RSS connected, RSS at end of hold) − RSS before) / connections."
   echo
   cat "$SECTIONS"
