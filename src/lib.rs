@@ -12,8 +12,8 @@
 
 pub mod auth;
 pub mod config;
-pub mod hub;
 pub mod http;
+pub mod hub;
 pub mod model;
 pub mod store;
 pub mod ws;
