@@ -44,8 +44,9 @@ pub const DATABASE_FILE: &str = "chat.sqlite3";
 const READERS: usize = 3;
 
 /// How long a connection waits for a lock held by another process (e.g. the
-/// `sqlite3` tool) before the call fails as `Unavailable`.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// `sqlite3` tool) before the call fails as `Unavailable`; the writer
+/// retries such batches, so this need not cover long locks.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The schema version this code writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 1;
