@@ -19,7 +19,13 @@ async fn write_messages(store: &SqliteStore, key: ConversationKey, count: usize)
         .into_iter()
         .enumerate()
         .map(|(n, id)| {
-            WriteOp::Insert(message(id, conversation.id, key.student_id, &format!("durable {n}"), None))
+            WriteOp::Insert(message(
+                id,
+                conversation.id,
+                key.student_id,
+                &format!("durable {n}"),
+                None,
+            ))
         })
         .collect();
     let outcomes = store.write_batch(ops).await.unwrap();
@@ -29,7 +35,11 @@ async fn write_messages(store: &SqliteStore, key: ConversationKey, count: usize)
 async fn assert_messages_stored(dir: &Path, key: ConversationKey, count: usize) {
     let store = SqliteStore::open(dir, SqliteSync::Normal).unwrap();
     let conversation = store.conversation_for(key, Millis(2)).await.unwrap();
-    assert_eq!(conversation.created_at, Millis(1), "the conversation was recreated");
+    assert_eq!(
+        conversation.created_at,
+        Millis(1),
+        "the conversation was recreated"
+    );
     let texts: Vec<String> = history(&store, conversation.id)
         .await
         .into_iter()
@@ -69,7 +79,13 @@ fn committed_batch_survives_process_abort() {
     let dir = tempfile::tempdir().unwrap();
     let key = random_key();
     let status = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CRASH_DIR, dir.path())
         .env(
             CRASH_KEY,
@@ -78,7 +94,10 @@ fn committed_batch_survives_process_abort() {
         .stdout(Stdio::null())
         .status()
         .unwrap();
-    assert!(!status.success(), "the child was meant to abort, got {status}");
+    assert!(
+        !status.success(),
+        "the child was meant to abort, got {status}"
+    );
 
     tokio::runtime::Runtime::new()
         .unwrap()
