@@ -33,7 +33,7 @@
 //! let report = writer.shutdown(Duration::from_secs(10)).await;
 //! ```
 
-use std::future::{pending, Future};
+use std::future::pending;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -425,12 +425,11 @@ async fn stop_requested(stop: &mut Option<oneshot::Receiver<Instant>>) -> Instan
     pending().await
 }
 
-fn sleep_until_some(until: Option<Instant>) -> impl Future<Output = ()> {
-    async move {
-        match until {
-            Some(until) => sleep_until(until).await,
-            None => pending().await,
-        }
+/// Sleeps until `until`; forever when there is none.
+async fn sleep_until_some(until: Option<Instant>) {
+    match until {
+        Some(until) => sleep_until(until).await,
+        None => pending().await,
     }
 }
 
