@@ -19,10 +19,15 @@ use chat_service::store::writer::{Writer, WriterConfig};
 const BATCH: usize = 256;
 
 fn fanout(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("fanout");
     for room_size in [2usize, 100] {
-        let (hub, shard, receivers, conversation) = runtime.block_on(async { room(room_size).await });
+        let (hub, shard, receivers, conversation) =
+            runtime.block_on(async { room(room_size).await });
         let receivers = Arc::new(tokio::sync::Mutex::new(receivers));
         group.throughput(Throughput::Elements(room_size as u64));
         group.bench_function(format!("room_of_{room_size}"), |b| {
@@ -64,9 +69,22 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
-async fn room(size: usize) -> (Hub, mpsc::Sender<Command>, Vec<mpsc::Receiver<bytes::Bytes>>, ObjectId) {
+async fn room(
+    size: usize,
+) -> (
+    Hub,
+    mpsc::Sender<Command>,
+    Vec<mpsc::Receiver<bytes::Bytes>>,
+    ObjectId,
+) {
     let store = Arc::new(MemoryStore::new());
-    let (writer, handle) = Writer::spawn(store, WriterConfig { queue_capacity: 1 << 20, ..WriterConfig::default() });
+    let (writer, handle) = Writer::spawn(
+        store,
+        WriterConfig {
+            queue_capacity: 1 << 20,
+            ..WriterConfig::default()
+        },
+    );
     std::mem::forget(writer); // lives for the whole bench
     let (hub, _shards) = Hub::start(1, handle);
     let conversation = Conversation {

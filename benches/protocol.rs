@@ -42,13 +42,29 @@ fn encode(c: &mut Criterion) {
         viewed_by: None,
         viewed_at: None,
     };
-    group.bench_function("message", |b| b.iter(|| black_box(protocol::message_event(black_box(&message)))));
-    group.bench_function("typing", |b| b.iter(|| black_box(protocol::typing_event(&conversation, 10, true))));
-    group.bench_function("viewed", |b| b.iter(|| black_box(protocol::viewed_event(&conversation, &id, 15))));
-    group.bench_function("ack", |b| b.iter(|| black_box(protocol::ack_event(&id, Some("web-7f3a-0042")))));
-    group.bench_function("presence", |b| b.iter(|| black_box(protocol::presence_event(15, true))));
+    group.bench_function("message", |b| {
+        b.iter(|| black_box(protocol::message_event(black_box(&message))))
+    });
+    group.bench_function("typing", |b| {
+        b.iter(|| black_box(protocol::typing_event(&conversation, 10, true)))
+    });
+    group.bench_function("viewed", |b| {
+        b.iter(|| black_box(protocol::viewed_event(&conversation, &id, 15)))
+    });
+    group.bench_function("ack", |b| {
+        b.iter(|| black_box(protocol::ack_event(&id, Some("web-7f3a-0042"))))
+    });
+    group.bench_function("presence", |b| {
+        b.iter(|| black_box(protocol::presence_event(15, true)))
+    });
     group.bench_function("error", |b| {
-        b.iter(|| black_box(protocol::error_event(ErrorCode::TextTooLong, "text is too long", Some("c1"))))
+        b.iter(|| {
+            black_box(protocol::error_event(
+                ErrorCode::TextTooLong,
+                "text is too long",
+                Some("c1"),
+            ))
+        })
     });
     group.finish();
 }

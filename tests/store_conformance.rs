@@ -64,14 +64,19 @@ macro_rules! store_conformance {
 
 store_conformance!(sqlite, async { Some(common::temp_sqlite()) });
 
-// The MongoDB instantiation goes here, e.g.:
-// store_conformance!(mongodb, async {
-//     let Ok(uri) = std::env::var("MONGO_URI") else {
-//         eprintln!("SKIPPED: MONGO_URI is not set — MongoDB store conformance not run");
-//         return None;
-//     };
-//     Some(Arc::new(MongoStore::connect(&settings(uri)).await.unwrap()) as Arc<dyn Store>)
-// });
+// MongoDB: one shared database per run; the suite's random ids keep tests apart.
+store_conformance!(mongodb, async {
+    let Ok(uri) = std::env::var("MONGO_URI") else {
+        eprintln!("SKIPPED: MONGO_URI is not set — MongoDB store conformance not run");
+        return None;
+    };
+    let database = format!("chat_conformance_{}", chat_service::model::ObjectId::new());
+    let settings = chat_service::store::mongo::MongoSettings::new(uri, database);
+    let store = chat_service::store::mongo::MongoStore::connect(&settings)
+        .await
+        .expect("MONGO_URI is set but MongoDB cannot be reached");
+    Some(Arc::new(store) as Arc<dyn Store>)
+});
 
 mod checks {
     use super::*;
