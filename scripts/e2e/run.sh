@@ -19,7 +19,7 @@ STARTED_AT=$SECONDS
 [ -x "$CHROMIUM_BIN" ] || apt_install chromium
 command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 command -v curl >/dev/null 2>&1 || apt_install curl
-ensure_venv "$E2E_DIR/requirements.txt"
+ensure_venv "$DJANGO_DIR/requirements.txt" "$E2E_DIR/requirements.txt"
 if [ ! -f "$BROWSER_DIR/node_modules/playwright-core/package.json" ] ||
     ! cmp -s "$BROWSER_DIR/package-lock.json" "$BROWSER_DIR/node_modules/.package-lock.json.copy"; then
     log "npm ci (playwright-core; no browser download: Debian's chromium is used)"

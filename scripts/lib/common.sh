@@ -35,12 +35,14 @@ ensure_venv() {
             python3 -m venv "$VENV_DIR"
         fi
     fi
-    stamp="$(cat "${req_files[@]}" | sha256sum | cut -d' ' -f1)"
-    if [ "$(cat "$VENV_DIR/.requirements.sha256" 2>/dev/null)" != "$stamp" ]; then
+    # One stamp per set of requirement files (dev.sh and run.sh use different sets).
+    stamp="$VENV_DIR/.installed-$(cat "${req_files[@]}" | sha256sum | cut -c1-16)"
+    if [ ! -f "$stamp" ]; then
         log "installing Python requirements"
-        "$VENV_DIR/bin/python" -m pip install -q --disable-pip-version-check \
-            $(printf -- '-r %q ' "${req_files[@]}")
-        echo "$stamp" >"$VENV_DIR/.requirements.sha256"
+        local args=()
+        for f in "${req_files[@]}"; do args+=(-r "$f"); done
+        "$VENV_DIR/bin/python" -m pip install -q --disable-pip-version-check "${args[@]}"
+        touch "$stamp"
     fi
 }
 

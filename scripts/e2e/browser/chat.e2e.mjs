@@ -122,7 +122,7 @@ async function scenario(browser, opened) {
   const trail = await row(alice.page, question).getAttribute("data-trail");
   if (!/^(sending )?sent\b.*\bseen$/.test(trail)) throw new Error(`alice's message went ${trail}`);
   step(`alice's message: ${trail.replaceAll(" ", " → ")}, acked (read receipt shown)`);
-  await mentor.page.waitForSelector("#typing[hidden]");
+  await mentor.page.locator("#typing").waitFor({ state: "hidden" }); // the message ended the typing
 
   const answer = `Hi alice! Think of a borrow as a loan ${Date.now()}`;
   await mentor.page.fill("#text", answer);
