@@ -74,8 +74,8 @@ wait_http "$E2E_CHAT_URL/healthz" 60 "${STARTED_PIDS[1]}" || { tail -n 30 "$WORK
 # ---- (a) protocol scenario, (b) browser; both run, either failing fails the script ----
 protocol_status=0
 log "protocol scenario (pytest)"
-timeout 300 "$VENV_DIR/bin/python" -m pytest "$E2E_DIR/protocol" -q -p no:cacheprovider --color=no ||
-    protocol_status=$?
+timeout 300 "$VENV_DIR/bin/python" -m pytest "$E2E_DIR/protocol" -q -p no:cacheprovider --color=no \
+    --junitxml="$WORK/pytest.xml" || protocol_status=$?
 
 browser_status=0
 log "browser test (playwright-core + $CHROMIUM_BIN)"
@@ -84,7 +84,28 @@ if [ "$browser_status" -ne 0 ] && [ "$browser_status" -ne 1 ]; then
     echo "browser: 0 passed, 1 failed"  # killed by the timeout or crashed before its summary
 fi
 
-elapsed=$((SECONDS - STARTED_AT))
+# One closing line over both runners: pytest's tests (from its JUnit XML; an
+# unreadable report counts as one failure) plus the browser test.
+read -r passed failed < <(python3 - "$WORK/pytest.xml" "$protocol_status" "$browser_status" <<'PY'
+import sys, xml.etree.ElementTree as ET
+path, protocol, browser = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+try:
+    suite = ET.parse(path).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    total, bad = int(suite.get("tests")), int(suite.get("failures")) + int(suite.get("errors"))
+    passed, failed = total - bad - int(suite.get("skipped")), bad
+    if protocol and not failed:
+        failed = 1
+except Exception:
+    passed, failed = 0, 1
+if browser:
+    failed += 1
+else:
+    passed += 1
+print(passed, failed)
+PY
+)
 echo
-echo "e2e summary: protocol $([ $protocol_status = 0 ] && echo ok || echo "FAILED ($protocol_status)"), browser $([ $browser_status = 0 ] && echo ok || echo "FAILED ($browser_status)"); ${elapsed}s; logs and screenshot in $E2E_ARTIFACTS_DIR"
+echo "e2e: protocol $([ $protocol_status = 0 ] && echo ok || echo "FAILED ($protocol_status)"), browser $([ $browser_status = 0 ] && echo ok || echo "FAILED ($browser_status)"), $((SECONDS - STARTED_AT)) s; screenshot and logs in $E2E_ARTIFACTS_DIR"
+echo "e2e: $passed passed, $failed failed"
 [ "$protocol_status" = 0 ] && [ "$browser_status" = 0 ]
