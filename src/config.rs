@@ -32,7 +32,12 @@ pub struct Config {
     pub port: u16,
 
     /// Address to bind.
-    #[arg(long, env = "CHAT_BIND", value_name = "CHAT_BIND", default_value = "0.0.0.0")]
+    #[arg(
+        long,
+        env = "CHAT_BIND",
+        value_name = "CHAT_BIND",
+        default_value = "0.0.0.0"
+    )]
     pub bind: IpAddr,
 
     /// MongoDB connection string; unset means the embedded SQLite store.
@@ -48,7 +53,12 @@ pub struct Config {
     pub django_base_url: String,
 
     /// Directory of the embedded store.
-    #[arg(long, env = "CHAT_DATA_DIR", value_name = "CHAT_DATA_DIR", default_value = "./data")]
+    #[arg(
+        long,
+        env = "CHAT_DATA_DIR",
+        value_name = "CHAT_DATA_DIR",
+        default_value = "./data"
+    )]
     pub data_dir: PathBuf,
 
     /// Hub shards (default: available cores).
@@ -93,7 +103,12 @@ pub struct Config {
     pub sqlite_sync: SqliteSync,
 
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `chat_service=debug`.
-    #[arg(long, env = "CHAT_LOG", value_name = "CHAT_LOG", default_value = "info")]
+    #[arg(
+        long,
+        env = "CHAT_LOG",
+        value_name = "CHAT_LOG",
+        default_value = "info"
+    )]
     pub log: String,
 
     /// Most concurrent WebSocket connections (default: what the open-files
@@ -310,15 +325,27 @@ mod tests {
         assert_eq!(cfg.django_timeout_ms, 5000);
         assert_eq!(cfg.auth_cache_ttl_s, 30);
         assert_eq!(cfg.sqlite_sync, SqliteSync::Normal);
-        assert_eq!(cfg.django_user_path, "/api/content/chat-service/users/{user_id}/");
-        assert_eq!(cfg.django_lesson_path, "/api/content/chat-service/lesson/{lesson_id}/detail/");
+        assert_eq!(
+            cfg.django_user_path,
+            "/api/content/chat-service/users/{user_id}/"
+        );
+        assert_eq!(
+            cfg.django_lesson_path,
+            "/api/content/chat-service/lesson/{lesson_id}/detail/"
+        );
         assert!(cfg.allowed_origins.is_none());
         assert!(cfg.shard_count() >= 1);
     }
 
     #[test]
     fn origins_are_split_and_trimmed() {
-        let cfg = parse(&["--django-base-url", "http://h", "--allowed-origins", "https://a.example, http://b:3000/"]).unwrap();
+        let cfg = parse(&[
+            "--django-base-url",
+            "http://h",
+            "--allowed-origins",
+            "https://a.example, http://b:3000/",
+        ])
+        .unwrap();
         let origins = cfg.allowed_origins.unwrap();
         assert!(origins.allows("https://a.example"));
         assert!(origins.allows("http://b:3000"));
@@ -327,7 +354,13 @@ mod tests {
 
     #[test]
     fn path_templates_need_their_placeholder() {
-        let err = parse(&["--django-base-url", "http://h", "--django-user-path", "/users/"]).unwrap_err();
+        let err = parse(&[
+            "--django-base-url",
+            "http://h",
+            "--django-user-path",
+            "/users/",
+        ])
+        .unwrap_err();
         assert!(err.contains("CHAT_DJANGO_USER_PATH"), "{err}");
     }
 }

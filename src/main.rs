@@ -1,1 +1,126 @@
-fn main() {}
+//! chat-service: read the configuration, open the store, serve until
+//! SIGTERM/SIGINT, then drain and exit 0.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::net::TcpSocket;
+use tracing_subscriber::EnvFilter;
+
+use chat_service::app::App;
+use chat_service::config::Config;
+use chat_service::server;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Pending connections the kernel queues for us: a connect storm of
+/// thousands must not see refusals before `accept` catches up.
+const LISTEN_BACKLOG: u32 = 8192;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    let filter = match EnvFilter::try_new(&config.log) {
+        Ok(filter) => filter,
+        Err(error) => {
+            eprintln!("error: invalid CHAT_LOG {:?}: {error}", config.log);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+    disable_transparent_huge_pages();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let addr = SocketAddr::new(config.bind, config.port);
+    let listener = match listen(addr) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%addr, %error, "cannot listen (PORT / CHAT_BIND)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (app, background) = match App::build(config).await {
+        Ok(built) => built,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(
+        addr = %local,
+        store = app.store.kind(),
+        shards = app.config.shard_count(),
+        max_connections = app.gate.max(),
+        "listening"
+    );
+    let report = server::run(listener, app, background, shutdown_signal()).await;
+    tracing::info!(
+        written = report.flush.written,
+        unwritten = report.flush.unwritten,
+        sessions_left = report.sessions_left,
+        "stopped"
+    );
+    if report.flush.unwritten > 0 {
+        tracing::error!(
+            unwritten = report.flush.unwritten,
+            "writes were not stored before the deadline; they were never acknowledged"
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::error!(%error, "cannot watch SIGTERM; only SIGINT stops the service");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Huge pages would turn each connection's few touched bytes into 2 MiB
+/// resident chunks; per-connection memory is what this service is about.
+fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and affects only this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}

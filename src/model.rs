@@ -277,7 +277,13 @@ mod tests {
 
     #[test]
     fn object_id_rejects_malformed_text() {
-        for bad in ["", "abc", "663af8129dde123456789deg", "663af8129dde123456789def0", " 63af8129dde123456789def"] {
+        for bad in [
+            "",
+            "abc",
+            "663af8129dde123456789deg",
+            "663af8129dde123456789def0",
+            " 63af8129dde123456789def",
+        ] {
             assert_eq!(ObjectId::parse(bad), None, "{bad:?}");
         }
         assert!(ObjectId::parse("663af8129dde123456789def").is_some());
@@ -285,7 +291,9 @@ mod tests {
 
     #[test]
     fn object_ids_increase_within_a_process() {
-        let ids: Vec<ObjectId> = (0..1000).map(|_| ObjectId::with_seconds(1_700_000_000)).collect();
+        let ids: Vec<ObjectId> = (0..1000)
+            .map(|_| ObjectId::with_seconds(1_700_000_000))
+            .collect();
         // The counter may wrap once in 2^24; across 1000 ids from a random start
         // that happens at most once, so at most one step may go down.
         let downs = ids.windows(2).filter(|w| w[0] >= w[1]).count();
@@ -296,8 +304,14 @@ mod tests {
     #[test]
     fn rfc3339_formats_utc_with_z() {
         assert_eq!(Millis(0).rfc3339(), "1970-01-01T00:00:00.000Z");
-        assert_eq!(Millis(1_735_725_600_000).rfc3339(), "2025-01-01T10:00:00.000Z");
-        assert_eq!(Millis(951_782_400_123).rfc3339(), "2000-02-29T00:00:00.123Z");
+        assert_eq!(
+            Millis(1_735_725_600_000).rfc3339(),
+            "2025-01-01T10:00:00.000Z"
+        );
+        assert_eq!(
+            Millis(951_782_400_123).rfc3339(),
+            "2000-02-29T00:00:00.123Z"
+        );
         assert_eq!(Millis(-1).rfc3339(), "1969-12-31T23:59:59.999Z");
     }
 }

@@ -1,9 +1,11 @@
 //! Identity comes from Django: who a token belongs to, what a lesson is.
 //!
 //! [`django`] is the HTTP client (pooled, cached, single-flight); [`access`]
-//! holds the pure rules that turn a user and a lesson into a conversation.
+//! holds the pure rules that turn a user and a lesson into a conversation;
+//! [`caller`] reads who a REST caller claims to be from their token.
 
 pub mod access;
+pub mod caller;
 pub mod django;
 
 use crate::model::{LessonId, Role, UserId};

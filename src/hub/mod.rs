@@ -1,1 +1,119 @@
-//! The sharded hub (to be implemented).
+//! The hub: conversations ("rooms") spread over N shards by a hash of their
+//! id. Each shard is one task that owns its rooms, so fan-out takes no lock;
+//! a session talks to its conversation's shard through a bounded channel.
+
+pub mod conn;
+mod dedupe;
+pub mod presence;
+mod room;
+mod shard;
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::model::{Conversation, ConversationId, MessageId, UserId};
+use crate::store::writer::WriterHandle;
+pub use conn::ConnHandle;
+pub use presence::Presence;
+
+/// Commands one shard queue holds; a full queue makes sessions wait
+/// (backpressure on readers), never drops.
+const SHARD_QUEUE: usize = 8192;
+
+/// What a session asks of its conversation's shard.
+pub enum Command {
+    Join {
+        conversation: Conversation,
+        conn: ConnHandle,
+        /// The joining user's recent (client_id, message id) pairs from the
+        /// store, so resends after a restart are recognised too.
+        recent_client_ids: Vec<(String, MessageId)>,
+    },
+    Leave {
+        conversation_id: ConversationId,
+        conn_id: u64,
+    },
+    Publish {
+        conversation_id: ConversationId,
+        conn_id: u64,
+        sender_id: UserId,
+        text: String,
+        client_id: Option<String>,
+    },
+    Typing {
+        conversation_id: ConversationId,
+        conn_id: u64,
+        sender_id: UserId,
+        is_typing: bool,
+    },
+    View {
+        conversation_id: ConversationId,
+        conn_id: u64,
+        viewer_id: UserId,
+        message_id: MessageId,
+    },
+}
+
+/// Routes commands to shards. Cloned into the app; dropping every clone and
+/// every session's shard sender stops the shards.
+#[derive(Clone)]
+pub struct Hub {
+    shards: Arc<[mpsc::Sender<Command>]>,
+    presence: Arc<Presence>,
+}
+
+impl Hub {
+    /// Starts `shard_count` shard tasks writing through `writer`.
+    pub fn start(shard_count: usize, writer: WriterHandle) -> (Hub, Vec<JoinHandle<()>>) {
+        let mut senders = Vec::with_capacity(shard_count);
+        let mut tasks = Vec::with_capacity(shard_count);
+        for _ in 0..shard_count.max(1) {
+            let (tx, rx) = mpsc::channel(SHARD_QUEUE);
+            senders.push(tx);
+            tasks.push(tokio::spawn(shard::Shard::new(rx, writer.clone()).run()));
+        }
+        let hub = Hub {
+            shards: senders.into(),
+            presence: Arc::new(Presence::new()),
+        };
+        (hub, tasks)
+    }
+
+    /// The queue of the shard that owns `conversation`.
+    pub fn shard_for(&self, conversation: &ConversationId) -> mpsc::Sender<Command> {
+        self.shards[shard_index(conversation, self.shards.len())].clone()
+    }
+
+    pub fn presence(&self) -> &Arc<Presence> {
+        &self.presence
+    }
+}
+
+/// FNV-1a over the id's bytes: cheap, and spreads ids whose only difference
+/// is the counter in their last bytes.
+fn shard_index(id: &ConversationId, shards: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in id.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % shards as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_ids_spread_over_shards() {
+        let mut counts = [0usize; 4];
+        for _ in 0..4000 {
+            counts[shard_index(&ConversationId::new(), 4)] += 1;
+        }
+        for count in counts {
+            assert!((700..=1300).contains(&count), "{counts:?}");
+        }
+    }
+}

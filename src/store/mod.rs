@@ -6,6 +6,7 @@
 //! is unset) and [`mongo::MongoStore`]. Both pass the same conformance suite
 //! (`tests/store_conformance.rs`).
 
+pub mod memory;
 pub mod mongo;
 pub mod sqlite;
 pub mod writer;

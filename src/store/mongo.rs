@@ -1,9 +1,30 @@
-//! The MongoDB store (to be implemented).
+//! The MongoDB store: the production database, with the Go service's
+//! documents and indexes (CONTRACT §5) so an existing database is used as is.
 //!
-//! API CONTRACT: `MongoStore::connect(&MongoSettings).await -> Result<MongoStore, StoreError>`,
-//! then `impl Store for MongoStore`.
+//! Every call is bounded by a deadline (the driver has no socket timeout), and
+//! failures a retry may fix are `StoreError::Unavailable` (see [`errors`]).
 
+mod batch;
+mod documents;
+mod errors;
+mod indexes;
+
+use std::future::Future;
 use std::time::Duration;
+
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::options::{Acknowledgment, ClientOptions, ReturnDocument, WriteConcern};
+use mongodb::{Client, Collection, Cursor, Database};
+
+use crate::config::Config;
+use crate::model::{
+    Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, ObjectId, UserId,
+};
+use crate::store::{ConversationFilter, HistoryQuery, Store, StoreError, StoreFuture, WriteOp};
+
+use documents::{bson_date, bson_id, conversation_from, message_from, object_id};
+use errors::{is_duplicate_key, store_error};
+pub use indexes::{CONVERSATIONS, MESSAGES};
 
 /// How to reach MongoDB; built from `MONGO_URI`, `MONGO_DB` and `CHAT_MONGO_*`.
 #[derive(Clone, Debug)]
@@ -17,4 +38,376 @@ pub struct MongoSettings {
     pub w: String,
     /// Write concern `j`.
     pub journal: bool,
+}
+
+impl MongoSettings {
+    /// Defaults of the `CHAT_MONGO_*` flags for `uri` and `database`.
+    pub fn new(uri: impl Into<String>, database: impl Into<String>) -> Self {
+        MongoSettings {
+            uri: uri.into(),
+            database: database.into(),
+            pool_size: 32,
+            timeout: Duration::from_secs(5),
+            w: "majority".into(),
+            journal: true,
+        }
+    }
+
+    /// The settings `config` names, or `None` when `MONGO_URI` is unset
+    /// (the embedded store is used then).
+    pub fn from_config(config: &Config) -> Option<Self> {
+        let uri = config.mongo_uri.clone()?;
+        Some(MongoSettings {
+            uri,
+            database: config.mongo_db.clone(),
+            pool_size: config.mongo_pool_size,
+            timeout: config.mongo_timeout(),
+            w: config.mongo_w.clone(),
+            journal: config.mongo_journal,
+        })
+    }
+
+    /// The write concern every write uses; `wtimeout` turns a stalled
+    /// replication into a retryable error instead of a hang.
+    fn write_concern(&self) -> WriteConcern {
+        let w = match self.w.parse::<u32>() {
+            Ok(nodes) => Acknowledgment::Nodes(nodes),
+            Err(_) => Acknowledgment::from(self.w.as_str()),
+        };
+        WriteConcern::builder()
+            .w(w)
+            .journal(self.journal)
+            .w_timeout(self.timeout)
+            .build()
+    }
+
+    /// The same write concern as a command field, for commands the driver
+    /// sends as they are (`update`).
+    fn write_concern_document(&self) -> Document {
+        let w = match self.w.parse::<i32>() {
+            Ok(nodes) => Bson::Int32(nodes),
+            Err(_) => Bson::String(self.w.clone()),
+        };
+        let wtimeout = i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX);
+        doc! { "w": w, "j": self.journal, "wtimeout": wtimeout }
+    }
+}
+
+/// Conversations and messages in MongoDB.
+#[derive(Clone)]
+pub struct MongoStore {
+    client: Client,
+    database: Database,
+    conversations: Collection<Document>,
+    messages: Collection<Document>,
+    write_concern: Document,
+    /// Deadline of one store call: server selection plus the operation.
+    call_timeout: Duration,
+}
+
+impl MongoStore {
+    /// Connects, checks the server answers, and creates the indexes
+    /// (logging loudly any that cannot be built). `Err(Unavailable)` when the
+    /// server cannot be reached within `settings.timeout`.
+    pub async fn connect(settings: &MongoSettings) -> Result<MongoStore, StoreError> {
+        let mut options = ClientOptions::parse(&settings.uri).await.map_err(|error| {
+            match store_error("connection string", error) {
+                StoreError::Unavailable(reason) => StoreError::Unavailable(reason),
+                StoreError::Internal(reason) => {
+                    StoreError::Internal(format!("MONGO_URI is not usable: {reason}"))
+                }
+            }
+        })?;
+        // The CHAT_MONGO_* settings win over the URI's, so durability is what
+        // the service's configuration says.
+        options.max_pool_size = Some(settings.pool_size);
+        options.connect_timeout = Some(settings.timeout);
+        options.server_selection_timeout = Some(settings.timeout);
+        options.write_concern = Some(settings.write_concern());
+        if options.app_name.is_none() {
+            options.app_name = Some("chat-service".into());
+        }
+        let client =
+            Client::with_options(options).map_err(|error| store_error("client options", error))?;
+        let database = client.database(&settings.database);
+        let store = MongoStore {
+            conversations: database.collection(CONVERSATIONS),
+            messages: database.collection(MESSAGES),
+            client,
+            database,
+            write_concern: settings.write_concern_document(),
+            call_timeout: settings.timeout.saturating_mul(2),
+        };
+        store.ping_now().await?;
+        indexes::ensure_indexes(&store.database, store.call_timeout).await?;
+        tracing::info!(database = %settings.database, "MongoDB store ready");
+        Ok(store)
+    }
+
+    /// The driver client, e.g. for a test that inserts seed documents raw.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The database this store uses.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Runs `call` with the store's deadline; a missed deadline is
+    /// `Unavailable`, like any other timeout.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.call_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "mongodb {what}: no answer within {:?}",
+                self.call_timeout
+            ))),
+        }
+    }
+
+    async fn ping_now(&self) -> Result<(), StoreError> {
+        self.bounded("ping", async {
+            self.database
+                .run_command(doc! { "ping": 1 })
+                .await
+                .map(drop)
+                .map_err(|error| store_error("ping", error))
+        })
+        .await
+    }
+
+    async fn find_conversation(
+        &self,
+        filter: Document,
+    ) -> Result<Option<Conversation>, StoreError> {
+        let found = self
+            .conversations
+            .find_one(filter)
+            .await
+            .map_err(|error| store_error("find conversation", error))?;
+        found.as_ref().map(conversation_from).transpose()
+    }
+
+    async fn get_or_create(
+        &self,
+        key: ConversationKey,
+        created_at: Millis,
+    ) -> Result<Conversation, StoreError> {
+        // Int64 explicitly: the unique index and the Go service compare types.
+        let filter = doc! {
+            "lesson_id": Bson::Int64(key.lesson_id),
+            "mentor_id": Bson::Int64(key.mentor_id),
+            "student_id": Bson::Int64(key.student_id),
+        };
+        // Most calls find an existing conversation; a read needs no write concern.
+        if let Some(found) = self.find_conversation(filter.clone()).await? {
+            return Ok(found);
+        }
+        let insert_fields = doc! {
+            "$setOnInsert": { "_id": bson_id(ObjectId::new()), "created_at": bson_date(created_at) }
+        };
+        let upserted = self
+            .conversations
+            .find_one_and_update(filter.clone(), insert_fields)
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await;
+        match upserted {
+            Ok(Some(document)) => conversation_from(&document),
+            // A concurrent upsert won the unique index; its document is the answer.
+            Ok(None) => self.existing_conversation(filter).await,
+            Err(error) if is_duplicate_key(&error) => self.existing_conversation(filter).await,
+            Err(error) => Err(store_error("upsert conversation", error)),
+        }
+    }
+
+    async fn existing_conversation(&self, filter: Document) -> Result<Conversation, StoreError> {
+        self.find_conversation(filter).await?.ok_or_else(|| {
+            StoreError::Unavailable("mongodb: conversation neither created nor found".into())
+        })
+    }
+
+    async fn list_conversations(
+        &self,
+        filter: ConversationFilter,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        if filter.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut query = Document::new();
+        if let Some(mentor) = filter.mentor_id {
+            query.insert("mentor_id", Bson::Int64(mentor));
+        }
+        if let Some(student) = filter.student_id {
+            query.insert("student_id", Bson::Int64(student));
+        }
+        if let Some(user) = filter.participant {
+            query.insert(
+                "$or",
+                vec![
+                    doc! { "mentor_id": Bson::Int64(user) },
+                    doc! { "student_id": Bson::Int64(user) },
+                ],
+            );
+        }
+        let cursor = self
+            .conversations
+            .find(query)
+            .sort(doc! { "created_at": 1, "_id": 1 })
+            .limit(as_limit(filter.limit))
+            .batch_size(as_batch(filter.limit))
+            .await
+            .map_err(|error| store_error("find conversations", error))?;
+        drain(cursor, "find conversations", conversation_from).await
+    }
+
+    async fn history(&self, query: HistoryQuery) -> Result<Vec<Message>, StoreError> {
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut id_range = Document::new();
+        if let Some(after) = query.after {
+            id_range.insert("$gt", bson_id(after));
+        }
+        if let Some(before) = query.before {
+            id_range.insert("$lt", bson_id(before));
+        }
+        let mut filter = doc! { "conversation_id": bson_id(query.conversation_id) };
+        if !id_range.is_empty() {
+            filter.insert("_id", id_range);
+        }
+        // With `after`, the first N after it; otherwise the last N, read
+        // newest first so the index gives them directly, then reversed.
+        let newest_first = query.after.is_none();
+        let cursor = self
+            .messages
+            .find(filter)
+            .sort(doc! { "_id": if newest_first { -1 } else { 1 } })
+            .limit(as_limit(query.limit))
+            .batch_size(as_batch(query.limit))
+            .await
+            .map_err(|error| store_error("find messages", error))?;
+        let mut messages = drain(cursor, "find messages", message_from).await?;
+        if newest_first {
+            messages.reverse();
+        }
+        Ok(messages)
+    }
+
+    async fn client_ids(
+        &self,
+        conversation_id: ConversationId,
+        sender_id: UserId,
+        limit: usize,
+    ) -> Result<Vec<(String, MessageId)>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let cursor = self
+            .messages
+            .find(doc! {
+                "conversation_id": bson_id(conversation_id),
+                "sender_id": Bson::Int64(sender_id),
+                "client_id": { "$type": "string" },
+            })
+            .sort(doc! { "_id": -1 })
+            .projection(doc! { "_id": 1, "client_id": 1 })
+            .limit(as_limit(limit))
+            .batch_size(as_batch(limit))
+            .await
+            .map_err(|error| store_error("find client ids", error))?;
+        drain(cursor, "find client ids", |document| {
+            let id = object_id(document, "_id", "message")?;
+            let client_id = document
+                .get_str("client_id")
+                .unwrap_or_default()
+                .to_string();
+            Ok((client_id, id))
+        })
+        .await
+    }
+}
+
+/// Reads every document of a (limited) cursor through `parse`.
+async fn drain<T>(
+    mut cursor: Cursor<Document>,
+    what: &str,
+    parse: impl Fn(&Document) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    while cursor
+        .advance()
+        .await
+        .map_err(|error| store_error(what, error))?
+    {
+        let document = cursor
+            .deserialize_current()
+            .map_err(|error| store_error(what, error))?;
+        out.push(parse(&document)?);
+    }
+    Ok(out)
+}
+
+fn as_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// The whole page in the first reply when it fits (the server caps a reply
+/// at 16 MiB), instead of the server's default 101 documents.
+fn as_batch(limit: usize) -> u32 {
+    u32::try_from(limit).unwrap_or(u32::MAX)
+}
+
+impl Store for MongoStore {
+    fn kind(&self) -> &'static str {
+        "mongodb"
+    }
+
+    fn conversation_for(
+        &self,
+        key: ConversationKey,
+        created_at: Millis,
+    ) -> StoreFuture<'_, Conversation> {
+        Box::pin(self.bounded("conversation_for", self.get_or_create(key, created_at)))
+    }
+
+    fn conversation(&self, id: ConversationId) -> StoreFuture<'_, Option<Conversation>> {
+        Box::pin(self.bounded(
+            "conversation",
+            self.find_conversation(doc! { "_id": bson_id(id) }),
+        ))
+    }
+
+    fn conversations(&self, filter: ConversationFilter) -> StoreFuture<'_, Vec<Conversation>> {
+        Box::pin(self.bounded("conversations", self.list_conversations(filter)))
+    }
+
+    fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, Vec<Message>> {
+        Box::pin(self.bounded("messages", self.history(query)))
+    }
+
+    fn recent_client_ids(
+        &self,
+        conversation_id: ConversationId,
+        sender_id: UserId,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<(String, MessageId)>> {
+        Box::pin(self.bounded(
+            "recent_client_ids",
+            self.client_ids(conversation_id, sender_id, limit),
+        ))
+    }
+
+    fn write_batch(&self, ops: Vec<WriteOp>) -> StoreFuture<'_, Vec<crate::store::WriteOutcome>> {
+        Box::pin(self.bounded("write_batch", self.apply_batch(ops)))
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(self.ping_now())
+    }
 }

@@ -1,1 +1,8 @@
-//! WebSocket sessions (to be implemented).
+//! WebSocket: the `/ws` upgrade checks, one session per connection, and the
+//! JSON protocol it speaks.
+
+pub mod close;
+pub mod frame;
+pub mod protocol;
+pub mod session;
+pub mod upgrade;

@@ -1,0 +1,129 @@
+//! How many WebSocket connections this process can hold, and the gate that
+//! refuses the next one cleanly (503 before the upgrade) instead of letting
+//! `accept` fail for lack of file descriptors.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Descriptors kept for everything that is not a WebSocket: the listener,
+/// REST connections, the store's files, Django and MongoDB pools.
+fn reserve(limit: u64) -> u64 {
+    (limit / 50).max(64)
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft
+/// limit now in force.
+pub fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+/// The connections an open-files limit leaves room for.
+pub fn capacity_for(open_files: u64) -> usize {
+    open_files.saturating_sub(reserve(open_files)).max(1) as usize
+}
+
+/// Counts open WebSocket connections against a maximum.
+#[derive(Clone)]
+pub struct ConnectionGate {
+    open: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// One admitted connection; dropping it frees the slot.
+pub struct ConnectionSlot {
+    open: Arc<AtomicUsize>,
+}
+
+impl ConnectionGate {
+    pub fn new(max: usize) -> Self {
+        ConnectionGate {
+            open: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    /// A slot, or `None` at capacity.
+    pub fn try_admit(&self) -> Option<ConnectionSlot> {
+        let admitted = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.max).then_some(open + 1)
+            })
+            .is_ok();
+        admitted.then(|| ConnectionSlot {
+            open: Arc::clone(&self.open),
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_admits_up_to_its_maximum() {
+        let gate = ConnectionGate::new(2);
+        let a = gate.try_admit().unwrap();
+        let _b = gate.try_admit().unwrap();
+        assert!(gate.try_admit().is_none());
+        drop(a);
+        assert_eq!(gate.open(), 1);
+        assert!(gate.try_admit().is_some());
+    }
+
+    #[test]
+    fn capacity_leaves_a_reserve() {
+        assert_eq!(capacity_for(20_000), 19_600);
+        assert_eq!(capacity_for(1024), 960);
+        assert_eq!(capacity_for(10), 1);
+    }
+
+    #[test]
+    fn raising_the_limit_reaches_the_hard_limit() {
+        let soft = raise_open_files_limit();
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes only into `limit`.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        assert_eq!(soft, limit.rlim_cur);
+        assert_eq!(limit.rlim_cur, limit.rlim_max);
+    }
+}

@@ -1,0 +1,124 @@
+//! Query-string parsing: `application/x-www-form-urlencoded` pairs, and ids.
+
+use super::error::ApiError;
+use crate::model::ObjectId;
+
+/// Decoded `name=value` pairs, in order.
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    pub fn parse(raw: Option<&str>) -> Query {
+        let pairs = raw
+            .unwrap_or_default()
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (decode(name), decode(value))
+            })
+            .collect();
+        Query(pairs)
+    }
+
+    /// The first value of `name`, if present and not empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A positive integer id, if present; 400 if present and malformed.
+    pub fn id(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        self.get(name)
+            .map(|value| {
+                parse_positive_id(value).ok_or_else(|| {
+                    ApiError::bad_request(format!("{name} must be a positive integer"))
+                })
+            })
+            .transpose()
+    }
+
+    /// An ObjectId, if present; 400 if present and malformed.
+    pub fn object_id(&self, name: &str) -> Result<Option<ObjectId>, ApiError> {
+        self.get(name)
+            .map(|value| {
+                ObjectId::parse(value).ok_or_else(|| {
+                    ApiError::bad_request(format!("{name} must be a 24-hex-digit id"))
+                })
+            })
+            .transpose()
+    }
+}
+
+/// A positive decimal integer (what Django ids are); `None` otherwise.
+pub fn parse_positive_id(text: &str) -> Option<i64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<i64>().ok().filter(|id| *id > 0)
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(digit: u8) -> Option<u8> {
+    (digit as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_pairs() {
+        let q = Query::parse(Some("token=a%2Eb+c&user_id=10&empty=&flag&user_id=11"));
+        assert_eq!(q.get("token"), Some("a.b c"));
+        assert_eq!(q.get("user_id"), Some("10"), "the first value wins");
+        assert_eq!(q.get("empty"), None);
+        assert_eq!(q.get("flag"), None);
+        assert_eq!(q.get("missing"), None);
+        assert_eq!(Query::parse(Some("x=%zz%4")).get("x"), Some("%zz%4"));
+        assert_eq!(Query::parse(None).get("x"), None);
+    }
+
+    #[test]
+    fn ids_must_be_positive_integers() {
+        assert_eq!(parse_positive_id("10"), Some(10));
+        for bad in [
+            "0",
+            "-1",
+            "+1",
+            "1.0",
+            "abc",
+            "",
+            " 1",
+            "99999999999999999999",
+        ] {
+            assert_eq!(parse_positive_id(bad), None, "{bad:?}");
+        }
+        let q = Query::parse(Some("a=5&b=x"));
+        assert_eq!(q.id("a").unwrap(), Some(5));
+        assert!(q.id("b").is_err());
+        assert_eq!(q.id("c").unwrap(), None);
+    }
+}

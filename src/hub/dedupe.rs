@@ -1,0 +1,80 @@
+//! Recently seen `client_id`s of a room, so a resend after a reconnect is
+//! recognised before it is delivered a second time.
+//!
+//! Keys are (sender, 64-bit hash of the client id): no string is copied per
+//! message. A collision could only merge two messages of the same sender in
+//! the same room, at odds of about 2^-54 for a full cache.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
+
+use crate::model::{MessageId, UserId};
+
+/// Entries kept per room; older ones are forgotten first. Resends older than
+/// this are still never stored twice (the store's unique index), but may be
+/// delivered again.
+pub const CAPACITY: usize = 1024;
+
+type Key = (UserId, u64);
+
+#[derive(Default)]
+pub struct RecentClientIds {
+    ids: HashMap<Key, MessageId>,
+    order: VecDeque<Key>,
+}
+
+fn key(sender: UserId, client_id: &str) -> Key {
+    // One process-wide random key: stable within the process, unguessable outside.
+    static STATE: OnceLock<RandomState> = OnceLock::new();
+    (
+        sender,
+        STATE.get_or_init(RandomState::new).hash_one(client_id),
+    )
+}
+
+impl RecentClientIds {
+    pub fn get(&self, sender: UserId, client_id: &str) -> Option<MessageId> {
+        self.ids.get(&key(sender, client_id)).copied()
+    }
+
+    pub fn insert(&mut self, sender: UserId, client_id: &str, id: MessageId) {
+        let key = key(sender, client_id);
+        if self.ids.insert(key, id).is_none() {
+            self.order.push_back(key);
+            if self.order.len() > CAPACITY {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.ids.remove(&oldest);
+                }
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_per_sender_and_forgets_the_oldest() {
+        let mut recent = RecentClientIds::default();
+        let first = MessageId::new();
+        recent.insert(10, "a", first);
+        assert_eq!(recent.get(10, "a"), Some(first));
+        assert_eq!(
+            recent.get(11, "a"),
+            None,
+            "another sender's id is another key"
+        );
+        for i in 0..CAPACITY {
+            recent.insert(10, &format!("k{i}"), MessageId::new());
+        }
+        assert_eq!(recent.get(10, "a"), None, "the oldest entry was evicted");
+        assert!(recent.get(10, &format!("k{}", CAPACITY - 1)).is_some());
+    }
+}

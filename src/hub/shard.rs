@@ -1,0 +1,334 @@
+//! One shard: a single task that owns its rooms outright, so the hot path
+//! takes no lock. Commands come from sessions; results of writes come back
+//! from the writer on a second lane, and both are handled here, in order.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::room::Room;
+use super::Command;
+use crate::model::{now, ConversationId, Message, MessageId, ObjectId, UserId};
+use crate::store::writer::WriterHandle;
+use crate::store::{StoreError, WriteOp, WriteOutcome};
+use crate::ws::protocol::{self, ErrorCode};
+
+/// How long an empty room keeps its recent client ids for a reconnect.
+const ROOM_LINGER: Duration = Duration::from_secs(120);
+/// Commands taken per wake-up: amortises the wake-up over a burst.
+const BATCH: usize = 256;
+
+/// The result of a write, sent back to the shard that asked for it.
+pub(super) enum Done {
+    Stored {
+        conversation_id: ConversationId,
+        conn_id: u64,
+        id: MessageId,
+        client_id: Option<String>,
+        outcome: Result<WriteOutcome, StoreError>,
+    },
+    Viewed {
+        conversation_id: ConversationId,
+        conn_id: u64,
+        message_id: MessageId,
+        viewer_id: UserId,
+        outcome: Result<WriteOutcome, StoreError>,
+    },
+}
+
+pub(super) struct Shard {
+    rooms: HashMap<ConversationId, Room>,
+    commands: mpsc::Receiver<Command>,
+    /// Write results. Unbounded on purpose: every entry is a write the
+    /// writer accepted, and the writer's own queue bounds those.
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    writer: WriterHandle,
+}
+
+impl Shard {
+    pub(super) fn new(commands: mpsc::Receiver<Command>, writer: WriterHandle) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Shard {
+            rooms: HashMap::new(),
+            commands,
+            done_rx,
+            done_tx,
+            writer,
+        }
+    }
+
+    /// Runs until every sender of commands is gone (all sessions ended and
+    /// the hub dropped), then returns.
+    pub(super) async fn run(mut self) {
+        let mut commands = Vec::with_capacity(BATCH);
+        let mut done = Vec::with_capacity(BATCH);
+        let mut sweep = tokio::time::interval(ROOM_LINGER / 4);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // All three arms are cancel-safe: `recv_many` on an mpsc receiver
+            // and `Interval::tick` lose nothing when another arm wins.
+            tokio::select! {
+                biased;
+                n = self.done_rx.recv_many(&mut done, BATCH) => {
+                    debug_assert!(n > 0, "the shard holds a sender of its own done lane");
+                    for item in done.drain(..) {
+                        self.on_done(item);
+                    }
+                }
+                n = self.commands.recv_many(&mut commands, BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    for command in commands.drain(..) {
+                        self.on_command(command);
+                    }
+                }
+                _ = sweep.tick() => self.drop_lingering_rooms(),
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Join {
+                conversation,
+                conn,
+                recent_client_ids,
+            } => {
+                let room = self
+                    .rooms
+                    .entry(conversation.id)
+                    .or_insert_with(|| Room::new(conversation));
+                for (client_id, id) in recent_client_ids {
+                    room.recent.insert(conn.user_id(), &client_id, id);
+                }
+                room.join(conn);
+            }
+            Command::Leave {
+                conversation_id,
+                conn_id,
+            } => {
+                if let Some(room) = self.rooms.get_mut(&conversation_id) {
+                    room.leave(conn_id);
+                    if room.is_empty() && room.recent.is_empty() {
+                        self.rooms.remove(&conversation_id);
+                    }
+                }
+            }
+            Command::Publish {
+                conversation_id,
+                conn_id,
+                sender_id,
+                text,
+                client_id,
+            } => self.publish(conversation_id, conn_id, sender_id, text, client_id),
+            Command::Typing {
+                conversation_id,
+                conn_id,
+                sender_id,
+                is_typing,
+            } => {
+                if let Some(room) = self.rooms.get_mut(&conversation_id) {
+                    let frame = protocol::typing_event(&conversation_id, sender_id, is_typing);
+                    room.broadcast(&frame, Some(conn_id));
+                }
+            }
+            Command::View {
+                conversation_id,
+                conn_id,
+                viewer_id,
+                message_id,
+            } => self.view(conversation_id, conn_id, viewer_id, message_id),
+        }
+    }
+
+    /// Delivery before durability: the message is handed to the writer, then
+    /// relayed at once; the sender's `ack` follows when its batch commits.
+    fn publish(
+        &mut self,
+        conversation_id: ConversationId,
+        conn_id: u64,
+        sender_id: UserId,
+        text: String,
+        client_id: Option<String>,
+    ) {
+        let Some(room) = self.rooms.get_mut(&conversation_id) else {
+            return;
+        };
+        let resent = client_id
+            .as_deref()
+            .and_then(|cid| room.recent.get(sender_id, cid));
+        let message = Message {
+            id: ObjectId::new(),
+            conversation_id,
+            sender_id,
+            text,
+            created_at: now(),
+            client_id,
+            viewed_by: None,
+            viewed_at: None,
+        };
+        // A resend is written again only to learn, in order behind the
+        // original, when the original is durable: the store answers
+        // `Duplicate` with the first id, and that id is acknowledged.
+        let frame = resent.is_none().then(|| protocol::message_event(&message));
+        let id = message.id;
+        let client_id = message.client_id.clone();
+        let reply_client_id = client_id.clone();
+        let done_tx = self.done_tx.clone();
+        let submitted = self.writer.submit(
+            WriteOp::Insert(message),
+            Box::new(move |outcome| {
+                let _ = done_tx.send(Done::Stored {
+                    conversation_id,
+                    conn_id,
+                    id,
+                    client_id: reply_client_id,
+                    outcome,
+                });
+            }),
+        );
+        if submitted.is_err() {
+            let refusal = protocol::error_event(
+                ErrorCode::Overloaded,
+                "the server cannot store messages fast enough; resend later",
+                client_id.as_deref(),
+            );
+            room.send_to(conn_id, refusal);
+            return;
+        }
+        if let Some(frame) = frame {
+            if let Some(cid) = client_id.as_deref() {
+                room.recent.insert(sender_id, cid, id);
+            }
+            room.broadcast(&frame, None);
+        }
+    }
+
+    /// `viewed` goes through the same ordered writer as messages, so it lands
+    /// after the insert it names; it is relayed once applied.
+    fn view(
+        &mut self,
+        conversation_id: ConversationId,
+        conn_id: u64,
+        viewer_id: UserId,
+        message_id: MessageId,
+    ) {
+        let Some(room) = self.rooms.get_mut(&conversation_id) else {
+            return;
+        };
+        let done_tx = self.done_tx.clone();
+        let op = WriteOp::View {
+            conversation_id,
+            message_id,
+            viewer_id,
+            at: now(),
+        };
+        let submitted = self.writer.submit(
+            op,
+            Box::new(move |outcome| {
+                let _ = done_tx.send(Done::Viewed {
+                    conversation_id,
+                    conn_id,
+                    message_id,
+                    viewer_id,
+                    outcome,
+                });
+            }),
+        );
+        if submitted.is_err() {
+            let refusal = protocol::error_event(
+                ErrorCode::Overloaded,
+                "the server cannot store read receipts fast enough; resend later",
+                None,
+            );
+            room.send_to(conn_id, refusal);
+        }
+    }
+
+    fn on_done(&mut self, done: Done) {
+        match done {
+            Done::Stored {
+                conversation_id,
+                conn_id,
+                id,
+                client_id,
+                outcome,
+            } => {
+                let Some(room) = self.rooms.get_mut(&conversation_id) else {
+                    return;
+                };
+                let frame = match outcome {
+                    Ok(WriteOutcome::Inserted) => protocol::ack_event(&id, client_id.as_deref()),
+                    Ok(WriteOutcome::Duplicate { existing }) => {
+                        protocol::ack_event(&existing, client_id.as_deref())
+                    }
+                    Ok(other) => {
+                        tracing::error!(outcome = ?other, %conversation_id, "message not stored");
+                        protocol::error_event(
+                            ErrorCode::Internal,
+                            "the message could not be stored",
+                            client_id.as_deref(),
+                        )
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, %conversation_id, "message not stored");
+                        protocol::error_event(
+                            ErrorCode::Internal,
+                            "the message could not be stored; resend it",
+                            client_id.as_deref(),
+                        )
+                    }
+                };
+                room.send_to(conn_id, frame);
+            }
+            Done::Viewed {
+                conversation_id,
+                conn_id,
+                message_id,
+                viewer_id,
+                outcome,
+            } => {
+                let Some(room) = self.rooms.get_mut(&conversation_id) else {
+                    return;
+                };
+                match outcome {
+                    Ok(WriteOutcome::Viewed) => {
+                        let frame = protocol::viewed_event(&conversation_id, &message_id, viewer_id);
+                        room.broadcast(&frame, Some(conn_id));
+                    }
+                    Ok(WriteOutcome::ViewTargetMissing) => room.send_to(
+                        conn_id,
+                        protocol::error_event(
+                            ErrorCode::MessageNotFound,
+                            "no message with that id from the other participant in this conversation",
+                            None,
+                        ),
+                    ),
+                    other => {
+                        tracing::error!(outcome = ?other, %conversation_id, "view not stored");
+                        room.send_to(
+                            conn_id,
+                            protocol::error_event(
+                                ErrorCode::Internal,
+                                "the read receipt could not be stored",
+                                None,
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn drop_lingering_rooms(&mut self) {
+        let now = Instant::now();
+        self.rooms.retain(|_, room| match room.emptied_at {
+            Some(at) => room.is_empty() && now.duration_since(at) < ROOM_LINGER,
+            None => true,
+        });
+    }
+}

@@ -1,0 +1,173 @@
+//! An in-memory `Store`: the reference implementation of the trait's
+//! contract, for unit tests and benches that must not touch a disk.
+//! Nothing survives the process.
+
+use std::collections::{BTreeMap, HashMap};
+
+use parking_lot::Mutex;
+
+use super::{ConversationFilter, HistoryQuery, Store, StoreFuture, WriteOp, WriteOutcome};
+use crate::model::{
+    Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, ObjectId, UserId,
+};
+
+#[derive(Default)]
+pub struct MemoryStore {
+    // One lock; held only for map operations, never across an `.await`.
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    conversations: BTreeMap<ConversationId, Conversation>,
+    by_key: HashMap<ConversationKey, ConversationId>,
+    messages: BTreeMap<(ConversationId, MessageId), Message>,
+    client_ids: HashMap<(ConversationId, UserId, String), MessageId>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl State {
+    fn apply(&mut self, op: WriteOp) -> WriteOutcome {
+        match op {
+            WriteOp::Insert(message) => {
+                let key = (message.conversation_id, message.id);
+                if self.messages.contains_key(&key) {
+                    return WriteOutcome::Inserted;
+                }
+                if let Some(client_id) = &message.client_id {
+                    let dedupe = (
+                        message.conversation_id,
+                        message.sender_id,
+                        client_id.clone(),
+                    );
+                    if let Some(existing) = self.client_ids.get(&dedupe) {
+                        return WriteOutcome::Duplicate {
+                            existing: *existing,
+                        };
+                    }
+                    self.client_ids.insert(dedupe, message.id);
+                }
+                self.messages.insert(key, message);
+                WriteOutcome::Inserted
+            }
+            WriteOp::View {
+                conversation_id,
+                message_id,
+                viewer_id,
+                at,
+            } => match self.messages.get_mut(&(conversation_id, message_id)) {
+                Some(message) if message.sender_id != viewer_id => {
+                    message.viewed_by = Some(viewer_id);
+                    message.viewed_at = Some(at);
+                    WriteOutcome::Viewed
+                }
+                _ => WriteOutcome::ViewTargetMissing,
+            },
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn conversation_for(
+        &self,
+        key: ConversationKey,
+        created_at: Millis,
+    ) -> StoreFuture<'_, Conversation> {
+        let mut state = self.state.lock();
+        let conversation = match state.by_key.get(&key) {
+            Some(id) => state.conversations[id].clone(),
+            None => {
+                let conversation = Conversation {
+                    id: ObjectId::new(),
+                    lesson_id: key.lesson_id,
+                    mentor_id: key.mentor_id,
+                    student_id: key.student_id,
+                    created_at,
+                };
+                state.by_key.insert(key, conversation.id);
+                state
+                    .conversations
+                    .insert(conversation.id, conversation.clone());
+                conversation
+            }
+        };
+        Box::pin(async move { Ok(conversation) })
+    }
+
+    fn conversation(&self, id: ConversationId) -> StoreFuture<'_, Option<Conversation>> {
+        let found = self.state.lock().conversations.get(&id).cloned();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn conversations(&self, filter: ConversationFilter) -> StoreFuture<'_, Vec<Conversation>> {
+        let list: Vec<Conversation> = self
+            .state
+            .lock()
+            .conversations
+            .values()
+            .filter(|c| filter.mentor_id.is_none_or(|m| c.mentor_id == m))
+            .filter(|c| filter.student_id.is_none_or(|s| c.student_id == s))
+            .filter(|c| filter.participant.is_none_or(|p| c.has_participant(p)))
+            .take(filter.limit)
+            .cloned()
+            .collect();
+        Box::pin(async move { Ok(list) })
+    }
+
+    fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, Vec<Message>> {
+        let state = self.state.lock();
+        let lowest = (query.conversation_id, ObjectId::from_bytes([0; 12]));
+        let highest = (query.conversation_id, ObjectId::from_bytes([0xff; 12]));
+        let in_range = state
+            .messages
+            .range(lowest..=highest)
+            .map(|(_, m)| m)
+            .filter(|m| query.after.is_none_or(|a| m.id > a))
+            .filter(|m| query.before.is_none_or(|b| m.id < b));
+        let page: Vec<Message> = if query.after.is_some() {
+            in_range.take(query.limit).cloned().collect()
+        } else {
+            let mut newest: Vec<Message> = in_range.rev().take(query.limit).cloned().collect();
+            newest.reverse();
+            newest
+        };
+        Box::pin(async move { Ok(page) })
+    }
+
+    fn recent_client_ids(
+        &self,
+        conversation_id: ConversationId,
+        sender_id: UserId,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<(String, MessageId)>> {
+        let state = self.state.lock();
+        let mut ids: Vec<(String, MessageId)> = state
+            .client_ids
+            .iter()
+            .filter(|((c, s, _), _)| *c == conversation_id && *s == sender_id)
+            .map(|((_, _, client_id), id)| (client_id.clone(), *id))
+            .collect();
+        ids.sort_by_key(|(_, id)| std::cmp::Reverse(*id));
+        ids.truncate(limit);
+        Box::pin(async move { Ok(ids) })
+    }
+
+    fn write_batch(&self, ops: Vec<WriteOp>) -> StoreFuture<'_, Vec<WriteOutcome>> {
+        let mut state = self.state.lock();
+        let outcomes = ops.into_iter().map(|op| state.apply(op)).collect();
+        Box::pin(async move { Ok(outcomes) })
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+}

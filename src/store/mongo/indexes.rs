@@ -1,0 +1,109 @@
+//! The indexes of CONTRACT §5, created at start.
+//!
+//! `createIndexes` is idempotent for an identical spec, so a database the Go
+//! service created is accepted as it is — which is why the seed's index keeps
+//! its default name (the same keys under another name would be refused).
+//! Each index is created on its own, so one that cannot be built on existing
+//! data (duplicates, a conflicting older index) does not stop the others.
+
+use std::time::Duration;
+
+use mongodb::bson::{doc, Document};
+use mongodb::options::IndexOptions;
+use mongodb::{Database, IndexModel};
+
+use super::errors::store_error;
+use crate::store::StoreError;
+
+pub const CONVERSATIONS: &str = "conversations";
+pub const MESSAGES: &str = "messages";
+
+/// One index this service relies on.
+pub(crate) struct IndexSpec {
+    pub collection: &'static str,
+    pub name: &'static str,
+    pub keys: Document,
+    pub unique: bool,
+    pub partial_filter: Option<Document>,
+    /// What breaks while it is missing, for the log line.
+    pub purpose: &'static str,
+}
+
+pub(crate) fn index_specs() -> Vec<IndexSpec> {
+    vec![
+        IndexSpec {
+            collection: CONVERSATIONS,
+            name: "lesson_id_1_mentor_id_1_student_id_1",
+            keys: doc! { "lesson_id": 1, "mentor_id": 1, "student_id": 1 },
+            unique: true,
+            partial_filter: None,
+            purpose: "one conversation per (lesson, mentor, student); without it, two first \
+                      connections at once may create two conversations",
+        },
+        IndexSpec {
+            collection: MESSAGES,
+            name: "conversation_id_1__id_1",
+            keys: doc! { "conversation_id": 1, "_id": 1 },
+            unique: false,
+            partial_filter: None,
+            purpose: "history pages; without it, every history read scans the collection",
+        },
+        IndexSpec {
+            collection: MESSAGES,
+            name: "conversation_id_1_sender_id_1_client_id_1",
+            keys: doc! { "conversation_id": 1, "sender_id": 1, "client_id": 1 },
+            unique: true,
+            partial_filter: Some(doc! { "client_id": { "$type": "string" } }),
+            purpose: "idempotent resends by client_id; without it, a resend after a \
+                      reconnect may be stored twice",
+        },
+    ]
+}
+
+/// Creates every index. A failure the database reports about the data or
+/// an existing index is logged loudly and skipped; an unreachable database is
+/// an error, since nothing else would work either. A build still running
+/// after `patience` (a large existing collection) goes on on the server and
+/// the service starts meanwhile.
+pub(crate) async fn ensure_indexes(
+    database: &Database,
+    patience: Duration,
+) -> Result<(), StoreError> {
+    for spec in index_specs() {
+        let options = IndexOptions::builder()
+            .name(spec.name.to_string())
+            .unique(spec.unique.then_some(true))
+            .partial_filter_expression(spec.partial_filter.clone())
+            .build();
+        let model = IndexModel::builder()
+            .keys(spec.keys.clone())
+            .options(options)
+            .build();
+        let collection = database.collection::<Document>(spec.collection);
+        let Ok(created) = tokio::time::timeout(patience, collection.create_index(model)).await
+        else {
+            tracing::warn!(
+                collection = spec.collection,
+                index = spec.name,
+                "MongoDB index build takes longer than {patience:?}; it continues on the \
+                 server and the service starts meanwhile ({})",
+                spec.purpose
+            );
+            continue;
+        };
+        if let Err(error) = created {
+            match store_error("createIndexes", error) {
+                StoreError::Unavailable(reason) => return Err(StoreError::Unavailable(reason)),
+                StoreError::Internal(reason) => tracing::error!(
+                    collection = spec.collection,
+                    index = spec.name,
+                    error = %reason,
+                    "MONGODB INDEX NOT CREATED; the service starts without it: {}. \
+                     Fix the data or the conflicting index, then restart.",
+                    spec.purpose
+                ),
+            }
+        }
+    }
+    Ok(())
+}

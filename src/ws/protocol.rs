@@ -1,0 +1,560 @@
+//! The JSON events of `/ws` (CONTRACT §3): inbound parsing and outbound
+//! encoding.
+//!
+//! Inbound frames are parsed with simd-json and checked field by field, so
+//! every refusal has a precise `error` code. Outbound events are encoded
+//! straight into a complete WebSocket frame, once per event, whatever the
+//! number of recipients.
+
+use bytes::Bytes;
+use serde::Serialize;
+use simd_json::prelude::*;
+use simd_json::BorrowedValue;
+
+use crate::model::{ConversationId, Message, MessageId, ObjectId, UserId};
+
+/// Longest `client_id`, in bytes.
+pub const MAX_CLIENT_ID_BYTES: usize = 64;
+
+/// An inbound event that passed every check.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inbound {
+    Message {
+        text: String,
+        client_id: Option<String>,
+    },
+    Typing {
+        is_typing: bool,
+    },
+    Viewed {
+        message_id: MessageId,
+    },
+}
+
+/// The `code` of an `error` event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadJson,
+    UnknownType,
+    EmptyText,
+    TextTooLong,
+    BadClientId,
+    MessageNotFound,
+    Forbidden,
+    Overloaded,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::EmptyText => "empty_text",
+            ErrorCode::TextTooLong => "text_too_long",
+            ErrorCode::BadClientId => "bad_client_id",
+            ErrorCode::MessageNotFound => "message_not_found",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// Why an inbound frame was refused; becomes an `error` event.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The frame's `client_id`, when it had a valid one, so the client can
+    /// match the refusal to what it sent.
+    pub client_id: Option<String>,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+            client_id: None,
+        }
+    }
+
+    /// The `error` event for this refusal.
+    pub fn to_frame(&self) -> Bytes {
+        error_event(self.code, &self.message, self.client_id.as_deref())
+    }
+}
+
+/// Parses one inbound message (a whole WebSocket message, text or binary).
+/// `buf` is used as simd-json's scratch space.
+pub fn parse(buf: &mut [u8], max_text_bytes: usize) -> Result<Inbound, Refusal> {
+    let value = simd_json::to_borrowed_value(buf)
+        .map_err(|e| Refusal::new(ErrorCode::BadJson, format!("invalid JSON: {e}")))?;
+    if value.as_object().is_none() {
+        return Err(Refusal::new(ErrorCode::BadJson, "expected a JSON object"));
+    }
+    let kind = match value.get("type") {
+        Some(kind) => kind
+            .as_str()
+            .ok_or_else(|| Refusal::new(ErrorCode::UnknownType, "\"type\" must be a string"))?,
+        None => return Err(Refusal::new(ErrorCode::UnknownType, "missing \"type\"")),
+    };
+    match kind {
+        "message" => parse_message(&value, max_text_bytes),
+        "typing" => match value.get("is_typing") {
+            None => Ok(Inbound::Typing { is_typing: false }),
+            Some(flag) if flag.is_null() => Ok(Inbound::Typing { is_typing: false }),
+            Some(flag) => flag
+                .as_bool()
+                .map(|is_typing| Inbound::Typing { is_typing })
+                .ok_or_else(|| Refusal::new(ErrorCode::BadJson, "\"is_typing\" must be a boolean")),
+        },
+        "viewed" => value
+            .get("message_id")
+            .and_then(|id| id.as_str())
+            .and_then(ObjectId::parse)
+            .map(|message_id| Inbound::Viewed { message_id })
+            .ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::MessageNotFound,
+                    "\"message_id\" must be a 24-hex-digit message id",
+                )
+            }),
+        other => Err(Refusal::new(
+            ErrorCode::UnknownType,
+            format!("unknown type {:?}", truncate(other, 40)),
+        )),
+    }
+}
+
+fn parse_message(value: &BorrowedValue<'_>, max_text_bytes: usize) -> Result<Inbound, Refusal> {
+    let client_id = match value.get("client_id") {
+        None => None,
+        Some(id) if id.is_null() => None,
+        Some(id) => match id.as_str() {
+            Some(id) if !id.is_empty() && id.len() <= MAX_CLIENT_ID_BYTES => Some(id.to_string()),
+            _ => {
+                return Err(Refusal::new(
+                    ErrorCode::BadClientId,
+                    "\"client_id\" must be a string of 1 to 64 bytes",
+                ))
+            }
+        },
+    };
+    let with_client_id = |mut refusal: Refusal| {
+        refusal.client_id.clone_from(&client_id);
+        refusal
+    };
+    let text = match value.get("text") {
+        None => {
+            return Err(with_client_id(Refusal::new(
+                ErrorCode::EmptyText,
+                "missing \"text\"",
+            )))
+        }
+        Some(text) if text.is_null() => {
+            return Err(with_client_id(Refusal::new(
+                ErrorCode::EmptyText,
+                "missing \"text\"",
+            )))
+        }
+        Some(text) => text.as_str().ok_or_else(|| {
+            with_client_id(Refusal::new(
+                ErrorCode::BadJson,
+                "\"text\" must be a string",
+            ))
+        })?,
+    };
+    if text.is_empty() {
+        return Err(with_client_id(Refusal::new(
+            ErrorCode::EmptyText,
+            "\"text\" is empty",
+        )));
+    }
+    if text.len() > max_text_bytes {
+        return Err(with_client_id(Refusal::new(
+            ErrorCode::TextTooLong,
+            format!(
+                "\"text\" is {} bytes; at most {max_text_bytes} are allowed",
+                text.len()
+            ),
+        )));
+    }
+    Ok(Inbound::Message {
+        text: text.to_string(),
+        client_id,
+    })
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Encodes `event` as JSON straight into a text frame: the JSON is written
+/// after room for the longest header, and the header is placed right before
+/// it, so the frame is built with one allocation and no copy.
+fn encode<T: Serialize>(event: &T) -> Bytes {
+    const ROOM: usize = 10;
+    let mut buf = Vec::with_capacity(192);
+    buf.extend_from_slice(&[0u8; ROOM]);
+    if serde_json::to_writer(&mut buf, event).is_err() {
+        // Unreachable for these plain structs; never send a half-written event.
+        return crate::ws::frame::text(
+            br#"{"type":"error","code":"internal","message":"encoding failed"}"#,
+        );
+    }
+    let len = buf.len() - ROOM;
+    let start = if len < 126 {
+        buf[ROOM - 2] = 0x81;
+        buf[ROOM - 1] = len as u8;
+        ROOM - 2
+    } else if len <= usize::from(u16::MAX) {
+        buf[ROOM - 4] = 0x81;
+        buf[ROOM - 3] = 126;
+        buf[ROOM - 2..ROOM].copy_from_slice(&(len as u16).to_be_bytes());
+        ROOM - 4
+    } else {
+        buf[0] = 0x81;
+        buf[1] = 127;
+        buf[2..ROOM].copy_from_slice(&(len as u64).to_be_bytes());
+        0
+    };
+    Bytes::from(buf).slice(start..)
+}
+
+#[derive(Serialize)]
+struct MessageEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a MessageId,
+    conversation_id: &'a ConversationId,
+    sender_id: UserId,
+    text: &'a str,
+    created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<&'a str>,
+}
+
+/// `{"type":"message","id","conversation_id","sender_id","text","created_at","client_id"?}`
+pub fn message_event(message: &Message) -> Bytes {
+    encode(&MessageEvent {
+        kind: "message",
+        id: &message.id,
+        conversation_id: &message.conversation_id,
+        sender_id: message.sender_id,
+        text: &message.text,
+        created_at: message.created_at.rfc3339(),
+        client_id: message.client_id.as_deref(),
+    })
+}
+
+#[derive(Serialize)]
+struct TypingEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    conversation_id: &'a ConversationId,
+    sender_id: UserId,
+    is_typing: bool,
+}
+
+/// `{"type":"typing","conversation_id","sender_id","is_typing"}` (always
+/// with `is_typing`; the seed omitted it when false).
+pub fn typing_event(conversation_id: &ConversationId, sender_id: UserId, is_typing: bool) -> Bytes {
+    encode(&TypingEvent {
+        kind: "typing",
+        conversation_id,
+        sender_id,
+        is_typing,
+    })
+}
+
+#[derive(Serialize)]
+struct ViewedEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message_id: &'a MessageId,
+    viewer_id: UserId,
+    conversation_id: &'a ConversationId,
+}
+
+/// `{"type":"viewed","message_id","viewer_id","conversation_id"}`
+pub fn viewed_event(
+    conversation_id: &ConversationId,
+    message_id: &MessageId,
+    viewer_id: UserId,
+) -> Bytes {
+    encode(&ViewedEvent {
+        kind: "viewed",
+        message_id,
+        viewer_id,
+        conversation_id,
+    })
+}
+
+#[derive(Serialize)]
+struct AckEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a MessageId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<&'a str>,
+}
+
+/// `{"type":"ack","id","client_id"?}`: the message is durable.
+pub fn ack_event(id: &MessageId, client_id: Option<&str>) -> Bytes {
+    encode(&AckEvent {
+        kind: "ack",
+        id,
+        client_id,
+    })
+}
+
+#[derive(Serialize)]
+struct PresenceEvent {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    user_id: UserId,
+    online: bool,
+}
+
+/// `{"type":"presence","user_id","online"}`
+pub fn presence_event(user_id: UserId, online: bool) -> Bytes {
+    encode(&PresenceEvent {
+        kind: "presence",
+        user_id,
+        online,
+    })
+}
+
+#[derive(Serialize)]
+struct ErrorEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: &'static str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<&'a str>,
+}
+
+/// `{"type":"error","code","message","client_id"?}`
+pub fn error_event(code: ErrorCode, message: &str, client_id: Option<&str>) -> Bytes {
+    encode(&ErrorEvent {
+        kind: "error",
+        code: code.as_str(),
+        message,
+        client_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Millis;
+
+    fn parse_str(json: &str) -> Result<Inbound, Refusal> {
+        let mut buf = json.as_bytes().to_vec();
+        parse(&mut buf, 16)
+    }
+
+    fn code_of(json: &str) -> ErrorCode {
+        parse_str(json).unwrap_err().code
+    }
+
+    /// Decodes an encoded frame back to JSON, checking the header on the way.
+    fn json_of(frame: &Bytes) -> serde_json::Value {
+        assert_eq!(frame[0], 0x81, "a final text frame");
+        let (len, start) = match frame[1] {
+            126 => (usize::from(u16::from_be_bytes([frame[2], frame[3]])), 4),
+            127 => (
+                u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (usize::from(n), 2),
+        };
+        assert_eq!(frame.len(), start + len);
+        serde_json::from_slice(&frame[start..]).unwrap()
+    }
+
+    #[test]
+    fn parses_the_seed_examples() {
+        let mut buf = br#"{"type": "message", "text": "Hello, mentor!"}"#.to_vec();
+        assert_eq!(
+            parse(&mut buf, 8192).unwrap(),
+            Inbound::Message {
+                text: "Hello, mentor!".into(),
+                client_id: None
+            }
+        );
+        assert_eq!(
+            parse_str(r#"{"type": "typing", "is_typing": true}"#).unwrap(),
+            Inbound::Typing { is_typing: true }
+        );
+        assert_eq!(
+            parse_str(r#"{"type": "viewed", "message_id": "663af8129dde123456789def"}"#).unwrap(),
+            Inbound::Viewed {
+                message_id: ObjectId::parse("663af8129dde123456789def").unwrap()
+            }
+        );
+    }
+
+    #[test]
+    fn text_is_kept_byte_exact() {
+        let mut buf =
+            r#"{"type":"message","text":"a\u0000b \"q\" \ud83d\ude00 ש","client_id":"c-1"}"#
+                .as_bytes()
+                .to_vec();
+        match parse(&mut buf, 8192).unwrap() {
+            Inbound::Message { text, client_id } => {
+                assert_eq!(text, "a\u{0}b \"q\" 😀 ש");
+                assert_eq!(client_id.as_deref(), Some("c-1"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn refusals_have_precise_codes() {
+        assert_eq!(code_of("not json"), ErrorCode::BadJson);
+        assert_eq!(code_of("[1,2]"), ErrorCode::BadJson);
+        assert_eq!(code_of(r#""message""#), ErrorCode::BadJson);
+        assert_eq!(code_of(r#"{"text":"x"}"#), ErrorCode::UnknownType);
+        assert_eq!(code_of(r#"{"type":5}"#), ErrorCode::UnknownType);
+        assert_eq!(code_of(r#"{"type":"shout"}"#), ErrorCode::UnknownType);
+        assert_eq!(code_of(r#"{"type":"message"}"#), ErrorCode::EmptyText);
+        assert_eq!(
+            code_of(r#"{"type":"message","text":""}"#),
+            ErrorCode::EmptyText
+        );
+        assert_eq!(
+            code_of(r#"{"type":"message","text":7}"#),
+            ErrorCode::BadJson
+        );
+        assert_eq!(
+            code_of(r#"{"type":"message","text":"12345678901234567"}"#),
+            ErrorCode::TextTooLong
+        );
+        assert_eq!(
+            code_of(r#"{"type":"message","text":"x","client_id":""}"#),
+            ErrorCode::BadClientId
+        );
+        assert_eq!(
+            code_of(r#"{"type":"message","text":"x","client_id":3}"#),
+            ErrorCode::BadClientId
+        );
+        let long_id = format!(
+            r#"{{"type":"message","text":"x","client_id":"{}"}}"#,
+            "a".repeat(65)
+        );
+        assert_eq!(code_of(&long_id), ErrorCode::BadClientId);
+        assert_eq!(
+            code_of(r#"{"type":"typing","is_typing":"yes"}"#),
+            ErrorCode::BadJson
+        );
+        assert_eq!(code_of(r#"{"type":"viewed"}"#), ErrorCode::MessageNotFound);
+        assert_eq!(
+            code_of(r#"{"type":"viewed","message_id":"nope"}"#),
+            ErrorCode::MessageNotFound
+        );
+    }
+
+    #[test]
+    fn refusal_of_a_message_echoes_its_client_id() {
+        let refusal = parse_str(r#"{"type":"message","text":"","client_id":"k9"}"#).unwrap_err();
+        assert_eq!(refusal.client_id.as_deref(), Some("k9"));
+        let event = json_of(&refusal.to_frame());
+        assert_eq!(event["type"], "error");
+        assert_eq!(event["code"], "empty_text");
+        assert_eq!(event["client_id"], "k9");
+    }
+
+    #[test]
+    fn typing_without_flag_means_stopped() {
+        assert_eq!(
+            parse_str(r#"{"type":"typing"}"#).unwrap(),
+            Inbound::Typing { is_typing: false }
+        );
+    }
+
+    #[test]
+    fn message_event_has_every_field() {
+        let message = Message {
+            id: ObjectId::parse("663af8129dde123456789def").unwrap(),
+            conversation_id: ObjectId::parse("663af8129dde123456789abc").unwrap(),
+            sender_id: 10,
+            text: "Hello!".into(),
+            created_at: Millis(1_735_725_600_000),
+            client_id: Some("c1".into()),
+            viewed_by: None,
+            viewed_at: None,
+        };
+        let event = json_of(&message_event(&message));
+        assert_eq!(
+            event,
+            serde_json::json!({
+                "type": "message",
+                "id": "663af8129dde123456789def",
+                "conversation_id": "663af8129dde123456789abc",
+                "sender_id": 10,
+                "text": "Hello!",
+                "created_at": "2025-01-01T10:00:00.000Z",
+                "client_id": "c1"
+            })
+        );
+    }
+
+    #[test]
+    fn other_events_have_their_fields() {
+        let conv = ObjectId::parse("663af8129dde123456789abc").unwrap();
+        let msg = ObjectId::parse("663af8129dde123456789def").unwrap();
+        assert_eq!(
+            json_of(&typing_event(&conv, 10, false)),
+            serde_json::json!({"type":"typing","conversation_id":conv.to_string(),"sender_id":10,"is_typing":false})
+        );
+        assert_eq!(
+            json_of(&viewed_event(&conv, &msg, 15)),
+            serde_json::json!({"type":"viewed","message_id":msg.to_string(),"viewer_id":15,"conversation_id":conv.to_string()})
+        );
+        assert_eq!(
+            json_of(&ack_event(&msg, None)),
+            serde_json::json!({"type":"ack","id":msg.to_string()})
+        );
+        assert_eq!(
+            json_of(&ack_event(&msg, Some("x"))),
+            serde_json::json!({"type":"ack","id":msg.to_string(),"client_id":"x"})
+        );
+        assert_eq!(
+            json_of(&presence_event(15, true)),
+            serde_json::json!({"type":"presence","user_id":15,"online":true})
+        );
+    }
+
+    #[test]
+    fn large_events_get_the_long_header() {
+        let message = Message {
+            id: ObjectId::new(),
+            conversation_id: ObjectId::new(),
+            sender_id: 1,
+            text: "x".repeat(70_000),
+            created_at: Millis(0),
+            client_id: None,
+            viewed_by: None,
+            viewed_at: None,
+        };
+        let frame = message_event(&message);
+        assert_eq!(frame[1], 127);
+        assert_eq!(json_of(&frame)["text"].as_str().unwrap().len(), 70_000);
+        let mid = Message {
+            text: "y".repeat(1000),
+            ..message
+        };
+        assert_eq!(message_event(&mid)[1], 126);
+    }
+}

@@ -1,0 +1,383 @@
+//! One WebSocket connection: a reader and a writer over the split socket.
+//!
+//! fastwebsockets' `read_frame` is not cancel-safe, so it is never raced
+//! against the outbound queue. The reader owns the read half and only reads;
+//! the writer owns the write half and is the only one that writes: queued
+//! events, the reader's obligated pongs and close echoes (through the same
+//! queue), pings, and our own close. Both run joined in one task.
+
+use std::convert::Infallible;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::close::{self, Close};
+use super::frame;
+use super::protocol::{self, Inbound};
+use crate::hub::{Command, ConnHandle};
+use crate::model::{Conversation, MessageId, UserId};
+
+/// How long we wait for the peer's Close after sending ours.
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
+/// A write that cannot finish in this time leaves a half-written frame: the
+/// connection is dropped, never retried.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames coalesced into one vectored write.
+const WRITE_BATCH: usize = 64;
+
+/// Limits and timers of a session, from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    pub max_text_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub outbound_queue: usize,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Everything a session needs, gathered by the upgrade checks.
+pub struct Session {
+    pub conn_id: u64,
+    pub user_id: UserId,
+    pub conversation: Conversation,
+    pub recent_client_ids: Vec<(String, MessageId)>,
+    pub shard: mpsc::Sender<Command>,
+    pub limits: SessionLimits,
+    /// Cancelled when the server shuts down: the session closes with 1001.
+    pub shutdown: CancellationToken,
+    /// Held for the session's life: presence, the connection-capacity slot.
+    pub guards: Box<dyn Send + Sync>,
+}
+
+impl Session {
+    /// Runs the connection to its end. Never panics on client input.
+    pub async fn run(self, upgraded: Upgraded) {
+        // Take the raw TCP stream back from hyper, so the halves need no lock
+        // and hyper's read buffer is freed.
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let (read, write) = parts.io.into_inner().into_split();
+                self.serve(Prefixed::new(parts.read_buf, read), write).await;
+            }
+            Err(upgraded) => {
+                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                self.serve(read, write).await;
+            }
+        }
+    }
+
+    async fn serve<R, W>(self, read: R, write: W)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let (conn, outbound) =
+            ConnHandle::new(self.conn_id, self.user_id, self.limits.outbound_queue);
+        conn.touch();
+        let conversation_id = self.conversation.id;
+        let join = Command::Join {
+            conversation: self.conversation.clone(),
+            conn: conn.clone(),
+            recent_client_ids: self.recent_client_ids,
+        };
+        if self.shard.send(join).await.is_err() {
+            conn.close(Close::Shutdown);
+        }
+        let (ws_read, _) =
+            fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+        let reader = Reader {
+            conn: conn.clone(),
+            shard: self.shard.clone(),
+            conversation_id,
+            limits: self.limits,
+        };
+        let shutdown = self.shutdown.clone();
+        let watch_shutdown = async {
+            // Cancel-safe: `cancelled()` only observes the token.
+            tokio::select! {
+                _ = shutdown.cancelled() => conn.close(Close::Shutdown),
+                _ = conn.closing() => {}
+            }
+        };
+        let ((), why, ()) = tokio::join!(
+            reader.run(ws_read),
+            write_loop(write, outbound, conn.clone(), self.limits),
+            watch_shutdown
+        );
+        let _ = self
+            .shard
+            .send(Command::Leave {
+                conversation_id,
+                conn_id: self.conn_id,
+            })
+            .await;
+        close::record(why);
+        tracing::debug!(conn = self.conn_id, user = self.user_id, %conversation_id, close = %why, "connection closed");
+        drop(self.guards);
+    }
+}
+
+struct Reader {
+    conn: ConnHandle,
+    shard: mpsc::Sender<Command>,
+    conversation_id: crate::model::ConversationId,
+    limits: SessionLimits,
+}
+
+impl Reader {
+    async fn run<R: AsyncRead + Unpin>(self, mut ws: fastwebsockets::WebSocketRead<R>) {
+        // fastwebsockets checks each frame against this limit (`>=`) before
+        // buffering it; whole messages are checked below.
+        ws.set_max_message_size(self.limits.max_frame_bytes + 1);
+        ws.set_auto_pong(true);
+        ws.set_auto_close(true);
+        let conn = self.conn.clone();
+        // Obligated pongs and close echoes go to the writer through the
+        // connection's queue; if it is full the client is being closed anyway.
+        let mut obligations = |frame: Frame<'_>| {
+            let encoded = match frame.opcode {
+                OpCode::Pong => frame::pong(&frame.payload),
+                _ => frame::close_echo(&frame.payload),
+            };
+            let _ = conn.send(encoded);
+            std::future::ready(Ok::<(), Infallible>(()))
+        };
+        let linger = async {
+            self.conn.closing().await;
+            tokio::time::sleep(CLOSE_LINGER).await;
+        };
+        tokio::pin!(linger);
+        let mut message: Option<Vec<u8>> = None;
+        loop {
+            // The read future is dropped only when `linger` fires, after our
+            // Close went out: a torn frame no longer matters then.
+            let result = tokio::select! {
+                result = ws.read_frame(&mut obligations) => result,
+                _ = &mut linger => return,
+            };
+            let mut frame = match result {
+                Ok(frame) => frame,
+                Err(error) => {
+                    self.conn.close(close_for(&error));
+                    return;
+                }
+            };
+            self.conn.touch();
+            if self.conn.close_requested().is_some() && frame.opcode != OpCode::Close {
+                continue;
+            }
+            match frame.opcode {
+                OpCode::Close => {
+                    self.conn.close(Close::Normal);
+                    return;
+                }
+                OpCode::Ping | OpCode::Pong => {}
+                OpCode::Text | OpCode::Binary if frame.fin => {
+                    if message.is_some() {
+                        self.conn.close(Close::Protocol);
+                        return;
+                    }
+                    self.handle(frame.payload.to_mut()).await;
+                }
+                OpCode::Text | OpCode::Binary => {
+                    if message.is_some() {
+                        self.conn.close(Close::Protocol);
+                        return;
+                    }
+                    message = Some(frame.payload.to_vec());
+                }
+                OpCode::Continuation => {
+                    let Some(partial) = message.as_mut() else {
+                        self.conn.close(Close::Protocol);
+                        return;
+                    };
+                    // fastwebsockets has no cap on a fragmented message's total.
+                    if partial.len() + frame.payload.len() > self.limits.max_frame_bytes {
+                        self.conn.close(Close::TooBig);
+                        return;
+                    }
+                    partial.extend_from_slice(&frame.payload);
+                    if frame.fin {
+                        let mut whole = message.take().unwrap_or_default();
+                        self.handle(&mut whole).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, payload: &mut [u8]) {
+        let command = match protocol::parse(payload, self.limits.max_text_bytes) {
+            Err(refusal) => {
+                let _ = self.conn.send(refusal.to_frame());
+                return;
+            }
+            Ok(Inbound::Message { text, client_id }) => Command::Publish {
+                conversation_id: self.conversation_id,
+                conn_id: self.conn.id(),
+                sender_id: self.conn.user_id(),
+                text,
+                client_id,
+            },
+            Ok(Inbound::Typing { is_typing }) => Command::Typing {
+                conversation_id: self.conversation_id,
+                conn_id: self.conn.id(),
+                sender_id: self.conn.user_id(),
+                is_typing,
+            },
+            Ok(Inbound::Viewed { message_id }) => Command::View {
+                conversation_id: self.conversation_id,
+                conn_id: self.conn.id(),
+                viewer_id: self.conn.user_id(),
+                message_id,
+            },
+        };
+        // Awaiting here is backpressure: a busy shard slows this reader only.
+        if self.shard.send(command).await.is_err() {
+            self.conn.close(Close::Shutdown);
+        }
+    }
+}
+
+fn close_for(error: &WebSocketError) -> Close {
+    match error {
+        WebSocketError::FrameTooLarge => Close::TooBig,
+        WebSocketError::InvalidUTF8 => Close::InvalidData,
+        WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) => Close::Normal,
+        _ => Close::Protocol,
+    }
+}
+
+/// Sends queued frames in batches (one vectored write per burst), pings, and
+/// finally our Close. Returns why the connection ended.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut write: W,
+    mut outbound: mpsc::Receiver<Bytes>,
+    conn: ConnHandle,
+    limits: SessionLimits,
+) -> Close {
+    let mut ping = tokio::time::interval(limits.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut batch: Vec<Bytes> = Vec::new();
+    loop {
+        // Every arm is cancel-safe: `closing()` reads an atomic and a Notify
+        // permit, `recv` and `tick` lose nothing when another arm wins.
+        tokio::select! {
+            biased;
+            why = conn.closing() => {
+                let last = if why == Close::Normal {
+                    // The peer closed or vanished: echo its Close if the
+                    // reader queued one, and send nothing else.
+                    std::iter::from_fn(|| outbound.try_recv().ok()).find(|f| frame::is_close(f))
+                } else {
+                    Some(frame::close(why))
+                };
+                if let Some(last) = last {
+                    let _ = timed_write(&mut write, &[last]).await;
+                }
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, write.shutdown()).await;
+                return why;
+            }
+            first = outbound.recv() => {
+                let Some(first) = first else { return Close::Normal };
+                batch.push(first);
+                while batch.len() < WRITE_BATCH {
+                    match outbound.try_recv() {
+                        Ok(frame) => batch.push(frame),
+                        Err(_) => break,
+                    }
+                }
+                let ends = batch.iter().any(|f| frame::is_close(f));
+                if timed_write(&mut write, &batch).await.is_err() {
+                    conn.close(Close::Normal);
+                    return Close::Normal;
+                }
+                batch.clear();
+                if ends {
+                    // We echoed the peer's Close; the reader has it and is done.
+                    conn.close(Close::Normal);
+                    let _ = tokio::time::timeout(WRITE_TIMEOUT, write.shutdown()).await;
+                    return Close::Normal;
+                }
+            }
+            _ = ping.tick() => {
+                if conn.idle_for() >= limits.idle_timeout {
+                    conn.close(Close::Idle);
+                } else if timed_write(&mut write, &[frame::ping()]).await.is_err() {
+                    conn.close(Close::Normal);
+                    return Close::Normal;
+                }
+            }
+        }
+    }
+}
+
+async fn timed_write<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    frames: &[Bytes],
+) -> std::io::Result<()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, write_all_vectored(write, frames)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    frames: &[Bytes],
+) -> std::io::Result<()> {
+    if let [only] = frames {
+        write.write_all(only).await?;
+        return write.flush().await;
+    }
+    let mut storage: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
+    let mut slices = &mut storage[..];
+    while !slices.is_empty() {
+        let written = write.write_vectored(slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, written);
+    }
+    write.flush().await
+}
+
+/// A reader that first yields bytes hyper had already read past the
+/// handshake, then the socket.
+struct Prefixed<R> {
+    prefix: Bytes,
+    inner: R,
+}
+
+impl<R> Prefixed<R> {
+    fn new(prefix: Bytes, inner: R) -> Self {
+        Prefixed { prefix, inner }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Prefixed<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}

@@ -1,0 +1,114 @@
+//! `GET /ws`: the checks of CONTRACT §3, in its order, answered as plain
+//! HTTP; then the upgrade, with the session spawned into the app's tracker.
+
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Request, Response};
+use hyper::body::Incoming;
+
+use super::session::Session;
+use crate::app::App;
+use crate::auth::access;
+use crate::http::error::ApiError;
+use crate::http::query::Query;
+use crate::http::Body;
+use crate::model::now;
+
+/// Recent client ids loaded per join, matching the room's dedupe capacity.
+const RECENT_CLIENT_IDS: usize = 1024;
+
+pub async fn handle(
+    app: &Arc<App>,
+    mut request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let query = Query::parse(request.uri().query());
+    // 1. required parameters
+    let (Some(token), Some(_), Some(_)) = (
+        query.get("token"),
+        query.get("user_id"),
+        query.get("lesson_id"),
+    ) else {
+        return Err(ApiError::bad_request(
+            "token, user_id and lesson_id are required",
+        ));
+    };
+    let token = token.to_string();
+    // 2. ids are positive integers
+    let user_id = query.id("user_id")?.unwrap_or_default();
+    let lesson_id = query.id("lesson_id")?.unwrap_or_default();
+    let requested_student = query.id("student_id")?;
+    if !fastwebsockets::upgrade::is_upgrade_request(&request) {
+        return Err(ApiError::bad_request(
+            "expected a WebSocket upgrade request",
+        ));
+    }
+    // 3. origin
+    if let (Some(allowed), Some(origin)) = (
+        &app.config.allowed_origins,
+        request.headers().get(header::ORIGIN),
+    ) {
+        let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+        if !allowed.allows(origin) {
+            return Err(ApiError::forbidden("origin not allowed"));
+        }
+    }
+    // 4. capacity
+    let Some(slot) = app.gate.try_admit() else {
+        return Err(ApiError::unavailable(
+            "the server is at its connection capacity; retry later",
+        ));
+    };
+    // 5, 6 (and 10: a Django outage is 503)
+    let user = app.django.user(&token, user_id).await?;
+    let lesson = app.django.lesson(&token, lesson_id).await?;
+    // 7, 8, 9
+    let key =
+        access::conversation_key(&user, &lesson, requested_student).map_err(
+            |denied| match denied.status() {
+                400 => ApiError::bad_request(denied.to_string()),
+                _ => ApiError::forbidden(denied.to_string()),
+            },
+        )?;
+    // 11
+    let conversation = app.store.conversation_for(key, now()).await?;
+    let recent_client_ids = app
+        .store
+        .recent_client_ids(conversation.id, user.id, RECENT_CLIENT_IDS)
+        .await?;
+
+    let protocol = request
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|list| list.split(',').next())
+        .map(|first| first.trim().to_string());
+    let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut request)
+        .map_err(|error| ApiError::bad_request(format!("bad WebSocket handshake: {error}")))?;
+    let (mut parts, _) = response.into_parts();
+    // Browsers abort a handshake whose offered subprotocol is not echoed.
+    if let Some(value) = protocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        parts.headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+    }
+
+    let conn_id = app.next_conn_id();
+    tracing::debug!(conn = conn_id, user = user.id, lesson = lesson_id, conversation = %conversation.id, "upgrading");
+    let session = Session {
+        conn_id,
+        user_id: user.id,
+        shard: app.hub.shard_for(&conversation.id),
+        conversation,
+        recent_client_ids,
+        limits: app.limits,
+        shutdown: app.sessions_shutdown.clone(),
+        guards: Box::new((slot, app.hub.presence().connect(user.id))),
+    };
+    // The upgrade completes only after the 101 is sent, so it is awaited in
+    // the spawned task, never here.
+    app.sessions.spawn(async move {
+        match upgrade.await {
+            Ok(ws) => session.run(ws.into_inner().into_inner()).await,
+            Err(error) => tracing::debug!(conn = conn_id, %error, "upgrade failed"),
+        }
+    });
+    Ok(Response::from_parts(parts, Body::default()))
+}

@@ -1,0 +1,780 @@
+//! MongoStore against a scripted MongoDB wire server on 127.0.0.1: the exact
+//! commands the real driver sends (index specs, BSON types, write concern,
+//! history filters) and how the store reads the server's answers
+//! (duplicate keys, write-concern timeouts, a dropped connection).
+
+#[path = "mongo_wire/server.rs"]
+mod server;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chat_service::model::{ConversationKey, Message, Millis, ObjectId};
+use chat_service::store::mongo::{MongoSettings, MongoStore};
+use chat_service::store::{
+    ConversationFilter, HistoryQuery, Store, StoreError, WriteOp, WriteOutcome,
+};
+use mongodb::bson::{self, doc, Bson, Document};
+
+use server::{command_name, cursor_reply, Reply, WireServer};
+
+fn settings(server: &WireServer) -> MongoSettings {
+    let mut settings = MongoSettings::new(server.uri(), "chat");
+    settings.timeout = Duration::from_secs(3);
+    settings
+}
+
+async fn connected() -> (WireServer, MongoStore) {
+    let server = WireServer::start().await;
+    let store = MongoStore::connect(&settings(&server)).await.unwrap();
+    server.forget_commands();
+    (server, store)
+}
+
+fn oid(id: ObjectId) -> bson::oid::ObjectId {
+    bson::oid::ObjectId::from_bytes(id.bytes())
+}
+
+fn message(
+    conversation_id: ObjectId,
+    sender_id: i64,
+    text: &str,
+    client_id: Option<&str>,
+) -> Message {
+    Message {
+        id: ObjectId::new(),
+        conversation_id,
+        sender_id,
+        text: text.into(),
+        created_at: Millis(1_735_725_600_123),
+        client_id: client_id.map(str::to_string),
+        viewed_by: None,
+        viewed_at: None,
+    }
+}
+
+/// The index specs of one `createIndexes` command.
+fn index_specs(command: &Document) -> Vec<Document> {
+    command
+        .get_array("indexes")
+        .unwrap()
+        .iter()
+        .map(|spec| spec.as_document().unwrap().clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn connect_pings_and_creates_the_contract_indexes() {
+    let server = WireServer::start().await;
+    MongoStore::connect(&settings(&server)).await.unwrap();
+
+    let commands = server.commands();
+    assert_eq!(command_name(&commands[0]), "ping");
+    assert_eq!(commands[0].get_str("$db").unwrap(), "chat");
+    let created: Vec<(String, Document)> = server
+        .commands_named("createIndexes")
+        .iter()
+        .flat_map(|command| {
+            let collection = command.get_str("createIndexes").unwrap().to_string();
+            index_specs(command)
+                .into_iter()
+                .map(move |spec| (collection.clone(), spec))
+        })
+        .collect();
+    assert_eq!(created.len(), 3, "{created:?}");
+
+    let (collection, seed) = &created[0];
+    assert_eq!(collection, "conversations");
+    assert_eq!(
+        seed.get_document("key").unwrap(),
+        &doc! { "lesson_id": 1, "mentor_id": 1, "student_id": 1 }
+    );
+    assert_eq!(
+        seed.get_str("name").unwrap(),
+        "lesson_id_1_mentor_id_1_student_id_1"
+    );
+    assert_eq!(seed.get("unique"), Some(&Bson::Boolean(true)));
+    assert!(seed.get("partialFilterExpression").is_none());
+
+    let (collection, history) = &created[1];
+    assert_eq!(collection, "messages");
+    let keys: Vec<&String> = history.get_document("key").unwrap().keys().collect();
+    assert_eq!(keys, ["conversation_id", "_id"]);
+    assert_eq!(history.get_str("name").unwrap(), "conversation_id_1__id_1");
+    assert!(history.get("unique").is_none());
+
+    let (collection, resend) = &created[2];
+    assert_eq!(collection, "messages");
+    assert_eq!(
+        resend.get_document("key").unwrap(),
+        &doc! { "conversation_id": 1, "sender_id": 1, "client_id": 1 }
+    );
+    assert_eq!(
+        resend.get_str("name").unwrap(),
+        "conversation_id_1_sender_id_1_client_id_1"
+    );
+    assert_eq!(resend.get("unique"), Some(&Bson::Boolean(true)));
+    assert_eq!(
+        resend.get_document("partialFilterExpression").unwrap(),
+        &doc! { "client_id": { "$type": "string" } }
+    );
+}
+
+/// Collects what `tracing` writes while it is the thread's subscriber.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_index_that_cannot_be_built_is_logged_and_connect_succeeds() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = WireServer::start().await;
+    server.script(|command| {
+        let builds_resend_index = command_name(command) == "createIndexes"
+            && index_specs(command)[0].get_str("name") == Ok("conversation_id_1_sender_id_1_client_id_1");
+        if builds_resend_index {
+            Reply::Document(doc! {
+                "ok": 0.0, "code": 11000, "codeName": "DuplicateKey",
+                "errmsg": "Index build failed: E11000 duplicate key error collection: chat.messages index: conversation_id_1_sender_id_1_client_id_1",
+            })
+        } else {
+            Reply::Default
+        }
+    });
+    let store = MongoStore::connect(&settings(&server)).await;
+
+    assert!(store.is_ok(), "{:?}", store.err());
+    assert_eq!(server.commands_named("createIndexes").len(), 3);
+    let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logged.contains("ERROR"), "{logged}");
+    assert!(logged.contains("MONGODB INDEX NOT CREATED"), "{logged}");
+    assert!(
+        logged.contains("conversation_id_1_sender_id_1_client_id_1"),
+        "{logged}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_index_build_does_not_hold_up_the_start() {
+    let server = WireServer::start().await;
+    server.script(|command| {
+        if command_name(command) == "createIndexes"
+            && command.get_str("createIndexes") == Ok("conversations")
+        {
+            Reply::Never
+        } else {
+            Reply::Default
+        }
+    });
+    let mut settings = settings(&server);
+    settings.timeout = Duration::from_millis(300);
+
+    let store = MongoStore::connect(&settings).await;
+
+    assert!(store.is_ok(), "{:?}", store.err());
+    assert_eq!(
+        server.commands_named("createIndexes").len(),
+        3,
+        "the other indexes are still created"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_is_one_unordered_insert_then_one_update_with_the_write_concern() {
+    let (server, store) = connected().await;
+    let conversation = ObjectId::new();
+    let first = message(conversation, 10, "Hello, mentor!", Some("c-1"));
+    let second = message(conversation, 10, "no client id", None);
+    let viewed_at = Millis(1_735_725_601_000);
+    let ops = vec![
+        WriteOp::Insert(first.clone()),
+        WriteOp::Insert(second.clone()),
+        WriteOp::View {
+            conversation_id: conversation,
+            message_id: first.id,
+            viewer_id: 15,
+            at: viewed_at,
+        },
+    ];
+
+    let outcomes = store.write_batch(ops).await.unwrap();
+
+    assert_eq!(
+        outcomes,
+        [
+            WriteOutcome::Inserted,
+            WriteOutcome::Inserted,
+            WriteOutcome::Viewed
+        ]
+    );
+    let names: Vec<String> = server
+        .commands()
+        .iter()
+        .map(|c| command_name(c).to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["insert", "update"],
+        "one round trip each, inserts first"
+    );
+
+    let insert = &server.commands_named("insert")[0];
+    assert_eq!(insert.get_str("insert").unwrap(), "messages");
+    assert_eq!(insert.get("ordered"), Some(&Bson::Boolean(false)));
+    let concern = insert.get_document("writeConcern").unwrap();
+    assert_eq!(concern.get_str("w").unwrap(), "majority");
+    assert_eq!(concern.get("j"), Some(&Bson::Boolean(true)));
+    let documents = insert.get_array("documents").unwrap();
+    assert_eq!(documents.len(), 2);
+    let stored = documents[0].as_document().unwrap();
+    let keys: Vec<&String> = stored.keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "_id",
+            "conversation_id",
+            "sender_id",
+            "text",
+            "created_at",
+            "client_id"
+        ]
+    );
+    assert_eq!(stored.get("_id"), Some(&Bson::ObjectId(oid(first.id))));
+    assert_eq!(
+        stored.get("conversation_id"),
+        Some(&Bson::ObjectId(oid(conversation)))
+    );
+    assert_eq!(
+        stored.get("sender_id"),
+        Some(&Bson::Int64(10)),
+        "a small id is still Int64"
+    );
+    assert_eq!(
+        stored.get("text"),
+        Some(&Bson::String("Hello, mentor!".into()))
+    );
+    assert_eq!(
+        stored.get("created_at"),
+        Some(&Bson::DateTime(bson::DateTime::from_millis(
+            1_735_725_600_123
+        )))
+    );
+    assert_eq!(stored.get("client_id"), Some(&Bson::String("c-1".into())));
+    let plain = documents[1].as_document().unwrap();
+    assert!(plain.get("client_id").is_none() && plain.get("viewed_by").is_none());
+
+    let update = &server.commands_named("update")[0];
+    assert_eq!(update.get_str("update").unwrap(), "messages");
+    assert_eq!(
+        update
+            .get_document("writeConcern")
+            .unwrap()
+            .get_str("w")
+            .unwrap(),
+        "majority"
+    );
+    assert_eq!(
+        update.get_document("writeConcern").unwrap().get("j"),
+        Some(&Bson::Boolean(true))
+    );
+    let statements = update.get_array("updates").unwrap();
+    assert_eq!(statements.len(), 1);
+    let statement = statements[0].as_document().unwrap();
+    assert_eq!(
+        statement.get_document("q").unwrap(),
+        &doc! {
+            "_id": oid(first.id),
+            "conversation_id": oid(conversation),
+            "sender_id": { "$ne": Bson::Int64(15) },
+        }
+    );
+    assert_eq!(
+        statement.get_document("u").unwrap(),
+        &doc! { "$set": {
+            "viewed_by": Bson::Int64(15),
+            "viewed_at": bson::DateTime::from_millis(1_735_725_601_000),
+        } }
+    );
+    assert_ne!(statement.get_bool("multi"), Ok(true));
+    assert_ne!(statement.get_bool("upsert"), Ok(true));
+}
+
+#[tokio::test]
+async fn a_client_id_duplicate_reads_back_the_stored_id_and_an_id_duplicate_is_inserted() {
+    let (server, store) = connected().await;
+    let conversation = ObjectId::new();
+    let fresh = message(conversation, 10, "fresh", Some("c-0"));
+    let resend = message(conversation, 10, "resent", Some("c-1"));
+    let retried = message(conversation, 10, "retried batch", Some("c-2"));
+    let stored_first = ObjectId::new();
+    server.script(move |command| match command_name(command) {
+        "insert" => Reply::Document(doc! {
+            "n": 1,
+            "writeErrors": [
+                { "index": 1, "code": 11000, "errmsg": "E11000 duplicate key error collection: chat.messages index: conversation_id_1_sender_id_1_client_id_1 dup key: { conversation_id: ObjectId('0'), sender_id: 10, client_id: \"c-1\" }" },
+                { "index": 2, "code": 11000, "errmsg": "E11000 duplicate key error collection: chat.messages index: _id_ dup key: { _id: ObjectId('0') }" },
+            ],
+            "ok": 1.0,
+        }),
+        "find" => Reply::Document(cursor_reply(command, vec![doc! {
+            "_id": oid(stored_first),
+            "conversation_id": oid(conversation),
+            "sender_id": 10_i64,
+            "client_id": "c-1",
+        }])),
+        _ => Reply::Default,
+    });
+
+    let outcomes = store
+        .write_batch(vec![
+            WriteOp::Insert(fresh),
+            WriteOp::Insert(resend.clone()),
+            WriteOp::Insert(retried),
+        ])
+        .await
+        .unwrap();
+
+    assert_eq!(
+        outcomes,
+        [
+            WriteOutcome::Inserted,
+            WriteOutcome::Duplicate {
+                existing: stored_first
+            },
+            WriteOutcome::Inserted,
+        ]
+    );
+    let finds = server.commands_named("find");
+    assert_eq!(
+        finds.len(),
+        1,
+        "one read-back, only for the client_id duplicate"
+    );
+    let clauses = finds[0]
+        .get_document("filter")
+        .unwrap()
+        .get_array("$or")
+        .unwrap()
+        .clone();
+    assert!(clauses.contains(&Bson::Document(doc! {
+        "conversation_id": oid(conversation),
+        "sender_id": Bson::Int64(10),
+        "client_id": "c-1",
+    })));
+    assert!(clauses.contains(&Bson::Document(doc! { "_id": oid(resend.id) })));
+}
+
+#[tokio::test]
+async fn a_write_concern_timeout_is_unavailable() {
+    let (server, store) = connected().await;
+    server.script(|command| match command_name(command) {
+        "insert" => Reply::Document(doc! {
+            "n": 1,
+            "writeConcernError": { "code": 64, "codeName": "WriteConcernFailed", "errmsg": "waiting for replication timed out" },
+            "ok": 1.0,
+        }),
+        _ => Reply::Default,
+    });
+    let op = WriteOp::Insert(message(ObjectId::new(), 10, "hi", None));
+
+    let result = store.write_batch(vec![op]).await;
+
+    assert!(
+        matches!(result, Err(StoreError::Unavailable(_))),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_insert_for_another_reason_is_unavailable_so_the_batch_is_retried() {
+    let (server, store) = connected().await;
+    server.script(|command| match command_name(command) {
+        "insert" => Reply::Document(doc! {
+            "n": 1,
+            "writeErrors": [{ "index": 0, "code": 10107, "errmsg": "not primary" }],
+            "ok": 1.0,
+        }),
+        _ => Reply::Default,
+    });
+    let op = WriteOp::Insert(message(ObjectId::new(), 10, "hi", None));
+
+    let result = store.write_batch(vec![op.clone(), op]).await;
+
+    assert!(
+        matches!(result, Err(StoreError::Unavailable(_))),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_connection_mid_batch_is_unavailable_and_the_store_recovers() {
+    let (server, store) = connected().await;
+    server.script(|command| match command_name(command) {
+        "insert" => Reply::HangUp,
+        _ => Reply::Default,
+    });
+    let op = WriteOp::Insert(message(ObjectId::new(), 10, "hi", None));
+
+    let result = store.write_batch(vec![op.clone()]).await;
+    assert!(
+        matches!(result, Err(StoreError::Unavailable(_))),
+        "{result:?}"
+    );
+
+    server.script(|_| Reply::Default);
+    assert_eq!(
+        store.write_batch(vec![op]).await.unwrap(),
+        [WriteOutcome::Inserted]
+    );
+    store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_view_that_matches_nothing_is_read_back_as_missing() {
+    let (server, store) = connected().await;
+    let conversation = ObjectId::new();
+    let present = ObjectId::new();
+    let absent = ObjectId::new();
+    server.script(move |command| match command_name(command) {
+        "update" => Reply::Document(doc! { "n": 1, "nModified": 1, "ok": 1.0 }),
+        "find" => Reply::Document(cursor_reply(
+            command,
+            vec![doc! {
+                "_id": oid(present), "conversation_id": oid(conversation), "sender_id": 10_i64,
+            }],
+        )),
+        _ => Reply::Default,
+    });
+    let view = |message_id| WriteOp::View {
+        conversation_id: conversation,
+        message_id,
+        viewer_id: 15,
+        at: Millis(1),
+    };
+
+    let outcomes = store
+        .write_batch(vec![view(absent), view(present)])
+        .await
+        .unwrap();
+
+    assert_eq!(
+        outcomes,
+        [WriteOutcome::ViewTargetMissing, WriteOutcome::Viewed]
+    );
+    let names: Vec<String> = server
+        .commands()
+        .iter()
+        .map(|c| command_name(c).to_string())
+        .collect();
+    assert_eq!(names, ["update", "find"]);
+}
+
+#[tokio::test]
+async fn a_view_naming_a_later_insert_runs_before_it() {
+    let (server, store) = connected().await;
+    let conversation = ObjectId::new();
+    let later = message(conversation, 10, "later", None);
+    server.script(|command| match command_name(command) {
+        "update" => Reply::Document(doc! { "n": 0, "nModified": 0, "ok": 1.0 }),
+        _ => Reply::Default,
+    });
+    let ops = vec![
+        WriteOp::View {
+            conversation_id: conversation,
+            message_id: later.id,
+            viewer_id: 15,
+            at: Millis(1),
+        },
+        WriteOp::Insert(later),
+    ];
+
+    let outcomes = store.write_batch(ops).await.unwrap();
+
+    assert_eq!(
+        outcomes,
+        [WriteOutcome::ViewTargetMissing, WriteOutcome::Inserted]
+    );
+    let names: Vec<String> = server
+        .commands()
+        .iter()
+        .map(|c| command_name(c).to_string())
+        .collect();
+    assert_eq!(names, ["update", "find", "insert"]);
+}
+
+#[tokio::test]
+async fn history_before_reads_newest_first_with_a_limit_and_returns_oldest_first() {
+    let (server, store) = connected().await;
+    let conversation = ObjectId::new();
+    let [oldest, middle, newest, cursor] = [
+        ObjectId::new(),
+        ObjectId::new(),
+        ObjectId::new(),
+        ObjectId::new(),
+    ];
+    server.script(move |command| match command_name(command) {
+        // Newest first, as the sort asks; seed shapes: an int32 id, no
+        // client_id, a viewed_by on one.
+        "find" => Reply::Document(cursor_reply(command, vec![
+            doc! { "_id": oid(newest), "conversation_id": oid(conversation), "sender_id": 10_i64, "text": "c",
+                   "created_at": bson::DateTime::from_millis(3_000), "viewed_by": 15_i64 },
+            doc! { "_id": oid(middle), "conversation_id": oid(conversation), "sender_id": Bson::Int32(15), "text": "b",
+                   "created_at": bson::DateTime::from_millis(2_000) },
+            doc! { "_id": oid(oldest), "conversation_id": oid(conversation), "sender_id": 10_i64, "text": "a",
+                   "created_at": bson::DateTime::from_millis(1_000), "client_id": "c-1" },
+        ])),
+        _ => Reply::Default,
+    });
+
+    let page = store
+        .messages(HistoryQuery {
+            conversation_id: conversation,
+            before: Some(cursor),
+            after: None,
+            limit: 3,
+        })
+        .await
+        .unwrap();
+
+    let ids: Vec<ObjectId> = page.iter().map(|m| m.id).collect();
+    assert_eq!(ids, [oldest, middle, newest]);
+    assert_eq!(page[1].sender_id, 15);
+    assert_eq!(page[2].viewed_by, Some(15));
+    assert_eq!(page[0].client_id.as_deref(), Some("c-1"));
+    assert_eq!(page[0].created_at, Millis(1_000));
+    let find = &server.commands_named("find")[0];
+    assert_eq!(find.get_str("find").unwrap(), "messages");
+    assert_eq!(
+        find.get_document("filter").unwrap(),
+        &doc! { "conversation_id": oid(conversation), "_id": { "$lt": oid(cursor) } }
+    );
+    assert_eq!(find.get_document("sort").unwrap(), &doc! { "_id": -1 });
+    assert_eq!(find.get("limit").and_then(Bson::as_i64), Some(3));
+}
+
+#[tokio::test]
+async fn history_after_reads_oldest_first_between_both_cursors() {
+    let (server, store) = connected().await;
+    let conversation = ObjectId::new();
+    let (after, before) = (ObjectId::new(), ObjectId::new());
+
+    let page = store
+        .messages(HistoryQuery {
+            conversation_id: conversation,
+            before: Some(before),
+            after: Some(after),
+            limit: 50,
+        })
+        .await
+        .unwrap();
+
+    assert!(page.is_empty());
+    let find = &server.commands_named("find")[0];
+    assert_eq!(
+        find.get_document("filter").unwrap(),
+        &doc! { "conversation_id": oid(conversation), "_id": { "$gt": oid(after), "$lt": oid(before) } }
+    );
+    assert_eq!(find.get_document("sort").unwrap(), &doc! { "_id": 1 });
+    assert_eq!(find.get("limit").and_then(Bson::as_i64), Some(50));
+}
+
+#[tokio::test]
+async fn conversations_are_filtered_sorted_and_limited() {
+    let (server, store) = connected().await;
+
+    let filter = ConversationFilter {
+        mentor_id: Some(10),
+        student_id: None,
+        participant: Some(10),
+        limit: 20,
+    };
+    store.conversations(filter).await.unwrap();
+
+    let find = &server.commands_named("find")[0];
+    assert_eq!(find.get_str("find").unwrap(), "conversations");
+    assert_eq!(
+        find.get_document("filter").unwrap(),
+        &doc! {
+            "mentor_id": Bson::Int64(10),
+            "$or": [{ "mentor_id": Bson::Int64(10) }, { "student_id": Bson::Int64(10) }],
+        }
+    );
+    assert_eq!(
+        find.get_document("sort").unwrap(),
+        &doc! { "created_at": 1, "_id": 1 }
+    );
+    assert_eq!(find.get("limit").and_then(Bson::as_i64), Some(20));
+}
+
+#[tokio::test]
+async fn get_or_create_upserts_on_the_natural_key_and_reads_back_after_a_lost_race() {
+    let (server, store) = connected().await;
+    let winner = ObjectId::new();
+    let finds = Arc::new(Mutex::new(0));
+    let counted = Arc::clone(&finds);
+    server.script(move |command| match command_name(command) {
+        "find" => {
+            let mut finds = counted.lock().unwrap();
+            *finds += 1;
+            // Absent at first; after the lost race the winner's document.
+            let found = if *finds == 1 {
+                vec![]
+            } else {
+                vec![doc! {
+                    "_id": oid(winner), "lesson_id": 7_i64, "mentor_id": 10_i64, "student_id": 25_i64,
+                    "created_at": bson::DateTime::from_millis(9_000),
+                }]
+            };
+            Reply::Document(cursor_reply(command, found))
+        }
+        "findAndModify" => Reply::Document(doc! {
+            "ok": 0.0, "code": 11000, "codeName": "DuplicateKey",
+            "errmsg": "E11000 duplicate key error collection: chat.conversations index: lesson_id_1_mentor_id_1_student_id_1",
+        }),
+        _ => Reply::Default,
+    });
+    let key = ConversationKey {
+        lesson_id: 7,
+        mentor_id: 10,
+        student_id: 25,
+    };
+
+    let conversation = store.conversation_for(key, Millis(5_000)).await.unwrap();
+
+    assert_eq!(conversation.id, winner);
+    assert_eq!(conversation.created_at, Millis(9_000));
+    let natural_key = doc! {
+        "lesson_id": Bson::Int64(7), "mentor_id": Bson::Int64(10), "student_id": Bson::Int64(25),
+    };
+    let upsert = &server.commands_named("findAndModify")[0];
+    assert_eq!(upsert.get_str("findAndModify").unwrap(), "conversations");
+    assert_eq!(upsert.get_document("query").unwrap(), &natural_key);
+    assert_eq!(upsert.get("upsert"), Some(&Bson::Boolean(true)));
+    assert_eq!(upsert.get("new"), Some(&Bson::Boolean(true)));
+    let on_insert = upsert
+        .get_document("update")
+        .unwrap()
+        .get_document("$setOnInsert")
+        .unwrap();
+    assert!(matches!(on_insert.get("_id"), Some(Bson::ObjectId(_))));
+    assert_eq!(
+        on_insert.get("created_at"),
+        Some(&Bson::DateTime(bson::DateTime::from_millis(5_000)))
+    );
+    assert_eq!(
+        upsert
+            .get_document("writeConcern")
+            .unwrap()
+            .get_str("w")
+            .unwrap(),
+        "majority"
+    );
+    let reads = server.commands_named("find");
+    assert_eq!(reads.len(), 2);
+    assert_eq!(reads[1].get_document("filter").unwrap(), &natural_key);
+}
+
+#[tokio::test]
+async fn ping_runs_the_ping_command() {
+    let (server, store) = connected().await;
+    store.ping().await.unwrap();
+    let ping = &server.commands_named("ping")[0];
+    assert_eq!(ping.get_i32("ping").unwrap(), 1);
+    assert_eq!(store.kind(), "mongodb");
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_a_hello_makes_connect_unavailable() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepts and holds connections, never answering.
+    let _held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let mut settings = MongoSettings::new(
+        format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+        "chat",
+    );
+    settings.timeout = Duration::from_millis(300);
+
+    let result = MongoStore::connect(&settings).await;
+
+    assert!(
+        matches!(result, Err(StoreError::Unavailable(_))),
+        "{:?}",
+        result.err()
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_stops_answering_makes_a_read_unavailable() {
+    let server = WireServer::start().await;
+    let mut settings = settings(&server);
+    settings.timeout = Duration::from_millis(300);
+    let store = MongoStore::connect(&settings).await.unwrap();
+    server.script(|command| match command_name(command) {
+        "find" => Reply::Never,
+        _ => Reply::Default,
+    });
+
+    let query = HistoryQuery {
+        conversation_id: ObjectId::new(),
+        before: None,
+        after: None,
+        limit: 10,
+    };
+    let result = store.messages(query).await;
+
+    assert!(
+        matches!(result, Err(StoreError::Unavailable(_))),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_document_the_server_can_never_accept_is_rejected_alone() {
+    let (server, store) = connected().await;
+    server.script(|command| match command_name(command) {
+        "insert" => Reply::Document(doc! {
+            "n": 1,
+            "writeErrors": [{ "index": 0, "code": 121, "codeName": "DocumentValidationFailure", "errmsg": "Document failed validation" }],
+            "ok": 1.0,
+        }),
+        _ => Reply::Default,
+    });
+    let conversation = ObjectId::new();
+    let ops = vec![
+        WriteOp::Insert(message(conversation, 10, "refused", None)),
+        WriteOp::Insert(message(conversation, 10, "fine", None)),
+    ];
+
+    let outcomes = store.write_batch(ops).await.unwrap();
+
+    assert_eq!(
+        outcomes,
+        [
+            WriteOutcome::Rejected("Document failed validation".into()),
+            WriteOutcome::Inserted
+        ]
+    );
+}
