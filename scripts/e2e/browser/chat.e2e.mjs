@@ -49,7 +49,7 @@ async function openChat(browser, username, studentId) {
   page.on("pageerror", (err) => problems.push(`${username}: page error: ${err.message}`));
   page.on("console", (msg) => {
     if (msg.type() === "error" && !/WebSocket|ERR_CONNECTION/.test(msg.text())) {
-      problems.push(`${username}: console error: ${msg.text()}`);
+      problems.push(`${username}: console error: ${msg.text()} (${msg.location().url})`);
     }
   });
   await page.goto(`${DJANGO}/`);
@@ -162,6 +162,10 @@ async function scenario(browser, opened) {
   // alice's later message has arrived, so a duplicate sent before it would be here too.
   const copies = await row(mentor.page, offline).count();
   if (copies !== 1) throw new Error(`mentor shows the resent message ${copies} times`);
+
+  // Leave the mentor typing, so the screenshot shows the indicator too.
+  await mentor.page.locator("#text").pressSequentially("One more thing", { delay: 20 });
+  await alice.page.waitForSelector("#typing:not([hidden])");
 
   const problems = opened.flatMap((o) => o.problems).concat(again.problems);
   if (problems.length) throw new Error(problems.join("\n"));
