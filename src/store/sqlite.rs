@@ -1,10 +1,623 @@
-//! STUB — replaced by the store branch at merge.
-use super::StoreError;
-use crate::config::SqliteSync;
+//! The embedded store: SQLite in WAL mode, used when `MONGO_URI` is unset.
+//!
+//! # Threads
+//!
+//! Every SQLite call blocks, so none runs on a tokio runtime thread. One
+//! dedicated thread owns the only write connection and runs every write —
+//! the writer's batches and conversation creation — in arrival order, which
+//! also makes get-or-create race-free inside the process (the UNIQUE key
+//! makes it race-free across processes). A few reader threads each own a
+//! read-only connection and share one job queue; WAL lets them read while a
+//! batch is being written, so a history page never waits behind a batch.
+//! Dropping the store closes the queues; the threads finish their current
+//! job and close their connections.
+//!
+//! # Schema
+//!
+//! Ids are the 12 ObjectId bytes as BLOBs, so SQLite's memcmp order is id
+//! order; times are INTEGER milliseconds (`Millis`). `messages` is a
+//! WITHOUT ROWID table keyed by (conversation_id, id): a history page is one
+//! primary-key range scan, and every write names its conversation.
+
 use std::path::Path;
-pub type SqliteStore = super::memory::MemoryStore;
-impl super::memory::MemoryStore {
-    pub fn open(_dir: &Path, _sync: SqliteSync) -> Result<Self, StoreError> {
-        Ok(Self::default())
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rusqlite::{ffi, Connection, OpenFlags, OptionalExtension, Row};
+use tokio::sync::oneshot;
+
+use super::{
+    ConversationFilter, HistoryQuery, Store, StoreError, StoreFuture, WriteOp, WriteOutcome,
+};
+use crate::config::SqliteSync;
+use crate::model::{
+    Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, ObjectId, UserId,
+};
+
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "chat.sqlite3";
+
+/// Reader threads: enough that a slow page does not hold up the next request
+/// on a 2-core machine, few enough to stay cheap.
+const READERS: usize = 3;
+
+/// How long a connection waits for a lock held by another process (e.g. the
+/// `sqlite3` tool) before the call fails as `Unavailable`; the writer
+/// retries such batches, so this need not cover long locks.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The schema version this code writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS conversations (
+    id         BLOB    NOT NULL PRIMARY KEY,
+    lesson_id  INTEGER NOT NULL,
+    mentor_id  INTEGER NOT NULL,
+    student_id INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    UNIQUE (lesson_id, mentor_id, student_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conversations_by_mentor
+    ON conversations (mentor_id, created_at, id);
+CREATE INDEX IF NOT EXISTS conversations_by_student
+    ON conversations (student_id, created_at, id);
+CREATE TABLE IF NOT EXISTS messages (
+    conversation_id BLOB    NOT NULL,
+    id              BLOB    NOT NULL,
+    sender_id       INTEGER NOT NULL,
+    text            TEXT    NOT NULL,
+    created_at      INTEGER NOT NULL,
+    client_id       TEXT,
+    viewed_by       INTEGER,
+    viewed_at       INTEGER,
+    PRIMARY KEY (conversation_id, id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
+    ON messages (conversation_id, sender_id, client_id) WHERE client_id IS NOT NULL;
+";
+
+const CONVERSATION_COLUMNS: &str = "id, lesson_id, mentor_id, student_id, created_at";
+const MESSAGE_COLUMNS: &str =
+    "id, conversation_id, sender_id, text, created_at, client_id, viewed_by, viewed_at";
+
+/// `DO NOTHING` covers only uniqueness conflicts: a retried insert (same id)
+/// or a resend (same client id), told apart afterwards.
+const INSERT_MESSAGE: &str = "INSERT INTO messages
+    (conversation_id, id, sender_id, text, created_at, client_id, viewed_by, viewed_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING";
+const MESSAGE_EXISTS: &str = "SELECT 1 FROM messages WHERE conversation_id = ?1 AND id = ?2";
+const MESSAGE_BY_CLIENT_ID: &str = "SELECT id FROM messages
+    WHERE conversation_id = ?1 AND sender_id = ?2 AND client_id = ?3";
+const VIEW_MESSAGE: &str = "UPDATE messages SET viewed_by = ?3, viewed_at = ?4
+    WHERE conversation_id = ?1 AND id = ?2 AND sender_id <> ?3";
+const INSERT_CONVERSATION: &str = "INSERT INTO conversations
+    (id, lesson_id, mentor_id, student_id, created_at)
+    VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING";
+
+/// SQLite behind the [`Store`] trait; see the module docs.
+pub struct SqliteStore {
+    writes: mpsc::Sender<WriteJob>,
+    reads: mpsc::Sender<ReadJob>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
     }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// Work for the write thread.
+enum WriteJob {
+    Batch {
+        ops: Vec<WriteOp>,
+        reply: Reply<Vec<WriteOutcome>>,
+    },
+    ConversationFor {
+        key: ConversationKey,
+        created_at: Millis,
+        reply: Reply<Conversation>,
+    },
+}
+
+/// Work for a reader thread: a query that sends its own result.
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+impl SqliteStore {
+    /// Opens (creating if needed) `dir/chat.sqlite3`, creates the schema and
+    /// starts the writer and reader threads. Blocking: call it before the
+    /// runtime serves traffic, or from `spawn_blocking`.
+    pub fn open(dir: &Path, sync: SqliteSync) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+        })?;
+        let path = dir.join(DATABASE_FILE);
+
+        let writer = Connection::open(&path).map_err(store_error)?;
+        configure_writer(&writer, sync)?;
+        create_schema(&writer)?;
+
+        // Readers open after the writer switched the file to WAL, so they
+        // never see a rollback journal.
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let conn = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(store_error)?;
+            configure_reader(&conn).map_err(store_error)?;
+            readers.push(conn);
+        }
+
+        let (writes, write_jobs) = mpsc::channel();
+        spawn_thread("sqlite-writer", move || run_writer(writer, write_jobs))?;
+
+        let (reads, read_jobs) = mpsc::channel::<ReadJob>();
+        let read_jobs = Arc::new(Mutex::new(read_jobs));
+        for (n, conn) in readers.into_iter().enumerate() {
+            let jobs = Arc::clone(&read_jobs);
+            spawn_thread(&format!("sqlite-reader-{n}"), move || {
+                run_reader(conn, &jobs)
+            })?;
+        }
+
+        Ok(SqliteStore { writes, reads })
+    }
+
+    /// Runs `query` on a reader thread.
+    fn read<T, F>(&self, query: F) -> StoreFuture<'_, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            let job: ReadJob = Box::new(move |conn| {
+                let _ = reply.send(query(conn).map_err(store_error));
+            });
+            self.reads.send(job).map_err(|_| threads_stopped())?;
+            answer.await.map_err(|_| threads_stopped())?
+        })
+    }
+
+    /// Hands a job to the write thread and waits for its reply.
+    async fn write<T>(&self, job: impl FnOnce(Reply<T>) -> WriteJob) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(job(reply))
+            .map_err(|_| threads_stopped())?;
+        answer.await.map_err(|_| threads_stopped())?
+    }
+}
+
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn conversation_for(
+        &self,
+        key: ConversationKey,
+        created_at: Millis,
+    ) -> StoreFuture<'_, Conversation> {
+        Box::pin(async move {
+            // Almost always the conversation exists: look it up on a reader
+            // so an upgrade does not queue behind write batches.
+            if let Some(found) = self
+                .read(move |conn| conversation_by_key(conn, &key))
+                .await?
+            {
+                return Ok(found);
+            }
+            self.write(|reply| WriteJob::ConversationFor {
+                key,
+                created_at,
+                reply,
+            })
+            .await
+        })
+    }
+
+    fn conversation(&self, id: ConversationId) -> StoreFuture<'_, Option<Conversation>> {
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?1"
+            ))?
+            .query_row([id.bytes()], conversation_from_row)
+            .optional()
+        })
+    }
+
+    fn conversations(&self, filter: ConversationFilter) -> StoreFuture<'_, Vec<Conversation>> {
+        self.read(move |conn| {
+            let mut sql = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE 1 = 1");
+            let mut args: Vec<i64> = Vec::with_capacity(5);
+            if let Some(mentor) = filter.mentor_id {
+                sql.push_str(" AND mentor_id = ?");
+                args.push(mentor);
+            }
+            if let Some(student) = filter.student_id {
+                sql.push_str(" AND student_id = ?");
+                args.push(student);
+            }
+            if let Some(user) = filter.participant {
+                sql.push_str(" AND (mentor_id = ? OR student_id = ?)");
+                args.extend([user, user]);
+            }
+            sql.push_str(" ORDER BY created_at, id LIMIT ?");
+            args.push(sql_limit(filter.limit));
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), conversation_from_row)?;
+            rows.collect()
+        })
+    }
+
+    fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, Vec<Message>> {
+        self.read(move |conn| history(conn, &query))
+    }
+
+    fn recent_client_ids(
+        &self,
+        conversation_id: ConversationId,
+        sender_id: UserId,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<(String, MessageId)>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT client_id, id FROM messages
+                 WHERE conversation_id = ?1 AND sender_id = ?2 AND client_id IS NOT NULL
+                 ORDER BY id DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                (conversation_id.bytes(), sender_id, sql_limit(limit)),
+                |row| Ok((row.get(0)?, ObjectId::from_bytes(row.get(1)?))),
+            )?;
+            rows.collect()
+        })
+    }
+
+    fn write_batch(&self, ops: Vec<WriteOp>) -> StoreFuture<'_, Vec<WriteOutcome>> {
+        Box::pin(self.write(|reply| WriteJob::Batch { ops, reply }))
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
+    }
+}
+
+fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
+    thread::Builder::new()
+        .name(name.to_string())
+        .spawn(body)
+        .map(drop)
+        .map_err(|e| StoreError::Internal(format!("cannot start thread {name}: {e}")))
+}
+
+fn configure_writer(conn: &Connection, sync: SqliteSync) -> Result<(), StoreError> {
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(store_error)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Internal(format!(
+            "journal_mode is {mode}: the file system does not support WAL"
+        )));
+    }
+    configure_writer_pragmas(conn, sync).map_err(store_error)
+}
+
+fn configure_writer_pragmas(conn: &Connection, sync: SqliteSync) -> rusqlite::Result<()> {
+    let synchronous = match sync {
+        SqliteSync::Normal => "NORMAL",
+        SqliteSync::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // 8 MiB holds the hot leaves of many conversations; a larger cache
+    // costs time at every commit (SQLite scans it to truncate), and mmap
+    // serves the rest of the file cheaply.
+    conn.pragma_update(None, "cache_size", -8_192)?;
+    conn.pragma_update(None, "mmap_size", 268_435_456)?;
+    // Checkpoint every ~64 MiB of WAL instead of 4 MiB: a conversation's
+    // hot page is rewritten by many commits but copied back once.
+    conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
+    // Keep the WAL file from staying huge after a burst.
+    conn.pragma_update(None, "journal_size_limit", 67_108_864)?;
+    Ok(())
+}
+
+fn configure_reader(conn: &Connection) -> rusqlite::Result<()> {
+    // Room for every query shape (filters x cursors) this store prepares.
+    conn.set_prepared_statement_cache_capacity(32);
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "query_only", "ON")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", -16_384)?;
+    conn.pragma_update(None, "mmap_size", 268_435_456)?;
+    Ok(())
+}
+
+fn create_schema(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(store_error)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Internal(format!(
+            "database schema version {version} is newer than this build's {SCHEMA_VERSION}"
+        )));
+    }
+    conn.execute_batch(SCHEMA).map_err(store_error)?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(store_error)
+}
+
+fn run_writer(conn: Connection, jobs: mpsc::Receiver<WriteJob>) {
+    while let Ok(job) = jobs.recv() {
+        match job {
+            WriteJob::Batch { ops, reply } => {
+                let _ = reply.send(write_batch(&conn, &ops));
+            }
+            WriteJob::ConversationFor {
+                key,
+                created_at,
+                reply,
+            } => {
+                let _ = reply.send(get_or_create(&conn, &key, created_at).map_err(store_error));
+            }
+        }
+    }
+}
+
+fn run_reader(conn: Connection, jobs: &Mutex<mpsc::Receiver<ReadJob>>) {
+    loop {
+        // One reader waits in `recv` while the others wait for the lock;
+        // the lock is released before the job runs.
+        let job = jobs.lock().recv();
+        match job {
+            Ok(job) => job(&conn),
+            Err(mpsc::RecvError) => return,
+        }
+    }
+}
+
+/// One transaction for the whole batch: one WAL append and, with
+/// `synchronous=full`, one fsync per batch.
+fn write_batch(conn: &Connection, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+    let applied = conn
+        .prepare_cached("BEGIN IMMEDIATE")
+        .and_then(|mut begin| begin.execute([]))
+        .and_then(|_| apply(conn, ops))
+        .and_then(|outcomes| {
+            conn.prepare_cached("COMMIT")?.execute([])?;
+            Ok(outcomes)
+        });
+    applied.map_err(|e| {
+        // A failed COMMIT (e.g. SQLITE_BUSY) leaves the transaction open.
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        store_error(e)
+    })
+}
+
+fn apply(conn: &Connection, ops: &[WriteOp]) -> rusqlite::Result<Vec<WriteOutcome>> {
+    let mut insert = conn.prepare_cached(INSERT_MESSAGE)?;
+    let mut view = conn.prepare_cached(VIEW_MESSAGE)?;
+    let mut outcomes = Vec::with_capacity(ops.len());
+    for op in ops {
+        let outcome = match op {
+            WriteOp::Insert(message) => insert_message(conn, &mut insert, message),
+            WriteOp::View {
+                conversation_id,
+                message_id,
+                viewer_id,
+                at,
+            } => view
+                .execute((conversation_id.bytes(), message_id.bytes(), viewer_id, at.0))
+                .map(|changed| match changed {
+                    0 => WriteOutcome::ViewTargetMissing,
+                    _ => WriteOutcome::Viewed,
+                }),
+        };
+        outcomes.push(match outcome {
+            Ok(outcome) => outcome,
+            // The failed statement was rolled back on its own; the rest of
+            // the batch stands.
+            Err(e) if refuses_only_this_op(&e) => WriteOutcome::Rejected(e.to_string()),
+            Err(e) => return Err(e),
+        });
+    }
+    Ok(outcomes)
+}
+
+fn insert_message(
+    conn: &Connection,
+    insert: &mut rusqlite::Statement<'_>,
+    message: &Message,
+) -> rusqlite::Result<WriteOutcome> {
+    let conversation = message.conversation_id.bytes();
+    let id = message.id.bytes();
+    let inserted = insert.execute((
+        conversation,
+        id,
+        message.sender_id,
+        message.text.as_str(),
+        message.created_at.0,
+        message.client_id.as_deref(),
+        message.viewed_by,
+        message.viewed_at.map(|at| at.0),
+    ))?;
+    if inserted == 1 {
+        return Ok(WriteOutcome::Inserted);
+    }
+    // A conflict: this very message (a retried batch), or an earlier one with
+    // the same client id (a resend).
+    if conn
+        .prepare_cached(MESSAGE_EXISTS)?
+        .exists((conversation, id))?
+    {
+        return Ok(WriteOutcome::Inserted);
+    }
+    let existing = match message.client_id.as_deref() {
+        Some(client_id) => conn
+            .prepare_cached(MESSAGE_BY_CLIENT_ID)?
+            .query_row((conversation, message.sender_id, client_id), |row| {
+                row.get::<_, [u8; 12]>(0)
+            })
+            .optional()?,
+        None => None,
+    };
+    Ok(match existing {
+        Some(existing) => WriteOutcome::Duplicate {
+            existing: ObjectId::from_bytes(existing),
+        },
+        None => WriteOutcome::Rejected("conflicts with a stored message".into()),
+    })
+}
+
+fn get_or_create(
+    conn: &Connection,
+    key: &ConversationKey,
+    created_at: Millis,
+) -> rusqlite::Result<Conversation> {
+    conn.prepare_cached(INSERT_CONVERSATION)?.execute((
+        ObjectId::new().bytes(),
+        key.lesson_id,
+        key.mentor_id,
+        key.student_id,
+        created_at.0,
+    ))?;
+    conversation_by_key(conn, key)?.ok_or(rusqlite::Error::QueryReturnedNoRows)
+}
+
+fn conversation_by_key(
+    conn: &Connection,
+    key: &ConversationKey,
+) -> rusqlite::Result<Option<Conversation>> {
+    conn.prepare_cached(&format!(
+        "SELECT {CONVERSATION_COLUMNS} FROM conversations
+         WHERE lesson_id = ?1 AND mentor_id = ?2 AND student_id = ?3"
+    ))?
+    .query_row(
+        (key.lesson_id, key.mentor_id, key.student_id),
+        conversation_from_row,
+    )
+    .optional()
+}
+
+/// See [`HistoryQuery`]: with `after`, the first page after it; otherwise the
+/// last page before `before`, read newest first and reversed.
+fn history(conn: &Connection, query: &HistoryQuery) -> rusqlite::Result<Vec<Message>> {
+    let conversation = query.conversation_id.bytes();
+    let limit = sql_limit(query.limit);
+    let select = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1");
+    let messages = match (query.after, query.before) {
+        (Some(after), Some(before)) => conn
+            .prepare_cached(&format!(
+                "{select} AND id > ?2 AND id < ?3 ORDER BY id LIMIT ?4"
+            ))?
+            .query_map(
+                (conversation, after.bytes(), before.bytes(), limit),
+                message_from_row,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?,
+        (Some(after), None) => conn
+            .prepare_cached(&format!("{select} AND id > ?2 ORDER BY id LIMIT ?3"))?
+            .query_map((conversation, after.bytes(), limit), message_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?,
+        (None, Some(before)) => {
+            let mut newest_first = conn
+                .prepare_cached(&format!("{select} AND id < ?2 ORDER BY id DESC LIMIT ?3"))?
+                .query_map((conversation, before.bytes(), limit), message_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            newest_first.reverse();
+            newest_first
+        }
+        (None, None) => {
+            let mut newest_first = conn
+                .prepare_cached(&format!("{select} ORDER BY id DESC LIMIT ?2"))?
+                .query_map((conversation, limit), message_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            newest_first.reverse();
+            newest_first
+        }
+    };
+    Ok(messages)
+}
+
+fn conversation_from_row(row: &Row<'_>) -> rusqlite::Result<Conversation> {
+    Ok(Conversation {
+        id: ObjectId::from_bytes(row.get(0)?),
+        lesson_id: row.get(1)?,
+        mentor_id: row.get(2)?,
+        student_id: row.get(3)?,
+        created_at: Millis(row.get(4)?),
+    })
+}
+
+fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        id: ObjectId::from_bytes(row.get(0)?),
+        conversation_id: ObjectId::from_bytes(row.get(1)?),
+        sender_id: row.get(2)?,
+        text: row.get(3)?,
+        created_at: Millis(row.get(4)?),
+        client_id: row.get(5)?,
+        viewed_by: row.get(6)?,
+        viewed_at: row.get::<_, Option<i64>>(7)?.map(Millis),
+    })
+}
+
+/// SQLite's LIMIT is an i64; a larger `usize` means "no limit".
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// Errors that concern one op's data, not the database: the op is
+/// `Rejected` and the batch goes on.
+fn refuses_only_this_op(error: &rusqlite::Error) -> bool {
+    matches!(
+        error,
+        rusqlite::Error::SqliteFailure(
+            ffi::Error {
+                code: ffi::ErrorCode::ConstraintViolation
+                    | ffi::ErrorCode::TooBig
+                    | ffi::ErrorCode::TypeMismatch,
+                ..
+            },
+            _,
+        )
+    )
+}
+
+/// Locks, I/O and a full disk may pass (`Unavailable`, retried); anything
+/// else is a bug or corruption (`Internal`).
+fn store_error(error: rusqlite::Error) -> StoreError {
+    match &error {
+        rusqlite::Error::SqliteFailure(
+            ffi::Error {
+                code:
+                    ffi::ErrorCode::DatabaseBusy
+                    | ffi::ErrorCode::DatabaseLocked
+                    | ffi::ErrorCode::SystemIoFailure
+                    | ffi::ErrorCode::DiskFull
+                    | ffi::ErrorCode::CannotOpen
+                    | ffi::ErrorCode::FileLockingProtocolFailed,
+                ..
+            },
+            _,
+        ) => StoreError::Unavailable(error.to_string()),
+        _ => StoreError::Internal(error.to_string()),
+    }
+}
+
+/// A worker thread is gone: it panicked, which retrying will not fix.
+fn threads_stopped() -> StoreError {
+    StoreError::Internal("the SQLite worker threads have stopped".into())
 }

@@ -362,6 +362,14 @@ struct Prefixed<R> {
 
 impl<R> Prefixed<R> {
     fn new(prefix: Bytes, inner: R) -> Self {
+        // `prefix` is a slice of hyper's read buffer, and even an empty one
+        // can keep that whole buffer alive for the connection's life: copy
+        // out what is left and let the buffer go.
+        let prefix = if prefix.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(&prefix)
+        };
         Prefixed { prefix, inner }
     }
 }

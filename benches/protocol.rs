@@ -1,0 +1,57 @@
+//! Inbound parse and outbound encode of every event type.
+//!
+//! `cargo bench --bench protocol`
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+
+use chat_service::model::{Message, Millis, ObjectId};
+use chat_service::ws::protocol::{self, ErrorCode};
+
+fn parse(c: &mut Criterion) {
+    let mut group = c.benchmark_group("parse");
+    let inputs: [(&str, String); 4] = [
+        ("message", r#"{"type":"message","text":"Hello, mentor! How do I solve exercise 3?","client_id":"web-7f3a-0042"}"#.to_string()),
+        ("message_1k", format!(r#"{{"type":"message","text":"{}","client_id":"c1"}}"#, "lorem ipsum ".repeat(85))),
+        ("typing", r#"{"type":"typing","is_typing":true}"#.to_string()),
+        ("viewed", r#"{"type":"viewed","message_id":"663af8129dde123456789def"}"#.to_string()),
+    ];
+    for (name, json) in inputs {
+        group.throughput(Throughput::Bytes(json.len() as u64));
+        group.bench_function(name, |b| {
+            let mut buf = json.as_bytes().to_vec();
+            b.iter(|| {
+                buf.copy_from_slice(json.as_bytes());
+                black_box(protocol::parse(&mut buf, 8192).is_ok())
+            })
+        });
+    }
+    group.finish();
+}
+
+fn encode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("encode");
+    let conversation = ObjectId::new();
+    let id = ObjectId::new();
+    let message = Message {
+        id,
+        conversation_id: conversation,
+        sender_id: 1_000_001,
+        text: "Hello, mentor! How do I solve exercise 3?".into(),
+        created_at: Millis(1_735_725_600_123),
+        client_id: Some("web-7f3a-0042".into()),
+        viewed_by: None,
+        viewed_at: None,
+    };
+    group.bench_function("message", |b| b.iter(|| black_box(protocol::message_event(black_box(&message)))));
+    group.bench_function("typing", |b| b.iter(|| black_box(protocol::typing_event(&conversation, 10, true))));
+    group.bench_function("viewed", |b| b.iter(|| black_box(protocol::viewed_event(&conversation, &id, 15))));
+    group.bench_function("ack", |b| b.iter(|| black_box(protocol::ack_event(&id, Some("web-7f3a-0042")))));
+    group.bench_function("presence", |b| b.iter(|| black_box(protocol::presence_event(15, true))));
+    group.bench_function("error", |b| {
+        b.iter(|| black_box(protocol::error_event(ErrorCode::TextTooLong, "text is too long", Some("c1"))))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parse, encode);
+criterion_main!(benches);

@@ -1,0 +1,121 @@
+//! The batched writer persisting into SQLite (`synchronous=normal`, a temp
+//! directory) at batch sizes 1, 64 and 512; throughput in messages.
+//!
+//! Each iteration submits a burst of prepared messages (spread over 64
+//! conversations, or all in one; every message with a client id, as
+//! resend-aware clients send) and waits until every completion ran, i.e.
+//! until every message is committed. The spread matters: every conversation
+//! in a batch dirties its own B-tree pages, and each dirty page is a 4 KiB
+//! WAL frame per commit.
+//!
+//! `cargo bench --bench writer -- --warm-up-time 1 --measurement-time 3`
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat_service::config::SqliteSync;
+use chat_service::model::{ConversationKey, Message, Millis, ObjectId};
+use chat_service::store::sqlite::SqliteStore;
+use chat_service::store::writer::{Writer, WriterConfig, WriterHandle};
+use chat_service::store::{Store, WriteOp};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tokio::sync::Notify;
+
+fn writer_batching(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("writer_sqlite_normal");
+    // (batch size, conversations written at once, messages per iteration)
+    let cases: [(usize, i64, usize); 4] = [
+        (1, 64, 512),
+        (64, 64, 8_192),
+        (512, 64, 16_384),
+        (512, 1, 16_384),
+    ];
+    for (max_batch, spread, burst) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(dir.path(), SqliteSync::Normal).unwrap());
+        let conversations = runtime.block_on(async {
+            let mut ids = Vec::new();
+            for n in 0..spread {
+                let key = ConversationKey {
+                    lesson_id: n,
+                    mentor_id: 1_000 + n,
+                    student_id: 2_000 + n,
+                };
+                ids.push(store.conversation_for(key, Millis(0)).await.unwrap());
+            }
+            ids
+        });
+        let config = WriterConfig {
+            max_batch,
+            ..WriterConfig::default()
+        };
+        let (writer, handle) = runtime.block_on(async { Writer::spawn(store, config) });
+        let mut sequence = 0u64;
+
+        group.throughput(Throughput::Elements(burst as u64));
+        group.bench_function(
+            BenchmarkId::new(
+                format!("batch_{max_batch}"),
+                format!("{spread}_conversations"),
+            ),
+            |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let messages: Vec<Message> = (0..burst)
+                            .map(|n| {
+                                sequence += 1;
+                                let conversation = &conversations[n % conversations.len()];
+                                Message {
+                                    id: ObjectId::new(),
+                                    conversation_id: conversation.id,
+                                    sender_id: conversation.student_id,
+                                    text: format!(
+                                        "message number {sequence} of the writer benchmark"
+                                    ),
+                                    created_at: Millis(1_735_725_600_000),
+                                    client_id: Some(format!("client-{sequence}")),
+                                    viewed_by: None,
+                                    viewed_at: None,
+                                }
+                            })
+                            .collect();
+                        let started = Instant::now();
+                        runtime.block_on(write_all(&handle, messages));
+                        total += started.elapsed();
+                    }
+                    total
+                });
+            },
+        );
+        runtime.block_on(writer.shutdown(Duration::from_secs(30)));
+    }
+    group.finish();
+}
+
+/// Submits every message and waits until all are committed.
+async fn write_all(handle: &WriterHandle, messages: Vec<Message>) {
+    let count = messages.len();
+    let completed = Arc::new(AtomicUsize::new(0));
+    let all_done = Arc::new(Notify::new());
+    for message in messages {
+        let (completed, all_done) = (Arc::clone(&completed), Arc::clone(&all_done));
+        let done = Box::new(move |result: Result<_, _>| {
+            assert!(result.is_ok(), "{result:?}");
+            if completed.fetch_add(1, Ordering::Relaxed) + 1 == count {
+                all_done.notify_one();
+            }
+        });
+        handle.submit(WriteOp::Insert(message), done).unwrap();
+    }
+    all_done.notified().await;
+}
+
+criterion_group!(benches, writer_batching);
+criterion_main!(benches);

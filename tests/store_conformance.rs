@@ -1,0 +1,665 @@
+//! One conformance suite for every [`Store`] implementation.
+//!
+//! `store_conformance!(module, factory)` expands to one `#[tokio::test]` per
+//! behaviour of the `Store` contract. `factory` is an async expression giving
+//! `Option<Arc<dyn Store>>`; `None` skips the suite (the factory prints a
+//! loud `SKIPPED: …` line naming what is missing). The checks use random
+//! user and lesson ids, so a store shared by all tests (one MongoDB
+//! database) works as well as a fresh one per test.
+
+mod common;
+
+use std::sync::Arc;
+
+use chat_service::model::{ConversationKey, Millis, ObjectId};
+use chat_service::store::{ConversationFilter, HistoryQuery, Store, WriteOp, WriteOutcome};
+use common::{history, ids, message, random_id, random_key};
+
+macro_rules! store_conformance {
+    ($module:ident, $factory:expr) => {
+        mod $module {
+            use super::*;
+
+            async fn store() -> Option<Arc<dyn Store>> {
+                $factory.await
+            }
+
+            store_conformance!(@tests
+                get_or_create_returns_one_conversation_per_key,
+                conversation_lookup_by_id,
+                conversation_filters_and_order,
+                insert_then_history_oldest_first,
+                history_pagination,
+                history_of_empty_conversation_is_empty,
+                reinserting_the_same_id_is_idempotent,
+                duplicate_client_id_stores_nothing,
+                same_client_id_elsewhere_is_stored,
+                view_applies_to_another_senders_message,
+                view_is_refused_for_wrong_targets,
+                view_after_insert_in_the_same_batch,
+                text_round_trips_byte_exact,
+                recent_client_ids_newest_first,
+                ping_succeeds,
+            );
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_get_or_create_yields_one_id() {
+                if let Some(store) = store().await {
+                    super::checks::concurrent_get_or_create_yields_one_id(store).await;
+                }
+            }
+        }
+    };
+    (@tests $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $check() {
+                if let Some(store) = store().await {
+                    super::checks::$check(store).await;
+                }
+            }
+        )*
+    };
+}
+
+store_conformance!(sqlite, async { Some(common::temp_sqlite()) });
+
+// The MongoDB instantiation goes here, e.g.:
+// store_conformance!(mongodb, async {
+//     let Ok(uri) = std::env::var("MONGO_URI") else {
+//         eprintln!("SKIPPED: MONGO_URI is not set — MongoDB store conformance not run");
+//         return None;
+//     };
+//     Some(Arc::new(MongoStore::connect(&settings(uri)).await.unwrap()) as Arc<dyn Store>)
+// });
+
+mod checks {
+    use super::*;
+
+    async fn write(store: &dyn Store, ops: Vec<WriteOp>) -> Vec<WriteOutcome> {
+        store.write_batch(ops).await.unwrap()
+    }
+
+    fn page(
+        conversation_id: ObjectId,
+        before: Option<ObjectId>,
+        after: Option<ObjectId>,
+        limit: usize,
+    ) -> HistoryQuery {
+        HistoryQuery {
+            conversation_id,
+            before,
+            after,
+            limit,
+        }
+    }
+
+    pub async fn get_or_create_returns_one_conversation_per_key(store: Arc<dyn Store>) {
+        let key = random_key();
+        let first = store.conversation_for(key, Millis(1_000)).await.unwrap();
+        assert_eq!(first.key(), key);
+        assert_eq!(first.created_at, Millis(1_000));
+
+        let again = store.conversation_for(key, Millis(2_000)).await.unwrap();
+        assert_eq!(
+            again, first,
+            "a second call must return the stored conversation"
+        );
+
+        let other_key = ConversationKey {
+            lesson_id: random_id(),
+            ..key
+        };
+        let other = store
+            .conversation_for(other_key, Millis(3_000))
+            .await
+            .unwrap();
+        assert_ne!(other.id, first.id);
+        assert_eq!(other.key(), other_key);
+    }
+
+    pub async fn concurrent_get_or_create_yields_one_id(store: Arc<dyn Store>) {
+        let key = random_key();
+        let calls: Vec<_> = (0..50)
+            .map(|n| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move { store.conversation_for(key, Millis(n)).await })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for call in calls {
+            ids.push(call.await.unwrap().unwrap().id);
+        }
+        ids.dedup();
+        assert_eq!(ids.len(), 1, "50 concurrent calls for one key made {ids:?}");
+        let listed = store
+            .conversations(ConversationFilter {
+                mentor_id: Some(key.mentor_id),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+    }
+
+    pub async fn conversation_lookup_by_id(store: Arc<dyn Store>) {
+        let created = store
+            .conversation_for(random_key(), Millis(5))
+            .await
+            .unwrap();
+        assert_eq!(store.conversation(created.id).await.unwrap(), Some(created));
+        assert_eq!(store.conversation(ObjectId::new()).await.unwrap(), None);
+    }
+
+    pub async fn conversation_filters_and_order(store: Arc<dyn Store>) {
+        let (mentor, other_mentor) = (random_id(), random_id());
+        let (student, other_student) = (random_id(), random_id());
+        let lesson = random_id();
+        let create = |lesson_id, mentor_id, student_id, at| {
+            let store = Arc::clone(&store);
+            async move {
+                let key = ConversationKey {
+                    lesson_id,
+                    mentor_id,
+                    student_id,
+                };
+                store.conversation_for(key, Millis(at)).await.unwrap()
+            }
+        };
+        let a = create(lesson, mentor, student, 1_000).await;
+        let b = create(random_id(), mentor, other_student, 2_000).await;
+        let c = create(lesson, other_mentor, student, 3_000).await;
+        // `mentor` as the student of someone else's conversation.
+        let d = create(random_id(), other_mentor, mentor, 4_000).await;
+
+        let list = |mentor_id, student_id, participant, limit| {
+            let store = Arc::clone(&store);
+            async move {
+                store
+                    .conversations(ConversationFilter {
+                        mentor_id,
+                        student_id,
+                        participant,
+                        limit,
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(
+            list(Some(mentor), None, None, 10).await,
+            [a.clone(), b.clone()]
+        );
+        assert_eq!(
+            list(None, Some(student), None, 10).await,
+            [a.clone(), c.clone()]
+        );
+        assert_eq!(
+            list(None, None, Some(mentor), 10).await,
+            [a.clone(), b.clone(), d.clone()]
+        );
+        assert_eq!(
+            list(None, None, Some(student), 10).await,
+            [a.clone(), c.clone()]
+        );
+        assert_eq!(
+            list(Some(mentor), Some(student), None, 10).await,
+            std::slice::from_ref(&a)
+        );
+        assert_eq!(
+            list(Some(other_mentor), None, Some(mentor), 10).await,
+            std::slice::from_ref(&d)
+        );
+        assert_eq!(list(None, Some(other_student), Some(student), 10).await, []);
+        assert_eq!(
+            list(Some(mentor), None, None, 1).await,
+            std::slice::from_ref(&a),
+            "oldest first"
+        );
+        assert_eq!(list(None, None, Some(mentor), 2).await, [a, b]);
+        assert_eq!(list(Some(random_id()), None, None, 10).await, []);
+    }
+
+    pub async fn insert_then_history_oldest_first(store: Arc<dyn Store>) {
+        let key = random_key();
+        let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
+        let other = store
+            .conversation_for(random_key(), Millis(0))
+            .await
+            .unwrap();
+        let ids = ids(6);
+        let messages: Vec<_> = ids[..5]
+            .iter()
+            .enumerate()
+            .map(|(n, id)| {
+                let sender = if n % 2 == 0 {
+                    key.mentor_id
+                } else {
+                    key.student_id
+                };
+                message(*id, conversation.id, sender, &format!("message {n}"), None)
+            })
+            .collect();
+        // Given newest first, listed oldest (smallest id) first.
+        let ops = messages
+            .iter()
+            .rev()
+            .cloned()
+            .map(WriteOp::Insert)
+            .collect();
+        assert_eq!(write(&*store, ops).await, vec![WriteOutcome::Inserted; 5]);
+        let elsewhere = message(ids[5], other.id, key.mentor_id, "elsewhere", None);
+        write(&*store, vec![WriteOp::Insert(elsewhere.clone())]).await;
+
+        assert_eq!(history(&*store, conversation.id).await, messages);
+        assert_eq!(history(&*store, other.id).await, [elsewhere]);
+    }
+
+    pub async fn history_pagination(store: Arc<dyn Store>) {
+        let key = random_key();
+        let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
+        // Odd ids are never stored: cursors that name no message.
+        let all_ids = ids(20);
+        let stored: Vec<_> = all_ids.iter().step_by(2).copied().collect();
+        let missing: Vec<_> = all_ids.iter().skip(1).step_by(2).copied().collect();
+        let messages: Vec<_> = stored
+            .iter()
+            .enumerate()
+            .map(|(n, id)| message(*id, conversation.id, key.student_id, &format!("m{n}"), None))
+            .collect();
+        write(
+            &*store,
+            messages.iter().cloned().map(WriteOp::Insert).collect(),
+        )
+        .await;
+
+        let c = conversation.id;
+        let get = |query| {
+            let store = Arc::clone(&store);
+            async move { store.messages(query).await.unwrap() }
+        };
+        let m = |range: std::ops::Range<usize>| messages[range].to_vec();
+
+        assert_eq!(
+            get(page(c, None, None, 3)).await,
+            m(7..10),
+            "limit alone: newest N"
+        );
+        assert_eq!(get(page(c, None, None, 100)).await, m(0..10));
+        assert_eq!(get(page(c, Some(stored[5]), None, 3)).await, m(2..5));
+        assert_eq!(get(page(c, Some(stored[2]), None, 10)).await, m(0..2));
+        assert_eq!(
+            get(page(c, None, Some(stored[5]), 3)).await,
+            m(6..9),
+            "after: first N"
+        );
+        assert_eq!(get(page(c, None, Some(stored[7]), 10)).await, m(8..10));
+        assert_eq!(
+            get(page(c, Some(stored[6]), Some(stored[2]), 10)).await,
+            m(3..6)
+        );
+        assert_eq!(
+            get(page(c, Some(stored[9]), Some(stored[2]), 2)).await,
+            m(3..5)
+        );
+        assert_eq!(get(page(c, Some(stored[3]), Some(stored[2]), 10)).await, []);
+        assert_eq!(get(page(c, Some(stored[0]), None, 10)).await, []);
+        assert_eq!(get(page(c, None, Some(stored[9]), 10)).await, []);
+
+        // Cursors that name no message still bound by id.
+        assert_eq!(get(page(c, Some(missing[4]), None, 2)).await, m(3..5));
+        assert_eq!(get(page(c, None, Some(missing[4]), 2)).await, m(5..7));
+        assert_eq!(
+            get(page(c, Some(missing[6]), Some(missing[2]), 10)).await,
+            m(3..7)
+        );
+        let (lowest, highest) = (
+            ObjectId::from_bytes([0; 12]),
+            ObjectId::from_bytes([0xff; 12]),
+        );
+        assert_eq!(get(page(c, None, Some(lowest), 2)).await, m(0..2));
+        assert_eq!(get(page(c, Some(highest), None, 2)).await, m(8..10));
+        assert_eq!(get(page(c, Some(lowest), None, 2)).await, []);
+        assert_eq!(get(page(c, None, Some(highest), 2)).await, []);
+    }
+
+    pub async fn history_of_empty_conversation_is_empty(store: Arc<dyn Store>) {
+        let conversation = store
+            .conversation_for(random_key(), Millis(0))
+            .await
+            .unwrap();
+        let c = conversation.id;
+        let cursor = ObjectId::new();
+        for query in [
+            page(c, None, None, 10),
+            page(c, Some(cursor), None, 10),
+            page(c, None, Some(cursor), 10),
+        ] {
+            assert_eq!(store.messages(query).await.unwrap(), []);
+        }
+        // A conversation that does not exist reads the same.
+        assert_eq!(
+            store
+                .messages(page(ObjectId::new(), None, None, 10))
+                .await
+                .unwrap(),
+            []
+        );
+    }
+
+    pub async fn reinserting_the_same_id_is_idempotent(store: Arc<dyn Store>) {
+        let key = random_key();
+        let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
+        let [plain, with_client_id] = ids(2).try_into().unwrap();
+        let plain = message(plain, conversation.id, key.mentor_id, "once", None);
+        let with_client_id = message(
+            with_client_id,
+            conversation.id,
+            key.mentor_id,
+            "twice?",
+            Some("c-1"),
+        );
+        let batch = vec![
+            WriteOp::Insert(plain.clone()),
+            WriteOp::Insert(with_client_id.clone()),
+        ];
+        let inserted = vec![WriteOutcome::Inserted; 2];
+        assert_eq!(write(&*store, batch.clone()).await, inserted);
+        // A retried batch: the same ids again, client id included.
+        assert_eq!(write(&*store, batch).await, inserted);
+        assert_eq!(
+            history(&*store, conversation.id).await,
+            [plain, with_client_id]
+        );
+    }
+
+    pub async fn duplicate_client_id_stores_nothing(store: Arc<dyn Store>) {
+        let key = random_key();
+        let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
+        let ids = ids(4);
+        let first = message(ids[0], conversation.id, key.student_id, "first", Some("a"));
+        let resend = message(
+            ids[1],
+            conversation.id,
+            key.student_id,
+            "changed",
+            Some("a"),
+        );
+        assert_eq!(
+            write(&*store, vec![WriteOp::Insert(first.clone())]).await,
+            [WriteOutcome::Inserted]
+        );
+        assert_eq!(
+            write(&*store, vec![WriteOp::Insert(resend)]).await,
+            [WriteOutcome::Duplicate { existing: ids[0] }]
+        );
+
+        // Within one batch too.
+        let third = message(ids[2], conversation.id, key.student_id, "third", Some("b"));
+        let again = message(ids[3], conversation.id, key.student_id, "third", Some("b"));
+        assert_eq!(
+            write(
+                &*store,
+                vec![WriteOp::Insert(third.clone()), WriteOp::Insert(again)]
+            )
+            .await,
+            [
+                WriteOutcome::Inserted,
+                WriteOutcome::Duplicate { existing: ids[2] }
+            ]
+        );
+        assert_eq!(history(&*store, conversation.id).await, [first, third]);
+    }
+
+    pub async fn same_client_id_elsewhere_is_stored(store: Arc<dyn Store>) {
+        let key = random_key();
+        let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
+        let other = store
+            .conversation_for(random_key(), Millis(0))
+            .await
+            .unwrap();
+        let ids = ids(5);
+        let batch = vec![
+            message(
+                ids[0],
+                conversation.id,
+                key.student_id,
+                "from the student",
+                Some("x"),
+            ),
+            message(
+                ids[1],
+                conversation.id,
+                key.mentor_id,
+                "from the mentor",
+                Some("x"),
+            ),
+            message(
+                ids[2],
+                other.id,
+                key.student_id,
+                "another conversation",
+                Some("x"),
+            ),
+            message(ids[3], conversation.id, key.mentor_id, "no client id", None),
+            message(ids[4], conversation.id, key.mentor_id, "no client id", None),
+        ];
+        assert_eq!(
+            write(
+                &*store,
+                batch.iter().cloned().map(WriteOp::Insert).collect()
+            )
+            .await,
+            vec![WriteOutcome::Inserted; 5]
+        );
+        let mut expected = batch.clone();
+        expected.remove(2);
+        assert_eq!(history(&*store, conversation.id).await, expected);
+        assert_eq!(history(&*store, other.id).await, [batch[2].clone()]);
+    }
+
+    pub async fn view_applies_to_another_senders_message(store: Arc<dyn Store>) {
+        let key = random_key();
+        let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
+        let [id] = ids(1).try_into().unwrap();
+        let sent = message(id, conversation.id, key.mentor_id, "read me", None);
+        write(&*store, vec![WriteOp::Insert(sent.clone())]).await;
+
+        let view = WriteOp::View {
+            conversation_id: conversation.id,
+            message_id: id,
+            viewer_id: key.student_id,
+            at: Millis(1_735_725_601_234),
+        };
+        assert_eq!(
+            write(&*store, vec![view.clone()]).await,
+            [WriteOutcome::Viewed]
+        );
+        // Idempotent.
+        assert_eq!(write(&*store, vec![view]).await, [WriteOutcome::Viewed]);
+
+        let stored = history(&*store, conversation.id).await;
+        let expected = chat_service::model::Message {
+            viewed_by: Some(key.student_id),
+            viewed_at: Some(Millis(1_735_725_601_234)),
+            ..sent
+        };
+        assert_eq!(stored, [expected]);
+    }
+
+    pub async fn view_is_refused_for_wrong_targets(store: Arc<dyn Store>) {
+        let key = random_key();
+        let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
+        let other = store
+            .conversation_for(random_key(), Millis(0))
+            .await
+            .unwrap();
+        let [own_id, elsewhere_id] = ids(2).try_into().unwrap();
+        let own = message(own_id, conversation.id, key.student_id, "mine", None);
+        let elsewhere = message(elsewhere_id, other.id, key.mentor_id, "not here", None);
+        write(
+            &*store,
+            vec![
+                WriteOp::Insert(own.clone()),
+                WriteOp::Insert(elsewhere.clone()),
+            ],
+        )
+        .await;
+
+        let view = |conversation_id, message_id| WriteOp::View {
+            conversation_id,
+            message_id,
+            viewer_id: key.student_id,
+            at: Millis(42),
+        };
+        let outcomes = write(
+            &*store,
+            vec![
+                view(conversation.id, own_id),          // own message
+                view(conversation.id, elsewhere_id),    // another conversation's message
+                view(conversation.id, ObjectId::new()), // unknown id
+            ],
+        )
+        .await;
+        assert_eq!(outcomes, vec![WriteOutcome::ViewTargetMissing; 3]);
+        assert_eq!(history(&*store, conversation.id).await, [own]);
+        assert_eq!(history(&*store, other.id).await, [elsewhere]);
+    }
+
+    pub async fn view_after_insert_in_the_same_batch(store: Arc<dyn Store>) {
+        let key = random_key();
+        let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
+        let [id] = ids(1).try_into().unwrap();
+        let sent = message(id, conversation.id, key.student_id, "hello", Some("h"));
+        let outcomes = write(
+            &*store,
+            vec![
+                WriteOp::Insert(sent.clone()),
+                WriteOp::View {
+                    conversation_id: conversation.id,
+                    message_id: id,
+                    viewer_id: key.mentor_id,
+                    at: Millis(77),
+                },
+            ],
+        )
+        .await;
+        assert_eq!(outcomes, [WriteOutcome::Inserted, WriteOutcome::Viewed]);
+        let stored = history(&*store, conversation.id).await;
+        assert_eq!(stored[0].viewed_by, Some(key.mentor_id));
+        assert_eq!(stored[0].viewed_at, Some(Millis(77)));
+    }
+
+    pub async fn text_round_trips_byte_exact(store: Arc<dyn Store>) {
+        let key = random_key();
+        let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
+        let mut eight_kib = "é🎉x".repeat(8192 / 7);
+        while eight_kib.len() < 8192 {
+            eight_kib.push('z');
+        }
+        let texts = [
+            "emoji 👋🏽 👨‍👩‍👧 🇺🇦".to_string(),
+            "nul\0inside\0".to_string(),
+            "שלום עולם · مرحبا بالعالم".to_string(),
+            "  spaces, tabs\t, newlines\r\n  ".to_string(),
+            "\u{feff}bom and \u{200b}zero width".to_string(),
+            "quotes \" ' \\ and <html> &amp;".to_string(),
+            eight_kib,
+        ];
+        let ids = ids(texts.len());
+        let messages: Vec<_> = texts
+            .iter()
+            .zip(&ids)
+            .map(|(text, id)| message(*id, conversation.id, key.mentor_id, text, Some("ü-ñ")))
+            .collect();
+        let client_ids: Vec<_> = (0..messages.len()).map(|n| format!("ü-ñ {n}")).collect();
+        let messages: Vec<_> = messages
+            .into_iter()
+            .zip(&client_ids)
+            .map(|(m, client_id)| chat_service::model::Message {
+                client_id: Some(client_id.clone()),
+                ..m
+            })
+            .collect();
+        write(
+            &*store,
+            messages.iter().cloned().map(WriteOp::Insert).collect(),
+        )
+        .await;
+
+        let stored = history(&*store, conversation.id).await;
+        assert_eq!(stored.len(), texts.len());
+        for (stored, text) in stored.iter().zip(&texts) {
+            assert_eq!(stored.text.as_bytes(), text.as_bytes());
+        }
+        assert_eq!(stored, messages);
+    }
+
+    pub async fn recent_client_ids_newest_first(store: Arc<dyn Store>) {
+        let key = random_key();
+        let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
+        let other = store
+            .conversation_for(random_key(), Millis(0))
+            .await
+            .unwrap();
+        let ids = ids(9);
+        let (student, mentor) = (key.student_id, key.mentor_id);
+        let mut batch: Vec<_> = (0..5)
+            .map(|n| {
+                message(
+                    ids[n],
+                    conversation.id,
+                    student,
+                    "s",
+                    Some(&format!("c{n}")),
+                )
+            })
+            .collect();
+        batch.push(message(
+            ids[5],
+            conversation.id,
+            student,
+            "no client id",
+            None,
+        ));
+        batch.push(message(ids[6], conversation.id, mentor, "m", Some("m0")));
+        batch.push(message(ids[7], other.id, student, "o", Some("o0")));
+        write(&*store, batch.into_iter().map(WriteOp::Insert).collect()).await;
+
+        let recent = |conversation_id, sender, limit| {
+            let store = Arc::clone(&store);
+            async move {
+                store
+                    .recent_client_ids(conversation_id, sender, limit)
+                    .await
+                    .unwrap()
+            }
+        };
+        let expect = |ns: &[usize]| -> Vec<(String, ObjectId)> {
+            ns.iter().map(|&n| (format!("c{n}"), ids[n])).collect()
+        };
+        assert_eq!(
+            recent(conversation.id, student, 3).await,
+            expect(&[4, 3, 2])
+        );
+        assert_eq!(
+            recent(conversation.id, student, 10).await,
+            expect(&[4, 3, 2, 1, 0])
+        );
+        assert_eq!(
+            recent(conversation.id, mentor, 10).await,
+            [("m0".to_string(), ids[6])]
+        );
+        assert_eq!(
+            recent(other.id, student, 10).await,
+            [("o0".to_string(), ids[7])]
+        );
+        assert_eq!(recent(other.id, mentor, 10).await, []);
+    }
+
+    pub async fn ping_succeeds(store: Arc<dyn Store>) {
+        store.ping().await.unwrap();
+        assert!(!store.kind().is_empty());
+    }
+}
