@@ -389,3 +389,45 @@ impl<R: AsyncRead + Unpin> AsyncRead for Prefixed<R> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Millis, ObjectId};
+
+    /// Every connection's task holds this future: its size is memory per
+    /// connection, so it is kept in check here.
+    #[tokio::test]
+    async fn the_session_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (read, write) = client.into_split();
+        let (shard, _commands) = mpsc::channel(1);
+        let session = Session {
+            conn_id: 1,
+            user_id: 1,
+            conversation: Conversation {
+                id: ObjectId::new(),
+                lesson_id: 1,
+                mentor_id: 1,
+                student_id: 2,
+                created_at: Millis(0),
+            },
+            recent_client_ids: Vec::new(),
+            shard,
+            limits: SessionLimits {
+                max_text_bytes: 8192,
+                max_frame_bytes: 65536,
+                outbound_queue: 1024,
+                ping_interval: Duration::from_secs(25),
+                idle_timeout: Duration::from_secs(60),
+            },
+            shutdown: CancellationToken::new(),
+            guards: Box::new(()),
+        };
+        let future = session.serve(Prefixed::new(Bytes::new(), read), write);
+        let size = std::mem::size_of_val(&future);
+        eprintln!("session future: {size} bytes");
+        assert!(size <= 4096, "the session future grew to {size} bytes");
+    }
+}
