@@ -195,5 +195,7 @@ if ! git diff --quiet HEAD 2>/dev/null; then COMMIT="$COMMIT (with uncommitted c
   echo "RSS growth per connection is (max(RSS connected, RSS at end of hold) − RSS before) / connections."
   echo
   cat "$SECTIONS"
+  # The analysis (profiles, before/after, what still limits) is kept by hand.
+  if [ -f "$ROOT/docs/performance.md" ]; then echo; cat "$ROOT/docs/performance.md"; fi
 } >"$OUT"
 echo "== wrote $OUT" >&2

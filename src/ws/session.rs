@@ -400,7 +400,9 @@ mod tests {
     #[tokio::test]
     async fn the_session_future_stays_small() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
         let (read, write) = client.into_split();
         let (shard, _commands) = mpsc::channel(1);
         let session = Session {

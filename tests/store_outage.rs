@@ -1,0 +1,135 @@
+//! The store failing under a running service: another process holds
+//! SQLite's write lock, so every commit fails with SQLITE_BUSY. Messages
+//! keep flowing in real time, nothing is acked before it is stored, the
+//! bounded queue refuses with `overloaded`, `/readyz` turns 503, and all of
+//! it recovers by itself when the lock is released.
+
+mod common;
+
+use std::time::Duration;
+
+use common::django::DjangoStandin;
+use common::server::Server;
+use common::ws::{Client, Next};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_store_refuses_beyond_the_queue_and_recovers() {
+    let django = DjangoStandin::start().await;
+    django.add_user("tok-m10", 10, true);
+    django.add_user("tok-s25", 25, false);
+    django.add_lesson(100, 1, 10, None);
+    let server = Server::start(
+        &django.base_url(),
+        &[("CHAT_WRITER_QUEUE", "4"), ("CHAT_WRITER_WINDOW_MS", "0")],
+    );
+    let mut student =
+        Client::connect(&server.ws_url("token=tok-s25&user_id=25&lesson_id=100")).await;
+    let mut mentor =
+        Client::connect(&server.ws_url("token=tok-m10&user_id=10&lesson_id=100&student_id=25"))
+            .await;
+    student.expect("presence").await;
+    student.expect("presence").await;
+    mentor.expect("presence").await;
+
+    // Take SQLite's write lock, as a stuck backup or another writer would.
+    let lock = rusqlite::Connection::open(server.data_dir().join("chat.sqlite3")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    for i in 0..10 {
+        student
+            .send(json!({"type": "message", "text": format!("m{i}"), "client_id": format!("c{i}")}))
+            .await;
+    }
+    let mut delivered = Vec::new();
+    let mut refused = Vec::new();
+    while delivered.len() + refused.len() < 10 {
+        match student.next_within(Duration::from_secs(10)).await {
+            Next::Event(e) if e["type"] == "message" => {
+                delivered.push(e["client_id"].as_str().unwrap().to_string())
+            }
+            Next::Event(e) if e["type"] == "error" => {
+                assert_eq!(e["code"], "overloaded", "{e}");
+                refused.push(e["client_id"].as_str().unwrap().to_string());
+            }
+            Next::Event(e) if e["type"] == "ack" => {
+                panic!("acked while the store cannot commit: {e}")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        delivered.len(),
+        4,
+        "the queue holds 4 writes: delivered {delivered:?}, refused {refused:?}"
+    );
+    assert_eq!(refused.len(), 6);
+    for client_id in &delivered {
+        assert_eq!(
+            mentor.expect("message").await["client_id"],
+            client_id.as_str(),
+            "delivered in real time"
+        );
+    }
+    mentor.expect_silence().await; // refused messages are not delivered
+
+    let mut unready = false;
+    for _ in 0..50 {
+        let ready = server.get("/readyz", None, None).await;
+        if ready.status == 503 {
+            assert_eq!(ready.json["status"], "unavailable");
+            unready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(unready, "/readyz reports the failing store");
+
+    // The store comes back: the held writes commit and are acked, by themselves.
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    let mut acked = Vec::new();
+    while acked.len() < 4 {
+        match student.next_within(Duration::from_secs(15)).await {
+            Next::Event(e) if e["type"] == "ack" => {
+                acked.push(e["client_id"].as_str().unwrap().to_string())
+            }
+            other => panic!("expected acks after recovery, got {other:?}"),
+        }
+    }
+    assert_eq!(acked, delivered);
+    let mut ready = false;
+    for _ in 0..100 {
+        if server.get("/readyz", None, None).await.status == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "/readyz recovers");
+
+    // Accepted again, and history holds exactly what was acked.
+    student
+        .send(json!({"type": "message", "text": "after", "client_id": "after"}))
+        .await;
+    let event = student.expect("message").await;
+    assert_eq!(student.expect("ack").await["client_id"], "after");
+    let conversation = event["conversation_id"].as_str().unwrap();
+    let history = server
+        .get(
+            &format!("/messages?conversation_id={conversation}"),
+            Some("tok-s25"),
+            Some(25),
+        )
+        .await;
+    let stored: Vec<&str> = history
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["client_id"].as_str().unwrap())
+        .collect();
+    let mut expected: Vec<&str> = delivered.iter().map(String::as_str).collect();
+    expected.push("after");
+    assert_eq!(stored, expected);
+}
