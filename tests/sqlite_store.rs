@@ -153,3 +153,156 @@ async fn a_locked_database_is_unavailable_then_recovers() {
     );
     assert_eq!(history(&store, conversation.id).await.len(), 1);
 }
+
+/// Rows in `journal` and in `messages`, read from the file itself.
+fn journal_and_messages(dir: &Path) -> (i64, i64) {
+    let conn = rusqlite::Connection::open(dir.join(DATABASE_FILE)).unwrap();
+    let count = |table: &str| {
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    (count("journal"), count("messages"))
+}
+
+/// Writes land in the journal first and are merged into `messages` when the
+/// journal is a second old; every behaviour holds across that boundary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behaviour_holds_across_a_journal_merge() {
+    use chat_service::model::ObjectId;
+    use chat_service::store::HistoryQuery;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), SqliteSync::Normal).unwrap();
+    let conversation = store
+        .conversation_for(random_key(), Millis(0))
+        .await
+        .unwrap();
+    let (mentor, student) = (conversation.mentor_id, conversation.student_id);
+    let id = ids(6);
+    let early: Vec<WriteOp> = (0..3)
+        .map(|i| {
+            WriteOp::Insert(message(
+                id[i],
+                conversation.id,
+                student,
+                &format!("m{i}"),
+                Some(&format!("c{i}")),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        store.write_batch(early.clone()).await.unwrap(),
+        vec![WriteOutcome::Inserted; 3]
+    );
+    let view = |message_id: ObjectId| WriteOp::View {
+        conversation_id: conversation.id,
+        message_id,
+        viewer_id: mentor,
+        at: Millis(7),
+    };
+    assert_eq!(
+        store.write_batch(vec![view(id[0])]).await.unwrap(),
+        vec![WriteOutcome::Viewed]
+    );
+    assert_eq!(
+        journal_and_messages(dir.path()),
+        (4, 0),
+        "journaled, not yet merged"
+    );
+
+    // Wait for the merge (the journal is merged once a second old).
+    let mut merged = false;
+    for _ in 0..60 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if journal_and_messages(dir.path()) == (0, 3) {
+            merged = true;
+            break;
+        }
+    }
+    assert!(
+        merged,
+        "the journal was merged: {:?}",
+        journal_and_messages(dir.path())
+    );
+
+    // Against merged rows: a retried insert, a resend, a view; then new journaled rows.
+    let outcomes = store
+        .write_batch(vec![
+            early[1].clone(),
+            WriteOp::Insert(message(
+                id[3],
+                conversation.id,
+                student,
+                "resend",
+                Some("c2"),
+            )),
+            view(id[1]),
+            WriteOp::Insert(message(id[4], conversation.id, student, "m4", Some("c4"))),
+            WriteOp::Insert(message(id[5], conversation.id, mentor, "m5", None)),
+            view(id[4]),
+            WriteOp::View {
+                conversation_id: conversation.id,
+                message_id: id[5],
+                viewer_id: mentor,
+                at: Millis(8),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            WriteOutcome::Inserted,
+            WriteOutcome::Duplicate { existing: id[2] },
+            WriteOutcome::Viewed,
+            WriteOutcome::Inserted,
+            WriteOutcome::Inserted,
+            WriteOutcome::Viewed,
+            WriteOutcome::ViewTargetMissing,
+        ]
+    );
+
+    let all = history(&store, conversation.id).await;
+    let texts: Vec<&str> = all.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["m0", "m1", "m2", "m4", "m5"]);
+    let viewed: Vec<Option<i64>> = all.iter().map(|m| m.viewed_by).collect();
+    assert_eq!(
+        viewed,
+        [Some(mentor), Some(mentor), None, Some(mentor), None]
+    );
+
+    // Pages that span merged and journaled rows.
+    let page = |before: Option<ObjectId>, after: Option<ObjectId>, limit: usize| {
+        let store = &store;
+        async move {
+            store
+                .messages(HistoryQuery {
+                    conversation_id: conversation.id,
+                    before,
+                    after,
+                    limit,
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.text)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page(None, None, 3).await, ["m2", "m4", "m5"]);
+    assert_eq!(page(Some(id[5]), None, 2).await, ["m2", "m4"]);
+    assert_eq!(page(None, Some(id[1]), 2).await, ["m2", "m4"]);
+    let recent = store
+        .recent_client_ids(conversation.id, student, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        recent.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>(),
+        ["c4", "c2", "c1", "c0"]
+    );
+
+    // Closing merges the rest; reopening finds everything once.
+    drop(store);
+    let reopened = SqliteStore::open(dir.path(), SqliteSync::Normal).unwrap();
+    assert_eq!(history(&reopened, conversation.id).await.len(), 5);
+    assert_eq!(journal_and_messages(dir.path()), (0, 5));
+}
