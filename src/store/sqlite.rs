@@ -123,7 +123,6 @@ const CONVERSATION_COLUMNS: &str = "id, lesson_id, mentor_id, student_id, create
 const MESSAGE_COLUMNS: &str =
     "id, conversation_id, sender_id, text, created_at, client_id, viewed_by, viewed_at";
 
-const MESSAGE_EXISTS: &str = "SELECT 1 FROM messages WHERE conversation_id = ?1 AND id = ?2";
 const MESSAGE_BY_CLIENT_ID: &str = "SELECT id FROM messages
     WHERE conversation_id = ?1 AND sender_id = ?2 AND client_id = ?3";
 const VIEW_MESSAGE: &str = "UPDATE messages SET viewed_by = ?3, viewed_at = ?4
@@ -650,12 +649,10 @@ fn insert_message(
 ) -> rusqlite::Result<WriteOutcome> {
     let conversation = message.conversation_id.bytes();
     let id = message.id.bytes();
-    if staged.messages.contains_key(&message.id)
-        || pending.message(&message.id).is_some()
-        || conn
-            .prepare_cached(MESSAGE_EXISTS)?
-            .exists((conversation, id))?
-    {
+    // Already journaled: a retried batch. (One already merged is journaled
+    // again and dropped by the merge's `ON CONFLICT DO NOTHING`; reads
+    // deduplicate by id meanwhile. That saves a B-tree look-up per message.)
+    if staged.messages.contains_key(&message.id) || pending.message(&message.id).is_some() {
         return Ok(WriteOutcome::Inserted);
     }
     if let Some(client_id) = message.client_id.as_deref() {
@@ -679,8 +676,11 @@ fn insert_message(
                 }
             }
         };
-        if let Some(existing) = existing {
-            return Ok(WriteOutcome::Duplicate { existing });
+        match existing {
+            // This very message, merged earlier: a retried batch.
+            Some(existing) if existing == message.id => return Ok(WriteOutcome::Inserted),
+            Some(existing) => return Ok(WriteOutcome::Duplicate { existing }),
+            None => {}
         }
         staged.client_ids.insert(key, message.id);
     }
