@@ -129,11 +129,10 @@ pub struct Config {
     #[arg(long, env = "CHAT_OUTBOUND_QUEUE", value_name = "CHAT_OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub outbound_queue: u32,
 
-    /// Most writes one store batch carries. Batches are only this large under
-    /// load (a partial batch waits at most the window): large commits are
-    /// what lets SQLite keep up with thousands of active conversations, each
-    /// of which dirties its own B-tree pages once per commit.
-    #[arg(long, env = "CHAT_WRITER_BATCH", value_name = "CHAT_WRITER_BATCH", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    /// Most writes one store batch carries. Batches only grow this large under
+    /// load (a partial batch waits at most the window); larger batches mean
+    /// fewer commits but later acks.
+    #[arg(long, env = "CHAT_WRITER_BATCH", value_name = "CHAT_WRITER_BATCH", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub writer_batch: u32,
 
     /// How long a partial batch waits for more writes, in milliseconds.
