@@ -20,6 +20,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== benches run once (criterion test mode)"
+cargo test --workspace --locked --benches
 
 if [ "$rust_only" = 0 ]; then
   echo "== end-to-end (real Django, release binary, headless Chromium)"

@@ -130,9 +130,10 @@ pub struct Config {
     pub outbound_queue: u32,
 
     /// Most writes one store batch carries. Batches only grow this large under
-    /// load (a partial batch waits at most the window); larger batches mean
-    /// fewer commits but later acks.
-    #[arg(long, env = "CHAT_WRITER_BATCH", value_name = "CHAT_WRITER_BATCH", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    /// load (a partial batch waits at most the window): with thousands of
+    /// active conversations each commit dirties about one B-tree page per
+    /// conversation, so large commits are what keeps SQLite ahead.
+    #[arg(long, env = "CHAT_WRITER_BATCH", value_name = "CHAT_WRITER_BATCH", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub writer_batch: u32,
 
     /// How long a partial batch waits for more writes, in milliseconds.

@@ -18,30 +18,16 @@
 //! order; times are INTEGER milliseconds (`Millis`). `messages` is a
 //! WITHOUT ROWID table keyed by (conversation_id, id): a history page is one
 //! primary-key range scan, and every write names its conversation.
-//!
-//! # Journal
-//!
-//! A batch does not write into `messages`: it appends to `journal` (about
-//! the bytes of the messages) and is indexed in memory ([`pending`]), where
-//! reads and dedupe see it at once. The write thread merges the journal into
-//! `messages` in one sorted transaction once it holds [`MERGE_AT`] writes or
-//! is [`MERGE_AGE`] old, and at open after a crash. Written directly, each
-//! commit would dirty one B-tree page per active conversation; merged, that
-//! cost is paid once per many messages.
 
-mod pending;
-
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use rusqlite::{ffi, Connection, OpenFlags, OptionalExtension, Row};
 use tokio::sync::oneshot;
 
-use self::pending::{combine_page, Change, Pending};
 use super::{
     ConversationFilter, HistoryQuery, Store, StoreError, StoreFuture, WriteOp, WriteOutcome,
 };
@@ -62,16 +48,8 @@ const READERS: usize = 3;
 /// retries such batches, so this need not cover long locks.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Journaled writes that trigger a merge into `messages`.
-const MERGE_AT: usize = 16_384;
-/// Age of the oldest journaled write that triggers a merge when idle.
-const MERGE_AGE: Duration = Duration::from_millis(250);
-
-/// Page size of a new database file, in bytes.
-const PAGE_SIZE: i64 = 1024;
-
 /// The schema version this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 1;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS conversations (
@@ -99,30 +77,18 @@ CREATE TABLE IF NOT EXISTS messages (
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
     ON messages (conversation_id, sender_id, client_id) WHERE client_id IS NOT NULL;
--- kind 0: a message (sender_id, created_at); kind 1: a view of message `id`
--- (sender_id is the viewer, created_at the time of the view).
-CREATE TABLE IF NOT EXISTS journal (
-    seq             INTEGER PRIMARY KEY,
-    kind            INTEGER NOT NULL,
-    conversation_id BLOB    NOT NULL,
-    id              BLOB    NOT NULL,
-    sender_id       INTEGER NOT NULL,
-    text            TEXT,
-    created_at      INTEGER NOT NULL,
-    client_id       TEXT
-);
 ";
-
-const JOURNAL_MESSAGE: &str = "INSERT INTO journal
-    (kind, conversation_id, id, sender_id, text, created_at, client_id)
-    VALUES (0, ?1, ?2, ?3, ?4, ?5, ?6)";
-const JOURNAL_VIEW: &str = "INSERT INTO journal
-    (kind, conversation_id, id, sender_id, created_at) VALUES (1, ?1, ?2, ?3, ?4)";
 
 const CONVERSATION_COLUMNS: &str = "id, lesson_id, mentor_id, student_id, created_at";
 const MESSAGE_COLUMNS: &str =
     "id, conversation_id, sender_id, text, created_at, client_id, viewed_by, viewed_at";
 
+/// `DO NOTHING` covers only uniqueness conflicts: a retried insert (same id)
+/// or a resend (same client id), told apart afterwards.
+const INSERT_MESSAGE: &str = "INSERT INTO messages
+    (conversation_id, id, sender_id, text, created_at, client_id, viewed_by, viewed_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING";
+const MESSAGE_EXISTS: &str = "SELECT 1 FROM messages WHERE conversation_id = ?1 AND id = ?2";
 const MESSAGE_BY_CLIENT_ID: &str = "SELECT id FROM messages
     WHERE conversation_id = ?1 AND sender_id = ?2 AND client_id = ?3";
 const VIEW_MESSAGE: &str = "UPDATE messages SET viewed_by = ?3, viewed_at = ?4
@@ -135,9 +101,6 @@ const INSERT_CONVERSATION: &str = "INSERT INTO conversations
 pub struct SqliteStore {
     writes: mpsc::Sender<WriteJob>,
     reads: mpsc::Sender<ReadJob>,
-    /// Written by the write thread after each commit and merge; read by the
-    /// reader threads. Held only for map operations, never across a query.
-    pending: Arc<RwLock<Pending>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -177,9 +140,6 @@ impl SqliteStore {
         let writer = Connection::open(&path).map_err(store_error)?;
         configure_writer(&writer, sync)?;
         create_schema(&writer)?;
-        // A journal left by a crash is merged before anything is served.
-        merge(&writer).map_err(store_error)?;
-        let pending = Arc::new(RwLock::new(Pending::default()));
 
         // Readers open after the writer switched the file to WAL, so they
         // never see a rollback journal.
@@ -195,10 +155,7 @@ impl SqliteStore {
         }
 
         let (writes, write_jobs) = mpsc::channel();
-        let writer_pending = Arc::clone(&pending);
-        spawn_thread("sqlite-writer", move || {
-            run_writer(writer, write_jobs, &writer_pending)
-        })?;
+        spawn_thread("sqlite-writer", move || run_writer(writer, write_jobs))?;
 
         let (reads, read_jobs) = mpsc::channel::<ReadJob>();
         let read_jobs = Arc::new(Mutex::new(read_jobs));
@@ -209,11 +166,7 @@ impl SqliteStore {
             })?;
         }
 
-        Ok(SqliteStore {
-            writes,
-            reads,
-            pending,
-        })
+        Ok(SqliteStore { writes, reads })
     }
 
     /// Runs `query` on a reader thread.
@@ -305,21 +258,7 @@ impl Store for SqliteStore {
     }
 
     fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, Vec<Message>> {
-        let pending = Arc::clone(&self.pending);
-        self.read(move |conn| {
-            // Pending first, then `messages`: a merge in between shows a
-            // message in both (deduplicated), never in neither.
-            let journaled = pending
-                .read()
-                .range(query.conversation_id, query.after, query.before);
-            let merged = history(conn, &query)?;
-            Ok(combine_page(
-                merged,
-                journaled,
-                query.limit,
-                query.after.is_some(),
-            ))
-        })
+        self.read(move |conn| history(conn, &query))
     }
 
     fn recent_client_ids(
@@ -328,9 +267,7 @@ impl Store for SqliteStore {
         sender_id: UserId,
         limit: usize,
     ) -> StoreFuture<'_, Vec<(String, MessageId)>> {
-        let pending = Arc::clone(&self.pending);
         self.read(move |conn| {
-            let mut ids = pending.read().client_ids_of(conversation_id, sender_id);
             let mut stmt = conn.prepare_cached(
                 "SELECT client_id, id FROM messages
                  WHERE conversation_id = ?1 AND sender_id = ?2 AND client_id IS NOT NULL
@@ -340,13 +277,7 @@ impl Store for SqliteStore {
                 (conversation_id.bytes(), sender_id, sql_limit(limit)),
                 |row| Ok((row.get(0)?, ObjectId::from_bytes(row.get(1)?))),
             )?;
-            for row in rows {
-                ids.push(row?);
-            }
-            ids.sort_by_key(|(_, id)| std::cmp::Reverse(*id));
-            ids.dedup_by_key(|(_, id)| *id);
-            ids.truncate(limit);
-            Ok(ids)
+            rows.collect()
         })
     }
 
@@ -368,12 +299,6 @@ fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), 
 }
 
 fn configure_writer(conn: &Connection, sync: SqliteSync) -> Result<(), StoreError> {
-    // Only takes effect on a new, empty database (before WAL is on): every
-    // commit writes each dirty page whole into the WAL, and with thousands of
-    // active conversations a commit dirties about one page per conversation,
-    // so small pages cut the bytes written per message about fourfold.
-    conn.pragma_update(None, "page_size", PAGE_SIZE)
-        .map_err(store_error)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
         .map_err(store_error)?;
@@ -394,15 +319,14 @@ fn configure_writer_pragmas(conn: &Connection, sync: SqliteSync) -> rusqlite::Re
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    // Hot leaves of every active conversation (two per conversation: the
-    // table and the client-id index) must stay cached, or each commit
-    // re-reads them from the WAL with pread; batches are large under load,
-    // so the cache scan at each commit is amortized.
-    conn.pragma_update(None, "cache_size", -65_536)?;
+    // 8 MiB holds the hot leaves of many conversations; a larger cache
+    // costs time at every commit (SQLite scans it to truncate), and mmap
+    // serves the rest of the file cheaply.
+    conn.pragma_update(None, "cache_size", -8_192)?;
     conn.pragma_update(None, "mmap_size", 268_435_456)?;
     // Checkpoint every ~64 MiB of WAL instead of 4 MiB: a conversation's
     // hot page is rewritten by many commits but copied back once.
-    conn.pragma_update(None, "wal_autocheckpoint", (64 << 20) / PAGE_SIZE)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
     // Keep the WAL file from staying huge after a burst.
     conn.pragma_update(None, "journal_size_limit", 67_108_864)?;
     Ok(())
@@ -433,21 +357,12 @@ fn create_schema(conn: &Connection) -> Result<(), StoreError> {
         .map_err(store_error)
 }
 
-fn run_writer(conn: Connection, jobs: mpsc::Receiver<WriteJob>, pending: &RwLock<Pending>) {
+fn run_writer(conn: Connection, jobs: mpsc::Receiver<WriteJob>) {
     lower_priority();
-    loop {
-        let job = match jobs.recv_timeout(MERGE_AGE) {
-            Ok(job) => job,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                merge_if_due(&conn, pending);
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
+    while let Ok(job) = jobs.recv() {
         match job {
             WriteJob::Batch { ops, reply } => {
-                let _ = reply.send(write_batch(&conn, pending, &ops));
-                merge_if_due(&conn, pending);
+                let _ = reply.send(write_batch(&conn, &ops));
             }
             WriteJob::ConversationFor {
                 key,
@@ -458,15 +373,10 @@ fn run_writer(conn: Connection, jobs: mpsc::Receiver<WriteJob>, pending: &RwLock
             }
         }
     }
-    // Closing: fold the journal in now rather than at the next open.
-    if let Err(error) = merge(&conn) {
-        tracing::warn!(%error, "journal not merged at close; it will be at the next open");
-    }
 }
 
 /// Delivery comes before durability: when the cores are busy, the threads
-/// that relay messages run first and this one takes what is left, so a
-/// merge delays acks, never deliveries.
+/// that relay messages run first and this one takes what is left.
 fn lower_priority() {
     const WRITER_NICE: libc::c_int = 10;
     // SAFETY: gettid has no preconditions; setpriority on our own thread id
@@ -478,60 +388,6 @@ fn lower_priority() {
     if result != 0 {
         tracing::debug!("could not lower the SQLite writer thread's priority");
     }
-}
-
-fn merge_if_due(conn: &Connection, pending: &RwLock<Pending>) {
-    let due = {
-        let pending = pending.read();
-        pending.len() >= MERGE_AT
-            || pending
-                .since()
-                .is_some_and(|since| since.elapsed() >= MERGE_AGE)
-    };
-    if !due {
-        return;
-    }
-    match merge(conn) {
-        Ok(()) => pending.write().clear(),
-        // The journal stays; reads keep serving it from memory.
-        Err(error) => tracing::warn!(%error, "journal merge failed; will retry"),
-    }
-}
-
-/// Moves the journal into `messages` in one transaction, in key order so
-/// each B-tree page is written once.
-fn merge(conn: &Connection) -> rusqlite::Result<()> {
-    let result = (|| {
-        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        conn.prepare_cached(
-            "INSERT INTO messages
-                (conversation_id, id, sender_id, text, created_at, client_id, viewed_by, viewed_at)
-             SELECT conversation_id, id, sender_id, text, created_at, client_id, NULL, NULL
-             FROM journal WHERE kind = 0 ORDER BY conversation_id, id
-             ON CONFLICT DO NOTHING",
-        )?
-        .execute([])?;
-        {
-            let mut views = conn.prepare_cached(
-                "SELECT conversation_id, id, sender_id, created_at FROM journal
-                 WHERE kind = 1 ORDER BY seq",
-            )?;
-            let mut apply = conn.prepare_cached(VIEW_MESSAGE)?;
-            let mut rows = views.query([])?;
-            while let Some(row) = rows.next()? {
-                let (conversation, id, viewer, at): ([u8; 12], [u8; 12], i64, i64) =
-                    (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
-                apply.execute((conversation, id, viewer, at))?;
-            }
-        }
-        conn.prepare_cached("DELETE FROM journal")?.execute([])?;
-        conn.prepare_cached("COMMIT")?.execute([])?;
-        Ok(())
-    })();
-    if result.is_err() && !conn.is_autocommit() {
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    result
 }
 
 fn run_reader(conn: Connection, jobs: &Mutex<mpsc::Receiver<ReadJob>>) {
@@ -548,99 +404,42 @@ fn run_reader(conn: Connection, jobs: &Mutex<mpsc::Receiver<ReadJob>>) {
 
 /// One transaction for the whole batch: one WAL append and, with
 /// `synchronous=full`, one fsync per batch.
-fn write_batch(
-    conn: &Connection,
-    pending: &RwLock<Pending>,
-    ops: &[WriteOp],
-) -> Result<Vec<WriteOutcome>, StoreError> {
+fn write_batch(conn: &Connection, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
     let applied = conn
         .prepare_cached("BEGIN IMMEDIATE")
         .and_then(|mut begin| begin.execute([]))
-        .and_then(|_| apply(conn, &pending.read(), ops))
-        .and_then(|(outcomes, changes)| {
+        .and_then(|_| apply(conn, ops))
+        .and_then(|outcomes| {
             conn.prepare_cached("COMMIT")?.execute([])?;
-            Ok((outcomes, changes))
-        });
-    match applied {
-        Ok((outcomes, changes)) => {
-            pending.write().apply(changes);
             Ok(outcomes)
+        });
+    applied.map_err(|e| {
+        // A failed COMMIT (e.g. SQLITE_BUSY) leaves the transaction open.
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
         }
-        Err(e) => {
-            // A failed COMMIT (e.g. SQLITE_BUSY) leaves the transaction open.
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
-            }
-            Err(store_error(e))
-        }
-    }
+        store_error(e)
+    })
 }
 
-/// This batch's journaled inserts, so later ops of the same batch see them:
-/// each message's conversation and sender, and the client ids.
-#[derive(Default)]
-struct Staged {
-    messages: HashMap<MessageId, (ConversationId, UserId)>,
-    client_ids: HashMap<(ConversationId, UserId, String), MessageId>,
-}
-
-fn apply(
-    conn: &Connection,
-    pending: &Pending,
-    ops: &[WriteOp],
-) -> rusqlite::Result<(Vec<WriteOutcome>, Vec<Change>)> {
-    let mut journal_message = conn.prepare_cached(JOURNAL_MESSAGE)?;
-    let mut journal_view = conn.prepare_cached(JOURNAL_VIEW)?;
-    let mut view_merged = conn.prepare_cached(VIEW_MESSAGE)?;
-    let mut staged = Staged::default();
-    let mut changes = Vec::with_capacity(ops.len());
+fn apply(conn: &Connection, ops: &[WriteOp]) -> rusqlite::Result<Vec<WriteOutcome>> {
+    let mut insert = conn.prepare_cached(INSERT_MESSAGE)?;
+    let mut view = conn.prepare_cached(VIEW_MESSAGE)?;
     let mut outcomes = Vec::with_capacity(ops.len());
     for op in ops {
         let outcome = match op {
-            WriteOp::Insert(message) => insert_message(
-                conn,
-                pending,
-                &mut staged,
-                &mut journal_message,
-                message,
-                &mut changes,
-            ),
+            WriteOp::Insert(message) => insert_message(conn, &mut insert, message),
             WriteOp::View {
                 conversation_id,
                 message_id,
                 viewer_id,
                 at,
-            } => {
-                let journaled = staged
-                    .messages
-                    .get(message_id)
-                    .copied()
-                    .or_else(|| {
-                        pending
-                            .message(message_id)
-                            .map(|m| (m.conversation_id, m.sender_id))
-                    })
-                    .filter(|(conversation, _)| conversation == conversation_id);
-                match journaled {
-                    Some((_, sender)) if sender != *viewer_id => journal_view
-                        .execute((conversation_id.bytes(), message_id.bytes(), viewer_id, at.0))
-                        .map(|_| {
-                            changes.push(Change::View {
-                                message_id: *message_id,
-                                viewer_id: *viewer_id,
-                                at: *at,
-                            });
-                            WriteOutcome::Viewed
-                        }),
-                    Some(_) => Ok(WriteOutcome::ViewTargetMissing),
-                    None => view_merged
-                        .execute((conversation_id.bytes(), message_id.bytes(), viewer_id, at.0))
-                        .map(|changed| match changed {
-                            0 => WriteOutcome::ViewTargetMissing,
-                            _ => WriteOutcome::Viewed,
-                        }),
-                }
-            }
+            } => view
+                .execute((conversation_id.bytes(), message_id.bytes(), viewer_id, at.0))
+                .map(|changed| match changed {
+                    0 => WriteOutcome::ViewTargetMissing,
+                    _ => WriteOutcome::Viewed,
+                }),
         };
         outcomes.push(match outcome {
             Ok(outcome) => outcome,
@@ -650,70 +449,52 @@ fn apply(
             Err(e) => return Err(e),
         });
     }
-    Ok((outcomes, changes))
+    Ok(outcomes)
 }
 
-/// Journals `message` (recording the change in `changes`) unless it is
-/// already stored (a retried batch) or its client id is (a resend), looking
-/// in this batch, the journal and `messages`.
 fn insert_message(
     conn: &Connection,
-    pending: &Pending,
-    staged: &mut Staged,
-    journal: &mut rusqlite::Statement<'_>,
+    insert: &mut rusqlite::Statement<'_>,
     message: &Message,
-    changes: &mut Vec<Change>,
 ) -> rusqlite::Result<WriteOutcome> {
     let conversation = message.conversation_id.bytes();
     let id = message.id.bytes();
-    // Already journaled: a retried batch. (One already merged is journaled
-    // again and dropped by the merge's `ON CONFLICT DO NOTHING`; reads
-    // deduplicate by id meanwhile. That saves a B-tree look-up per message.)
-    if staged.messages.contains_key(&message.id) || pending.message(&message.id).is_some() {
-        return Ok(WriteOutcome::Inserted);
-    }
-    if let Some(client_id) = message.client_id.as_deref() {
-        let key = (
-            message.conversation_id,
-            message.sender_id,
-            client_id.to_string(),
-        );
-        let existing = match staged.client_ids.get(&key) {
-            Some(id) => Some(*id),
-            None => {
-                match pending.by_client_id(message.conversation_id, message.sender_id, client_id) {
-                    Some(id) => Some(id),
-                    None => conn
-                        .prepare_cached(MESSAGE_BY_CLIENT_ID)?
-                        .query_row((conversation, message.sender_id, client_id), |row| {
-                            row.get::<_, [u8; 12]>(0)
-                        })
-                        .optional()?
-                        .map(ObjectId::from_bytes),
-                }
-            }
-        };
-        match existing {
-            // This very message, merged earlier: a retried batch.
-            Some(existing) if existing == message.id => return Ok(WriteOutcome::Inserted),
-            Some(existing) => return Ok(WriteOutcome::Duplicate { existing }),
-            None => {}
-        }
-        staged.client_ids.insert(key, message.id);
-    }
-    journal.execute((
+    let inserted = insert.execute((
         conversation,
         id,
         message.sender_id,
         message.text.as_str(),
         message.created_at.0,
         message.client_id.as_deref(),
+        message.viewed_by,
+        message.viewed_at.map(|at| at.0),
     ))?;
-    staged
-        .messages
-        .insert(message.id, (message.conversation_id, message.sender_id));
-    changes.push(Change::Insert(message.clone()));
-    Ok(WriteOutcome::Inserted)
+    if inserted == 1 {
+        return Ok(WriteOutcome::Inserted);
+    }
+    // A conflict: this very message (a retried batch), or an earlier one with
+    // the same client id (a resend).
+    if conn
+        .prepare_cached(MESSAGE_EXISTS)?
+        .exists((conversation, id))?
+    {
+        return Ok(WriteOutcome::Inserted);
+    }
+    let existing = match message.client_id.as_deref() {
+        Some(client_id) => conn
+            .prepare_cached(MESSAGE_BY_CLIENT_ID)?
+            .query_row((conversation, message.sender_id, client_id), |row| {
+                row.get::<_, [u8; 12]>(0)
+            })
+            .optional()?,
+        None => None,
+    };
+    Ok(match existing {
+        Some(existing) => WriteOutcome::Duplicate {
+            existing: ObjectId::from_bytes(existing),
+        },
+        None => WriteOutcome::Rejected("conflicts with a stored message".into()),
+    })
 }
 
 fn get_or_create(
