@@ -419,6 +419,18 @@ async fn a_message_over_the_frame_limit_closes_with_1009() {
     student.send_raw(Message::text(big)).await;
     assert_eq!(student.expect_close().await, Some(1009));
     assert_eq!(mentor.expect("presence").await["online"], false);
+    // Every close is counted by reason, for operators.
+    let mut counted = serde_json::Value::Null;
+    for _ in 0..50 {
+        counted = chat.server.get("/readyz", None, None).await.json["detail"]["closed_connections"]
+            .clone();
+        if counted["too_big"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(counted["too_big"], 1, "{counted}");
+    assert_eq!(counted["slow_consumer"], 0);
 }
 
 #[tokio::test]

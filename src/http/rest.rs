@@ -140,8 +140,13 @@ pub async fn readyz(app: &Arc<App>) -> Response<Body> {
         }
         Ok(Ok(())) => None,
     };
+    let closes: serde_json::Map<String, serde_json::Value> = crate::ws::close::counts()
+        .into_iter()
+        .map(|(close, count)| (close.label().to_string(), count.into()))
+        .collect();
     let detail = serde_json::json!({
         "store": app.store.kind(),
+        "closed_connections": closes,
         "django_reachable": django,
         "connections": app.gate.open(),
         "max_connections": app.gate.max(),
