@@ -109,11 +109,15 @@ impl Session {
                 _ = conn.closing() => {}
             }
         };
+        let mut write = write;
         let ((), why, ()) = tokio::join!(
             reader.run(ws_read),
-            write_loop(write, outbound, conn.clone(), self.limits),
+            write_loop(&mut write, outbound, conn.clone(), self.limits),
             watch_shutdown
         );
+        // Leave the room before the socket closes: a client that has seen
+        // the close and reconnects at once finds itself gone, so its return
+        // is announced as presence.
         let _ = self
             .shard
             .send(Command::Leave {
@@ -121,6 +125,7 @@ impl Session {
                 conn_id: self.conn_id,
             })
             .await;
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, write.shutdown()).await;
         close::record(why);
         tracing::debug!(conn = self.conn_id, user = self.user_id, %conversation_id, close = %why, "connection closed");
         drop(self.guards);
@@ -261,7 +266,7 @@ fn close_for(error: &WebSocketError) -> Close {
 /// Sends queued frames in batches (one vectored write per burst), pings, and
 /// finally our Close. Returns why the connection ended.
 async fn write_loop<W: AsyncWrite + Unpin>(
-    mut write: W,
+    write: &mut W,
     mut outbound: mpsc::Receiver<Bytes>,
     conn: ConnHandle,
     limits: SessionLimits,
@@ -284,9 +289,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     Some(frame::close(why))
                 };
                 if let Some(last) = last {
-                    let _ = timed_write(&mut write, &[last]).await;
+                    let _ = timed_write(write, &[last]).await;
                 }
-                let _ = tokio::time::timeout(WRITE_TIMEOUT, write.shutdown()).await;
                 return why;
             }
             first = outbound.recv() => {
@@ -299,7 +303,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     }
                 }
                 let ends = batch.iter().any(|f| frame::is_close(f));
-                if timed_write(&mut write, &batch).await.is_err() {
+                if timed_write(write, &batch).await.is_err() {
                     conn.close(Close::Normal);
                     return Close::Normal;
                 }
@@ -307,14 +311,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 if ends {
                     // We echoed the peer's Close; the reader has it and is done.
                     conn.close(Close::Normal);
-                    let _ = tokio::time::timeout(WRITE_TIMEOUT, write.shutdown()).await;
                     return Close::Normal;
                 }
             }
             _ = ping.tick() => {
                 if conn.idle_for() >= limits.idle_timeout {
                     conn.close(Close::Idle);
-                } else if timed_write(&mut write, &[frame::ping()]).await.is_err() {
+                } else if timed_write(write, &[frame::ping()]).await.is_err() {
                     conn.close(Close::Normal);
                     return Close::Normal;
                 }
