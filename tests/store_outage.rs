@@ -135,3 +135,28 @@ async fn a_locked_store_refuses_beyond_the_queue_and_recovers() {
     expected.push("after");
     assert_eq!(stored, expected);
 }
+
+/// CONTRACT §3 row 11: a first connection needs a new conversation, which
+/// needs a write; while the store cannot write, that is 503. A conversation
+/// that already exists is read, not written, so it still connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_while_the_store_cannot_write_is_503() {
+    let django = DjangoStandin::start().await;
+    django.add_user("tok-s25", 25, false);
+    django.add_user("tok-s26", 26, false);
+    django.add_lesson(100, 1, 10, None);
+    let server = Server::start(&django.base_url(), &[]);
+    let existing = server.ws_url("token=tok-s25&user_id=25&lesson_id=100");
+    Client::connect(&existing).await.close().await;
+
+    let lock = rusqlite::Connection::open(server.data_dir().join("chat.sqlite3")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let new = server.ws_url("token=tok-s26&user_id=26&lesson_id=100");
+    assert_eq!(Client::refused_status(&new).await, 503);
+    let mut student = Client::connect(&existing).await;
+    assert_eq!(student.expect("presence").await["user_id"], 10);
+
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    Client::connect(&new).await;
+}
