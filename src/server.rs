@@ -114,11 +114,9 @@ pub async fn run(
     };
 
     // The shards stop once no session and no hub handle can send to them.
-    let writer_handle = app.writer.clone();
     drop(app);
     let Background { writer, shards } = background;
     let _ = tokio::time::timeout(deadline, futures_util::future::join_all(shards)).await;
-    drop(writer_handle);
     let flush = writer.shutdown(deadline).await;
     ShutdownReport {
         flush,

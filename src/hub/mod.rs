@@ -16,6 +16,8 @@ use tokio::task::JoinHandle;
 use crate::model::{Conversation, ConversationId, MessageId, UserId};
 use crate::store::writer::WriterHandle;
 pub use conn::ConnHandle;
+/// How many recent client ids a room remembers, per conversation.
+pub use dedupe::CAPACITY as RECENT_CLIENT_IDS;
 pub use presence::Presence;
 
 /// Commands one shard queue holds; a full queue makes sessions wait

@@ -84,24 +84,22 @@ impl Room {
     /// whose queue is full or gone are dropped from the room at once (a full
     /// one has been asked to close with 1013).
     pub fn broadcast(&mut self, frame: &Bytes, except: Option<u64>) {
-        let mut dropped: Vec<u64> = Vec::new();
-        for member in &self.members {
-            if Some(member.id()) != except && member.send(frame.clone()).is_err() {
-                dropped.push(member.id());
-            }
-        }
-        for conn_id in dropped {
-            self.leave(conn_id);
-        }
+        self.send_where(frame, |member| Some(member.id()) != except);
     }
 
     fn broadcast_to_others_of(&mut self, user: UserId, frame: &Bytes) {
-        let mut dropped: Vec<u64> = Vec::new();
-        for member in &self.members {
-            if member.user_id() != user && member.send(frame.clone()).is_err() {
-                dropped.push(member.id());
-            }
-        }
+        self.send_where(frame, |member| member.user_id() != user);
+    }
+
+    /// Queues `frame` to the members `to` picks; drops from the room those
+    /// whose queue is full or gone.
+    fn send_where(&mut self, frame: &Bytes, to: impl Fn(&ConnHandle) -> bool) {
+        let dropped: Vec<u64> = self
+            .members
+            .iter()
+            .filter(|member| to(member) && member.send(frame.clone()).is_err())
+            .map(ConnHandle::id)
+            .collect();
         for conn_id in dropped {
             self.leave(conn_id);
         }

@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::close::Close;
 
-const OP_TEXT: u8 = 0x1;
+pub const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
@@ -46,19 +46,33 @@ pub fn is_close(frame: &[u8]) -> bool {
     frame.first().is_some_and(|b| b & 0x0f == OP_CLOSE)
 }
 
-fn encode(opcode: u8, payload: &[u8]) -> Bytes {
-    let len = payload.len();
-    let mut out = BytesMut::with_capacity(len + 10);
-    out.put_u8(FIN | opcode);
-    if len < 126 {
-        out.put_u8(len as u8);
+/// The longest header of a server frame (no mask): 2 bytes plus a 64-bit length.
+pub const MAX_HEADER: usize = 10;
+
+/// The header of a final, unmasked frame of `len` payload bytes; the header
+/// is the first `n` bytes of the returned buffer.
+pub fn header(opcode: u8, len: usize) -> ([u8; MAX_HEADER], usize) {
+    let mut head = [0u8; MAX_HEADER];
+    head[0] = FIN | opcode;
+    let n = if len < 126 {
+        head[1] = len as u8;
+        2
     } else if len <= usize::from(u16::MAX) {
-        out.put_u8(126);
-        out.put_u16(len as u16);
+        head[1] = 126;
+        head[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        4
     } else {
-        out.put_u8(127);
-        out.put_u64(len as u64);
-    }
+        head[1] = 127;
+        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    (head, n)
+}
+
+fn encode(opcode: u8, payload: &[u8]) -> Bytes {
+    let (head, n) = header(opcode, payload.len());
+    let mut out = BytesMut::with_capacity(n + payload.len());
+    out.put_slice(&head[..n]);
     out.put_slice(payload);
     out.freeze()
 }

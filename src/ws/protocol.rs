@@ -11,6 +11,7 @@ use serde::Serialize;
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
+use super::frame;
 use crate::model::{ConversationId, Message, MessageId, ObjectId, UserId};
 
 /// Longest `client_id`, in bytes.
@@ -202,32 +203,16 @@ fn truncate(text: &str, max: usize) -> &str {
 /// after room for the longest header, and the header is placed right before
 /// it, so the frame is built with one allocation and no copy.
 fn encode<T: Serialize>(event: &T) -> Bytes {
-    const ROOM: usize = 10;
+    const ROOM: usize = frame::MAX_HEADER;
     let mut buf = Vec::with_capacity(192);
     buf.extend_from_slice(&[0u8; ROOM]);
     if serde_json::to_writer(&mut buf, event).is_err() {
         // Unreachable for these plain structs; never send a half-written event.
-        return crate::ws::frame::text(
-            br#"{"type":"error","code":"internal","message":"encoding failed"}"#,
-        );
+        return frame::text(br#"{"type":"error","code":"internal","message":"encoding failed"}"#);
     }
-    let len = buf.len() - ROOM;
-    let start = if len < 126 {
-        buf[ROOM - 2] = 0x81;
-        buf[ROOM - 1] = len as u8;
-        ROOM - 2
-    } else if len <= usize::from(u16::MAX) {
-        buf[ROOM - 4] = 0x81;
-        buf[ROOM - 3] = 126;
-        buf[ROOM - 2..ROOM].copy_from_slice(&(len as u16).to_be_bytes());
-        ROOM - 4
-    } else {
-        buf[0] = 0x81;
-        buf[1] = 127;
-        buf[2..ROOM].copy_from_slice(&(len as u64).to_be_bytes());
-        0
-    };
-    Bytes::from(buf).slice(start..)
+    let (head, n) = frame::header(frame::OP_TEXT, buf.len() - ROOM);
+    buf[ROOM - n..ROOM].copy_from_slice(&head[..n]);
+    Bytes::from(buf).slice(ROOM - n..)
 }
 
 #[derive(Serialize)]

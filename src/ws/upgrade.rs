@@ -12,10 +12,8 @@ use crate::auth::access;
 use crate::http::error::ApiError;
 use crate::http::query::Query;
 use crate::http::Body;
+use crate::hub::RECENT_CLIENT_IDS;
 use crate::model::now;
-
-/// Recent client ids loaded per join, matching the room's dedupe capacity.
-const RECENT_CLIENT_IDS: usize = 1024;
 
 pub async fn handle(
     app: &Arc<App>,
