@@ -93,13 +93,8 @@ async fn resends_after_a_restart_are_recognised() {
     server.crash_and_restart();
 
     // The client resends with the same client_ids, as it must after a reconnect.
-    // Joined in a known order (the first event shows the join), so the
-    // presence events are known too.
-    let mut student = Client::connect(&server.ws_url(STUDENT)).await;
-    student.expect("presence").await;
-    let mut mentor = Client::connect(&server.ws_url(MENTOR)).await;
-    mentor.expect("presence").await;
-    student.expect("presence").await;
+    let (mut student, mut mentor) =
+        common::ws::join_pair(&server.ws_url(STUDENT), &server.ws_url(MENTOR)).await;
     let (_, acked_again) = send_and_collect_acks(&mut student, 3).await;
     assert_eq!(acked_again, acked, "each resend is acked with its first id");
     mentor.expect_silence().await;

@@ -23,16 +23,11 @@ async fn a_locked_store_refuses_beyond_the_queue_and_recovers() {
         &django.base_url(),
         &[("CHAT_WRITER_QUEUE", "4"), ("CHAT_WRITER_WINDOW_MS", "0")],
     );
-    // Joined in a known order (the first event shows the join), so the
-    // presence events are known too.
-    let mut student =
-        Client::connect(&server.ws_url("token=tok-s25&user_id=25&lesson_id=100")).await;
-    student.expect("presence").await;
-    let mut mentor =
-        Client::connect(&server.ws_url("token=tok-m10&user_id=10&lesson_id=100&student_id=25"))
-            .await;
-    mentor.expect("presence").await;
-    student.expect("presence").await;
+    let (mut student, mut mentor) = common::ws::join_pair(
+        &server.ws_url("token=tok-s25&user_id=25&lesson_id=100"),
+        &server.ws_url("token=tok-m10&user_id=10&lesson_id=100&student_id=25"),
+    )
+    .await;
 
     // Take SQLite's write lock, as a stuck backup or another writer would.
     let lock = rusqlite::Connection::open(server.data_dir().join("chat.sqlite3")).unwrap();

@@ -195,16 +195,11 @@ async fn row_10_django_outage_is_503_and_open_sessions_keep_chatting() {
             ("CHAT_AUTH_CACHE_TTL_S", "0"),
         ],
     );
-    // The student's first event shows it joined; only then the mentor, so
-    // the presence events come in a known order.
-    let mut student =
-        Client::connect(&server.ws_url("token=tok-s25&user_id=25&lesson_id=100")).await;
-    student.expect("presence").await;
-    let mut mentor =
-        Client::connect(&server.ws_url("token=tok-m10&user_id=10&lesson_id=100&student_id=25"))
-            .await;
-    mentor.expect("presence").await;
-    student.expect("presence").await;
+    let (mut student, mut mentor) = common::ws::join_pair(
+        &server.ws_url("token=tok-s25&user_id=25&lesson_id=100"),
+        &server.ws_url("token=tok-m10&user_id=10&lesson_id=100&student_id=25"),
+    )
+    .await;
 
     for outage in [Outage::Status503, Outage::Refuse, Outage::Hang] {
         django.set_outage(outage);

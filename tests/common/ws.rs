@@ -124,3 +124,16 @@ impl Client {
         while let Some(Ok(_)) = self.ws.next().await {}
     }
 }
+
+/// A student and then a mentor in one conversation, with the presence
+/// events of joining consumed. The student's first event shows its session
+/// joined; only then does the mentor connect, so the events come in a known
+/// order (a handshake returning does not mean the session has joined yet).
+pub async fn join_pair(student_url: &str, mentor_url: &str) -> (Client, Client) {
+    let mut student = Client::connect(student_url).await;
+    assert_eq!(student.expect("presence").await["online"], false);
+    let mut mentor = Client::connect(mentor_url).await;
+    assert_eq!(mentor.expect("presence").await["online"], true);
+    assert_eq!(student.expect("presence").await["online"], true);
+    (student, mentor)
+}
