@@ -13,7 +13,7 @@ use crate::capacity::{self, ConnectionGate};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::store::mongo::{MongoSettings, MongoStore};
-use crate::store::sqlite::SqliteStore;
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::writer::{Writer, WriterConfig, WriterHandle};
 use crate::store::Store;
 use crate::ws::session::SessionLimits;
@@ -60,8 +60,14 @@ impl App {
                     .map_err(|e| StartError::Store(e.to_string()))?,
             ),
             None => Arc::new(
-                SqliteStore::open(&config.data_dir, config.sqlite_sync)
-                    .map_err(|e| StartError::Store(e.to_string()))?,
+                SqliteStore::open_with(
+                    &config.data_dir,
+                    SqliteOptions {
+                        sync: config.sqlite_sync,
+                        cache_mib: config.sqlite_cache_mb,
+                    },
+                )
+                .map_err(|e| StartError::Store(e.to_string()))?,
             ),
         };
         Self::with_store(config, store)

@@ -102,6 +102,11 @@ pub struct Config {
     #[arg(long, env = "CHAT_SQLITE_SYNC", value_name = "CHAT_SQLITE_SYNC", value_enum, default_value_t = SqliteSync::Normal)]
     pub sqlite_sync: SqliteSync,
 
+    /// Page cache of the embedded store's write connection, in MiB; it
+    /// should hold the newest pages of every active conversation.
+    #[arg(long, env = "CHAT_SQLITE_CACHE_MB", value_name = "CHAT_SQLITE_CACHE_MB", default_value_t = crate::store::sqlite::SqliteOptions::DEFAULT_CACHE_MIB, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub sqlite_cache_mb: u32,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `chat_service=debug`.
     #[arg(
         long,
@@ -314,6 +319,8 @@ mod tests {
         assert!(err.contains("CHAT_MAX_TEXT_BYTES"), "{err}");
         let err = parse(&["--django-base-url", "http://h", "--shards", "x"]).unwrap_err();
         assert!(err.contains("CHAT_SHARDS"), "{err}");
+        let err = parse(&["--django-base-url", "http://h", "--sqlite-cache-mb", "0"]).unwrap_err();
+        assert!(err.contains("CHAT_SQLITE_CACHE_MB"), "{err}");
     }
 
     #[test]
@@ -328,6 +335,7 @@ mod tests {
         assert_eq!(cfg.django_timeout_ms, 5000);
         assert_eq!(cfg.auth_cache_ttl_s, 30);
         assert_eq!(cfg.sqlite_sync, SqliteSync::Normal);
+        assert_eq!(cfg.sqlite_cache_mb, 64);
         assert_eq!(
             cfg.django_user_path,
             "/api/content/chat-service/users/{user_id}/"
