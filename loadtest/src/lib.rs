@@ -50,10 +50,12 @@ struct LocalBarrier<'a> {
 impl Barrier for LocalBarrier<'_> {
     async fn ready(&mut self, _: &Snapshot) {
         self.samples.connected = self.pid.and_then(probe::sample);
+        self.samples.generator_connected = probe::generator_cpu_s(&[]);
     }
 
     async fn drained(&mut self, _: &Snapshot) {
         self.samples.end = self.pid.and_then(probe::sample);
+        self.samples.generator_end = probe::generator_cpu_s(&[]);
     }
 }
 
@@ -88,5 +90,11 @@ pub async fn execute(cfg: Config, child_exe: &Path) -> std::io::Result<Report> {
     let django = django_before
         .zip(django_after)
         .map(|(before, after)| after.saturating_sub(before));
-    Ok(Report::build(&cfg, &run, server, django))
+    Ok(Report::build(
+        &cfg,
+        &run,
+        server,
+        samples.send_phase_cpu(),
+        django,
+    ))
 }

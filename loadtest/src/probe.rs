@@ -1,4 +1,5 @@
-//! The server's resident memory and CPU time, read from `/proc/<pid>`.
+//! The server's resident memory and CPU time, and the generator's own CPU
+//! time, read from `/proc/<pid>`.
 
 use serde::{Deserialize, Serialize};
 
@@ -45,12 +46,36 @@ fn ticks_per_second() -> f64 {
     }
 }
 
-/// The server's readings at the run's three points.
+/// CPU seconds used so far by this process plus `children` (the
+/// generator's other processes). A child that is already gone counts 0.
+pub fn generator_cpu_s(children: &[u32]) -> Option<f64> {
+    let own = sample(std::process::id())?.cpu_s;
+    Some(
+        own + children
+            .iter()
+            .filter_map(|&pid| sample(pid))
+            .map(|s| s.cpu_s)
+            .sum::<f64>(),
+    )
+}
+
+/// The server's readings at the run's three points, and the generator's
+/// CPU time at the last two.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ServerSamples {
     pub before: Option<ProcSample>,
     pub connected: Option<ProcSample>,
     pub end: Option<ProcSample>,
+    pub generator_connected: Option<f64>,
+    pub generator_end: Option<f64>,
+}
+
+/// CPU seconds each side used from "all connected" to "drained": the
+/// message phases only, so divided by messages it is CPU per message.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SendPhaseCpu {
+    pub server_s: Option<f64>,
+    pub generator_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +91,19 @@ pub struct ServerUsage {
 }
 
 impl ServerSamples {
+    pub fn send_phase_cpu(&self) -> SendPhaseCpu {
+        SendPhaseCpu {
+            server_s: self
+                .connected
+                .zip(self.end)
+                .map(|(from, to)| to.cpu_s - from.cpu_s),
+            generator_s: self
+                .generator_connected
+                .zip(self.generator_end)
+                .map(|(from, to)| to - from),
+        }
+    }
+
     pub fn usage(&self, pid: u32, established: u64) -> Option<ServerUsage> {
         let (before, connected, end) = (self.before?, self.connected?, self.end?);
         let growth = end
@@ -116,6 +154,8 @@ mod tests {
             before: at(1000, 1.0),
             connected: at(7000, 2.0),
             end: at(6000, 5.5),
+            generator_connected: Some(10.0),
+            generator_end: Some(12.5),
         };
         let u = samples.usage(7, 1000).unwrap();
         assert_eq!(u.rss_growth_per_conn_kib, 6.0);
@@ -126,5 +166,17 @@ mod tests {
         }
         .usage(7, 1000)
         .is_none());
+        let cpu = samples.send_phase_cpu();
+        assert_eq!(cpu.server_s, Some(3.5), "connected to end only");
+        assert_eq!(cpu.generator_s, Some(2.5));
+    }
+
+    #[test]
+    fn generator_cpu_counts_its_children() {
+        let own = generator_cpu_s(&[]).unwrap();
+        let with_self_twice = generator_cpu_s(&[std::process::id()]).unwrap();
+        assert!(with_self_twice >= 2.0 * own, "{own} {with_self_twice}");
+        let gone = generator_cpu_s(&[u32::MAX]).unwrap();
+        assert!(gone >= own && gone < own + 1.0, "a missing child counts 0");
     }
 }

@@ -105,7 +105,9 @@ pub async fn run_parent(
     for child in &mut children {
         child.expect("READY", cfg.connect_timeout + SLACK).await;
     }
+    let child_pids: Vec<u32> = children.iter().filter_map(|c| c.process.id()).collect();
     samples.connected = cfg.server_pid.and_then(probe::sample);
+    samples.generator_connected = probe::generator_cpu_s(&child_pids);
     for child in &mut children {
         child.say("GO").await;
     }
@@ -115,6 +117,7 @@ pub async fn run_parent(
             .await;
     }
     samples.end = cfg.server_pid.and_then(probe::sample);
+    samples.generator_end = probe::generator_cpu_s(&child_pids);
     for child in &mut children {
         child.say("CLOSE").await;
     }

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::probe::ServerUsage;
+use crate::probe::{SendPhaseCpu, ServerUsage};
 use crate::runner::ProcessReport;
 use crate::stats::Percentiles;
 
@@ -23,6 +23,8 @@ pub struct Report {
     pub latency_us: Percentiles,
     pub errors: Errors,
     pub server: Option<ServerUsage>,
+    /// CPU of both sides while messages flowed; the server's only with its pid.
+    pub cpu: SendPhaseCpu,
     /// Requests the Django stand-in served during the run.
     pub django_requests: Option<u64>,
     pub checks: Vec<Check>,
@@ -102,6 +104,7 @@ impl Report {
         cfg: &Config,
         run: &ProcessReport,
         server: Option<ServerUsage>,
+        cpu: SendPhaseCpu,
         django_requests: Option<u64>,
     ) -> Report {
         let end = run.at_end;
@@ -163,6 +166,7 @@ impl Report {
                 disconnects: run.details.disconnects.clone(),
             },
             server,
+            cpu,
             django_requests,
             checks: Vec::new(),
         };
@@ -227,7 +231,21 @@ impl Report {
         if let Some(n) = self.django_requests {
             m.insert("django_requests", n as f64);
         }
+        for (name, cpu_s) in [
+            ("server_cpu_us_per_msg", self.cpu.server_s),
+            ("generator_cpu_us_per_msg", self.cpu.generator_s),
+        ] {
+            if let Some(us) = self.cpu_us_per_message(cpu_s) {
+                m.insert(name, us);
+            }
+        }
         m
+    }
+
+    /// CPU microseconds per message sent, when messages were sent.
+    fn cpu_us_per_message(&self, cpu_s: Option<f64>) -> Option<f64> {
+        let sent = self.messages.sent;
+        cpu_s.filter(|_| sent > 0).map(|s| s * 1e6 / sent as f64)
     }
 
     pub fn table(&self) -> String {
@@ -288,6 +306,18 @@ impl Report {
                 t,
                 "server {:<6} rss KiB before {}  connected {}  end {}  growth {:.2} KiB/conn  cpu {:.2} s",
                 s.pid, s.rss_kib_before, s.rss_kib_connected, s.rss_kib_end, s.rss_growth_per_conn_kib, s.cpu_s
+            );
+        }
+        if self.messages.sent > 0 {
+            let side = |cpu_s: Option<f64>| match (cpu_s, self.cpu_us_per_message(cpu_s)) {
+                (Some(s), Some(us)) => format!("{s:.2} s ({us:.1} µs/message)"),
+                _ => "unknown".to_owned(),
+            };
+            let _ = writeln!(
+                t,
+                "cpu          while sending and draining: server {}  generator {}",
+                side(self.cpu.server_s),
+                side(self.cpu.generator_s)
             );
         }
         if let Some(n) = self.django_requests {
@@ -472,7 +502,30 @@ mod tests {
                 ..Details::default()
             },
         };
-        Report::build(&cfg, &run, None, Some(40))
+        let cpu = SendPhaseCpu {
+            server_s: None,
+            generator_s: Some(0.0026),
+        };
+        Report::build(&cfg, &run, None, cpu, Some(40))
+    }
+
+    #[test]
+    fn cpu_is_reported_per_message_sent() {
+        let r = sample_report(&[]);
+        let metrics = r.metrics();
+        // 2.6 ms over 104 messages.
+        let per_message = metrics["generator_cpu_us_per_msg"];
+        assert!((per_message - 25.0).abs() < 1e-9, "{per_message}");
+        assert!(
+            !metrics.contains_key("server_cpu_us_per_msg"),
+            "no server pid, no server figure"
+        );
+        let table = r.table();
+        assert!(table.contains("server unknown"), "{table}");
+        assert!(
+            table.contains("generator 0.00 s (25.0 µs/message)"),
+            "{table}"
+        );
     }
 
     #[test]
@@ -501,6 +554,7 @@ mod tests {
             "latency_us",
             "errors",
             "server",
+            "cpu",
             "django_requests",
             "checks",
         ] {
