@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tokio::sync::mpsc;
 
+use chat_service::hub::conn::Receiver;
 use chat_service::hub::{Command, ConnHandle, Hub};
 use chat_service::model::{Conversation, Millis, ObjectId};
 use chat_service::store::memory::MemoryStore;
@@ -54,7 +55,7 @@ fn fanout(c: &mut Criterion) {
                         }
                         for rx in receivers.iter_mut() {
                             for _ in 0..n {
-                                rx.recv().await.unwrap();
+                                rx.recv().await;
                             }
                         }
                         total += start.elapsed();
@@ -69,14 +70,7 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
-async fn room(
-    size: usize,
-) -> (
-    Hub,
-    mpsc::Sender<Command>,
-    Vec<mpsc::Receiver<bytes::Bytes>>,
-    ObjectId,
-) {
+async fn room(size: usize) -> (Hub, mpsc::Sender<Command>, Vec<Receiver>, ObjectId) {
     let store = Arc::new(MemoryStore::new());
     let (writer, handle) = Writer::spawn(
         store,
@@ -107,11 +101,17 @@ async fn room(
             .await
             .unwrap();
         // Drain the presence events of joining.
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), rx.recv()).await {}
+        while tokio::time::timeout(Duration::from_millis(20), rx.recv())
+            .await
+            .is_ok()
+        {}
         receivers.push(rx);
     }
     for rx in receivers.iter_mut() {
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(5), rx.recv()).await {}
+        while tokio::time::timeout(Duration::from_millis(5), rx.recv())
+            .await
+            .is_ok()
+        {}
     }
     (hub, shard, receivers, conversation.id)
 }

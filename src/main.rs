@@ -1,8 +1,10 @@
 //! chat-service: read the configuration, open the store, serve until
 //! SIGTERM/SIGINT, then drain and exit 0.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use tokio::net::TcpSocket;
@@ -14,6 +16,39 @@ use chat_service::server;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+extern "C" {
+    /// mimalloc's `mi_collect` (linked through the `mimalloc` crate): gives
+    /// the OS back what the calling thread's heap holds free; `true` does
+    /// it now rather than after mimalloc's purge delay.
+    fn mi_collect(force: bool);
+}
+
+/// How often at most a runtime thread that runs out of work trims its heap.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs when a runtime thread parks. mimalloc returns freed pages to the OS
+/// only when the thread that freed them calls into it again, so a worker
+/// that goes quiet after a burst (a connect storm: hyper buffers, Django
+/// look-ups) would keep the burst's garbage resident for as long as the
+/// connections stay idle.
+fn trim_when_idle() {
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    LAST.with(|last| {
+        if last
+            .get()
+            .is_none_or(|at| now.duration_since(at) >= TRIM_EVERY)
+        {
+            last.set(Some(now));
+            // SAFETY: mi_collect takes no pointers and may be called from
+            // any thread at any time.
+            unsafe { mi_collect(true) };
+        }
+    });
+}
 
 /// Pending connections the kernel queues for us: a connect storm of
 /// thousands must not see refusals before `accept` catches up.
@@ -35,6 +70,7 @@ fn main() -> ExitCode {
     disable_transparent_huge_pages();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(trim_when_idle)
         .build()
     {
         Ok(runtime) => runtime,

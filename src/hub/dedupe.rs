@@ -19,8 +19,16 @@ pub const CAPACITY: usize = 1024;
 
 type Key = (UserId, u64);
 
+/// Boxed and made on the first insert: most rooms never see a `client_id`
+/// (seed clients send none), and every room is kept in its shard's map,
+/// whose slots are as large as the largest room.
 #[derive(Default)]
 pub struct RecentClientIds {
+    entries: Option<Box<Entries>>,
+}
+
+#[derive(Default)]
+struct Entries {
     ids: HashMap<Key, MessageId>,
     order: VecDeque<Key>,
 }
@@ -36,23 +44,27 @@ fn key(sender: UserId, client_id: &str) -> Key {
 
 impl RecentClientIds {
     pub fn get(&self, sender: UserId, client_id: &str) -> Option<MessageId> {
-        self.ids.get(&key(sender, client_id)).copied()
+        let entries = self.entries.as_ref()?;
+        entries.ids.get(&key(sender, client_id)).copied()
     }
 
     pub fn insert(&mut self, sender: UserId, client_id: &str, id: MessageId) {
         let key = key(sender, client_id);
-        if self.ids.insert(key, id).is_none() {
-            self.order.push_back(key);
-            if self.order.len() > CAPACITY {
-                if let Some(oldest) = self.order.pop_front() {
-                    self.ids.remove(&oldest);
+        let entries = self.entries.get_or_insert_with(Box::default);
+        if entries.ids.insert(key, id).is_none() {
+            entries.order.push_back(key);
+            if entries.order.len() > CAPACITY {
+                if let Some(oldest) = entries.order.pop_front() {
+                    entries.ids.remove(&oldest);
                 }
             }
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.entries
+            .as_ref()
+            .is_none_or(|entries| entries.ids.is_empty())
     }
 }
 
@@ -76,5 +88,20 @@ mod tests {
         }
         assert_eq!(recent.get(10, "a"), None, "the oldest entry was evicted");
         assert!(recent.get(10, &format!("k{}", CAPACITY - 1)).is_some());
+    }
+
+    #[test]
+    fn an_unused_cache_holds_no_memory() {
+        let mut recent = RecentClientIds::default();
+        assert!(recent.entries.is_none());
+        assert!(recent.is_empty());
+        assert_eq!(recent.get(10, "a"), None);
+        assert!(recent.entries.is_none(), "a look-up allocates nothing");
+        recent.insert(10, "a", MessageId::new());
+        assert!(!recent.is_empty());
+        assert_eq!(
+            std::mem::size_of::<RecentClientIds>(),
+            std::mem::size_of::<usize>()
+        );
     }
 }

@@ -121,9 +121,9 @@ impl Room {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::conn::Receiver;
     use crate::model::{Millis, ObjectId};
     use crate::ws::close::Close;
-    use tokio::sync::mpsc::Receiver;
 
     fn conversation() -> Conversation {
         Conversation {
@@ -135,7 +135,7 @@ mod tests {
         }
     }
 
-    fn drain(rx: &mut Receiver<Bytes>) -> Vec<serde_json::Value> {
+    fn drain(rx: &mut Receiver) -> Vec<serde_json::Value> {
         let mut events = Vec::new();
         while let Ok(frame) = rx.try_recv() {
             events.push(serde_json::from_slice(&frame[2..]).unwrap());

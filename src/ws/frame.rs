@@ -2,8 +2,8 @@
 //!
 //! A server frame is never masked, so one encoded frame (header + payload)
 //! is byte-identical for every recipient: the hub encodes an event once into
-//! `Bytes` and every connection's writer sends that same buffer. Reading
-//! (masking, fragments, control frames) stays with fastwebsockets.
+//! `Bytes` and every connection's writer sends that same buffer. Client
+//! frames (masked, fragmented, control) are read by `reader.rs`.
 
 use bytes::{BufMut, Bytes, BytesMut};
 

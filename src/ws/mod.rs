@@ -4,5 +4,6 @@
 pub mod close;
 pub mod frame;
 pub mod protocol;
+pub mod reader;
 pub mod session;
 pub mod upgrade;
