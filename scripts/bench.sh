@@ -3,9 +3,9 @@
 # embedded store against the Django stand-in, runs the scenarios with the load
 # generator, and (re)writes BENCHMARKS.md at the repository root.
 #
-#   scripts/bench.sh                  all four standard scenarios (about 5 minutes plus the build)
+#   scripts/bench.sh                  all five standard scenarios (about 8 minutes plus the builds)
 #   scripts/bench.sh --quick          the same scenarios at small sizes (about 1 minute)
-#   scripts/bench.sh --only idle,storm   a subset: idle, throughput, latency, storm
+#   scripts/bench.sh --only idle,storm   a subset: idle, throughput, latency, storm, persistence
 #   scripts/bench.sh --no-build       use the binaries already in target/release
 #   scripts/bench.sh --out FILE       write the report elsewhere
 #
@@ -19,7 +19,7 @@ cd "$ROOT"
 
 QUICK=0
 BUILD=1
-ONLY="idle,throughput,latency,storm"
+ONLY="idle,throughput,latency,storm,persistence"
 OUT="$ROOT/BENCHMARKS.md"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -164,6 +164,49 @@ scenario storm "Connect storm" \
   --pairs "$STORM_PAIRS" --tabs 2 --rate idle --duration 1 --ramp-rate 0 --connect-concurrency 2000 \
   --standin-url "http://127.0.0.1:$PORT_STANDIN" \
   --expect connections_failed==0 --expect "django_requests<=$((STORM_PAIRS * 4))"
+
+# The writer alone, batching into SQLite (criterion, benches/writer.rs).
+# Judged on batch 512, the largest the bench runs, in both of its spreads.
+persistence() {
+  case ",$ONLY," in *",persistence,"*) ;; *) return 0 ;; esac
+  echo "== Persistence" >&2
+  local args=(--warm-up-time 1 --measurement-time 3)
+  if [ "$QUICK" = 1 ]; then args=(--warm-up-time 0.5 --measurement-time 1 --sample-size 10); fi
+  local cmd=(cargo bench --locked --bench writer -- "${args[@]}")
+  local rc=0
+  timeout --kill-after=10 1200 "${cmd[@]}" >"$WORK/persistence.txt" 2>"$WORK/persistence.err" || rc=$?
+  cat "$WORK/persistence.txt" >&2
+  # A result is its name on one line, then "thrpt: [low U mid U high U]";
+  # the next "thrpt:" line (a change against an earlier run) is skipped.
+  awk '/^writer_sqlite/ {name=$1}
+       /thrpt:/ && name != "" {
+         scale = ($5 ~ /^Melem/) ? 1e6 : (($5 ~ /^Kelem/) ? 1e3 : 1)
+         printf "%s %.0f\n", name, $4 * scale; name = "" }' \
+    "$WORK/persistence.txt" >"$WORK/persistence.rates"
+  local verdict="PASS"
+  if [ "$rc" != 0 ] || ! grep -q batch_512 "$WORK/persistence.rates"; then
+    verdict="**ERROR** (exit $rc)"
+  elif awk '$1 ~ /batch_512/ && $2 < 300000 {low=1} END {exit !low}' "$WORK/persistence.rates"; then
+    verdict="**FAIL**"
+  fi
+  local goal="the batched writer alone stores ≥ 300,000 messages/s into SQLite (synchronous=normal) at batch 512"
+  echo "| Persistence | $goal | $verdict |" >>"$SUMMARY"
+  {
+    echo "## Persistence"
+    echo
+    echo "Target: $goal"
+    echo
+    echo '```sh'
+    echo "${cmd[*]}"
+    echo '```'
+    echo
+    echo "| benchmark (batch size / conversations the burst is spread over) | messages/s |"
+    echo "|---|---|"
+    awk '{printf "| %s | %d |\n", $1, $2}' "$WORK/persistence.rates"
+    echo
+  } >>"$SECTIONS"
+}
+persistence
 
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 MEM=$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)
