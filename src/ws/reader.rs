@@ -21,6 +21,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::close::Close;
+use super::frame::{FIN, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
 
 /// The stack buffer one read lands in when nothing is pending: large enough
 /// to take a burst of small frames in one system call.
@@ -30,13 +31,6 @@ const READ_CHUNK: usize = 8 * 1024;
 const MIN_READ: usize = 1024;
 /// Control frames carry at most this much (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;
-
-const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
 
 /// What one call to [`FrameReader::next`] yields. Payloads are unmasked and
 /// borrowed from the reader until the next call.
@@ -333,7 +327,7 @@ fn parse_header(bytes: &[u8]) -> Result<Result<Header, usize>, Close> {
     let mut mask = [0u8; 4];
     mask.copy_from_slice(&bytes[header_len - 4..header_len]);
     Ok(Ok(Header {
-        fin: first & 0x80 != 0,
+        fin: first & FIN != 0,
         opcode: first & 0x0f,
         mask,
         header_len,
