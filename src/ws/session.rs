@@ -6,7 +6,6 @@
 //! own close. Both run joined in one task. Neither holds a buffer while the
 //! connection is idle (see `reader.rs` and `hub/conn.rs`).
 
-use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -244,7 +243,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     Some(frame::close(why))
                 };
                 if let Some(last) = last {
-                    let _ = timed_write(write, &VecDeque::from([last])).await;
+                    let _ = timed_write(write, &[last]).await;
                 }
                 return why;
             }
@@ -252,9 +251,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             _ = shutdown.cancelled() => conn.close(Close::Shutdown),
             // The batch is dropped after its write, so an idle connection
             // keeps no batch memory.
-            batch = outbound.recv_many(WRITE_BATCH) => {
+            mut batch = outbound.recv_many(WRITE_BATCH) => {
                 let ends = batch.iter().any(|f| frame::is_close(f));
-                if timed_write(write, &batch).await.is_err() {
+                // Already contiguous unless the queue wrapped: no copy then.
+                if timed_write(write, batch.make_contiguous()).await.is_err() {
                     conn.close(Close::Normal);
                     return Close::Normal;
                 }
@@ -267,7 +267,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             _ = ping.tick() => {
                 if conn.idle_for() >= limits.idle_timeout {
                     conn.close(Close::Idle);
-                } else if timed_write(write, &VecDeque::from([frame::ping()])).await.is_err() {
+                } else if timed_write(write, &[frame::ping()]).await.is_err() {
                     conn.close(Close::Normal);
                     return Close::Normal;
                 }
@@ -278,7 +278,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 
 async fn timed_write<W: AsyncWrite + Unpin>(
     write: &mut W,
-    frames: &VecDeque<Bytes>,
+    frames: &[Bytes],
 ) -> std::io::Result<()> {
     // Boxed: the write and its timer exist only during a write, and one
     // small allocation per batch costs less than a system call.
@@ -294,9 +294,9 @@ async fn timed_write<W: AsyncWrite + Unpin>(
 
 async fn write_all_vectored<W: AsyncWrite + Unpin>(
     write: &mut W,
-    frames: &VecDeque<Bytes>,
+    frames: &[Bytes],
 ) -> std::io::Result<()> {
-    if let (Some(only), 1) = (frames.front(), frames.len()) {
+    if let [only] = frames {
         write.write_all(only).await?;
         return write.flush().await;
     }
