@@ -193,6 +193,7 @@ impl Receiver {
     /// least one). Cancel-safe: frames are taken only in the poll that
     /// returns them.
     pub async fn recv_many(&mut self, max: usize) -> VecDeque<Bytes> {
+        let max = max.max(1);
         poll_fn(|cx| {
             let mut outbound = self.inner.outbound.lock();
             if outbound.frames.is_empty() {
@@ -204,12 +205,12 @@ impl Receiver {
                 }
                 return Poll::Pending;
             }
-            let batch = if outbound.frames.len() <= max.max(1) {
+            let batch = if outbound.frames.len() <= max {
                 // The whole queue, and its allocation with it: an idle
                 // connection's queue holds no memory after a burst.
                 std::mem::take(&mut outbound.frames)
             } else {
-                outbound.frames.drain(..max.max(1)).collect()
+                outbound.frames.drain(..max).collect()
             };
             Poll::Ready(batch)
         })
