@@ -7,6 +7,7 @@
 #   scripts/bench.sh --quick          the same scenarios at small sizes (about 1 minute)
 #   scripts/bench.sh --only idle,storm   a subset: idle, throughput, latency, storm, persistence
 #   scripts/bench.sh --no-build       use the binaries already in target/release
+#                                     (persistence still compiles its criterion bench)
 #   scripts/bench.sh --out FILE       write the report elsewhere
 #
 # Needs only cargo, curl and coreutils. Ports: BENCH_PORT (18480) for the service,
