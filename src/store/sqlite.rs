@@ -19,6 +19,8 @@
 //! WITHOUT ROWID table keyed by (conversation_id, id): a history page is one
 //! primary-key range scan, and every write names its conversation.
 
+mod page_cache;
+
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -38,6 +40,8 @@ use crate::model::{
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "chat.sqlite3";
+
+pub use page_cache::{install as install_page_cache, truncate_counts, TruncateCounts};
 
 /// Reader threads: enough that a slow page does not hold up the next request
 /// on a 2-core machine, few enough to stay cheap.
@@ -167,6 +171,10 @@ impl SqliteStore {
         })?;
         let path = dir.join(DATABASE_FILE);
 
+        // Must precede the process's first connection; see `page_cache`.
+        if !page_cache::install() {
+            tracing::debug!("SQLite was initialized before the store: default page cache");
+        }
         let writer = Connection::open(&path).map_err(store_error)?;
         configure_writer(&writer, options)?;
         create_schema(&writer)?;
