@@ -202,7 +202,9 @@ unsafe extern "C" fn rekey(
     old_key: c_uint,
     new_key: c_uint,
 ) {
-    let Some(f) = methods().and_then(|m| m.xRekey) else { return };
+    let Some(f) = methods().and_then(|m| m.xRekey) else {
+        return;
+    };
     let cache = wrapped(cache);
     f(cache.inner, page, old_key, new_key);
     // The swap key is moved off again before `balance_nonroot` returns, with
@@ -213,7 +215,9 @@ unsafe extern "C" fn rekey(
 }
 
 unsafe extern "C" fn truncate(cache: *mut ffi::sqlite3_pcache, limit: c_uint) {
-    let Some(f) = methods().and_then(|m| m.xTruncate) else { return };
+    let Some(f) = methods().and_then(|m| m.xTruncate) else {
+        return;
+    };
     let cache = wrapped(cache);
     if limit > cache.max_key {
         SKIPPED.fetch_add(1, Ordering::Relaxed);
