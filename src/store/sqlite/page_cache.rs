@@ -19,6 +19,9 @@
 //! Installing needs `sqlite3_config`, which SQLite accepts only before it is
 //! initialized, i.e. before the process opens its first connection. When it
 //! is too late, SQLite keeps its default cache: correct, just slower.
+//! `sqlite3_config` is not thread-safe either: the store installs the
+//! wrapper on the thread that opens the process's first connection, before
+//! anything else uses SQLite.
 
 use std::os::raw::{c_int, c_uint, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
