@@ -33,14 +33,14 @@ use rusqlite::ffi;
 const PENDING_BYTE: c_uint = 0x4000_0000;
 
 /// The default cache's methods, copied before ours replaced them.
-struct Default(ffi::sqlite3_pcache_methods2);
+struct DefaultMethods(ffi::sqlite3_pcache_methods2);
 
 // SAFETY: a table of C function pointers plus `pArg`, which SQLite's own
 // default cache ignores; SQLite calls these from any thread itself.
-unsafe impl Send for Default {}
-unsafe impl Sync for Default {}
+unsafe impl Send for DefaultMethods {}
+unsafe impl Sync for DefaultMethods {}
 
-static DEFAULT: OnceLock<Default> = OnceLock::new();
+static DEFAULT: OnceLock<DefaultMethods> = OnceLock::new();
 static INSTALLED: OnceLock<bool> = OnceLock::new();
 
 static SKIPPED: AtomicU64 = AtomicU64::new(0);
@@ -80,7 +80,7 @@ pub fn install() -> bool {
             if default.xCreate.is_none() || default.xTruncate.is_none() {
                 return false;
             }
-            let default = &DEFAULT.get_or_init(|| Default(default)).0;
+            let default = &DEFAULT.get_or_init(|| DefaultMethods(default)).0;
             let ours = ffi::sqlite3_pcache_methods2 {
                 iVersion: 1,
                 pArg: default.pArg,
