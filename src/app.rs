@@ -65,6 +65,7 @@ impl App {
                     SqliteOptions {
                         sync: config.sqlite_sync,
                         cache_mib: config.sqlite_cache_mb,
+                        journal_max: config.sqlite_journal_max,
                     },
                 )
                 .map_err(|e| StartError::Store(e.to_string()))?,

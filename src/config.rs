@@ -107,6 +107,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_SQLITE_CACHE_MB", value_name = "CHAT_SQLITE_CACHE_MB", default_value_t = crate::store::sqlite::SqliteOptions::DEFAULT_CACHE_MIB, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub sqlite_cache_mb: u32,
 
+    /// Messages the embedded store's journal holds unmerged, at most: acks
+    /// wait for the merge into SQLite beyond it; 0 merges every batch
+    /// before its ack.
+    #[arg(long, env = "CHAT_SQLITE_JOURNAL_MAX", value_name = "CHAT_SQLITE_JOURNAL_MAX", default_value_t = crate::store::sqlite::SqliteOptions::DEFAULT_JOURNAL_MAX, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=16_777_216))]
+    pub sqlite_journal_max: usize,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `chat_service=debug`.
     #[arg(
         long,
@@ -336,6 +342,7 @@ mod tests {
         assert_eq!(cfg.auth_cache_ttl_s, 30);
         assert_eq!(cfg.sqlite_sync, SqliteSync::Normal);
         assert_eq!(cfg.sqlite_cache_mb, 64);
+        assert_eq!(cfg.sqlite_journal_max, 262_144);
         assert_eq!(
             cfg.django_user_path,
             "/api/content/chat-service/users/{user_id}/"

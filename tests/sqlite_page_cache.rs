@@ -10,7 +10,7 @@ mod common;
 use chat_service::config::SqliteSync;
 use chat_service::model::Millis;
 use chat_service::store::sqlite::{
-    install_page_cache, truncate_counts, SqliteStore, DATABASE_FILE,
+    install_page_cache, truncate_counts, SqliteOptions, SqliteStore, DATABASE_FILE,
 };
 use chat_service::store::{Store, WriteOp, WriteOutcome};
 use common::{history, ids, message, random_key};
@@ -27,7 +27,13 @@ async fn commits_skip_truncation_and_rollbacks_still_truncate() {
         "the wrapper must install before any connection in this process"
     );
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path(), SqliteSync::Normal).unwrap();
+    // Without the journal, every batch is its own commit, as the check
+    // below counts.
+    let options = SqliteOptions {
+        journal_max: 0,
+        ..SqliteOptions::new(SqliteSync::Normal)
+    };
+    let store = SqliteStore::open_with(dir.path(), options).unwrap();
 
     // Many conversations written in interleaved batches: leaves of the table
     // and of the client-id index split out of page order, which is what

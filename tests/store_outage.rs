@@ -1,5 +1,8 @@
 //! The store failing under a running service: another process holds
-//! SQLite's write lock, so every commit fails with SQLITE_BUSY. Messages
+//! SQLite's write lock, so every commit fails with SQLITE_BUSY, and the
+//! journal is off (`CHAT_SQLITE_JOURNAL_MAX=0`), so every batch needs a
+//! commit before its ack (with the journal on, the lock only delays merges
+//! until the journal is full: tests/sqlite_store.rs). Messages
 //! keep flowing in real time, nothing is acked before it is stored, the
 //! bounded queue refuses with `overloaded`, `/readyz` turns 503, and all of
 //! it recovers by itself when the lock is released.
@@ -21,7 +24,11 @@ async fn a_locked_store_refuses_beyond_the_queue_and_recovers() {
     django.add_lesson(100, 1, 10, None);
     let server = Server::start(
         &django.base_url(),
-        &[("CHAT_WRITER_QUEUE", "4"), ("CHAT_WRITER_WINDOW_MS", "0")],
+        &[
+            ("CHAT_WRITER_QUEUE", "4"),
+            ("CHAT_WRITER_WINDOW_MS", "0"),
+            ("CHAT_SQLITE_JOURNAL_MAX", "0"),
+        ],
     );
     let (mut student, mut mentor) = common::ws::join_pair(
         &server.ws_url("token=tok-s25&user_id=25&lesson_id=100"),

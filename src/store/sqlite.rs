@@ -19,15 +19,21 @@
 //! WITHOUT ROWID table keyed by (conversation_id, id): a history page is one
 //! primary-key range scan, and every write names its conversation.
 
+mod journal;
 mod page_cache;
+mod tail;
+mod write_thread;
 
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use rusqlite::{ffi, Connection, OpenFlags, OptionalExtension, Row};
+
+use self::tail::Tail;
+use self::write_thread::WriteThread;
 use tokio::sync::oneshot;
 
 use super::{
@@ -87,14 +93,17 @@ const CONVERSATION_COLUMNS: &str = "id, lesson_id, mentor_id, student_id, create
 const MESSAGE_COLUMNS: &str =
     "id, conversation_id, sender_id, text, created_at, client_id, viewed_by, viewed_at";
 
-/// `DO NOTHING` covers only uniqueness conflicts: a retried insert (same id)
-/// or a resend (same client id), told apart afterwards.
+/// Merges a journaled message. It may be stored already (journaled again by
+/// a retry, or replayed after a crash during a merge): then only a view the
+/// journaled copy carries is kept. Any other conflict (a resend's client id
+/// the write path let through) stores nothing.
 const INSERT_MESSAGE: &str = "INSERT INTO messages
     (conversation_id, id, sender_id, text, created_at, client_id, viewed_by, viewed_at)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING";
-const MESSAGE_EXISTS: &str = "SELECT 1 FROM messages WHERE conversation_id = ?1 AND id = ?2";
-const MESSAGE_BY_CLIENT_ID: &str = "SELECT id FROM messages
-    WHERE conversation_id = ?1 AND sender_id = ?2 AND client_id = ?3";
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+    ON CONFLICT (conversation_id, id) DO UPDATE
+        SET viewed_by = excluded.viewed_by, viewed_at = excluded.viewed_at
+        WHERE excluded.viewed_by IS NOT NULL
+    ON CONFLICT DO NOTHING";
 const VIEW_MESSAGE: &str = "UPDATE messages SET viewed_by = ?3, viewed_at = ?4
     WHERE conversation_id = ?1 AND id = ?2 AND sender_id <> ?3";
 const INSERT_CONVERSATION: &str = "INSERT INTO conversations
@@ -107,6 +116,10 @@ pub struct SqliteOptions {
     pub sync: SqliteSync,
     /// Page cache of the write connection, in MiB (each reader gets a quarter).
     pub cache_mib: u32,
+    /// Journaled messages held in memory, unmerged, at most: beyond it a
+    /// batch's ack waits for the merge. 0 merges every batch before its ack
+    /// (no journal).
+    pub journal_max: usize,
 }
 
 impl SqliteOptions {
@@ -118,18 +131,39 @@ impl SqliteOptions {
     /// 20,000 messages/s (docs/performance.md).
     pub const DEFAULT_CACHE_MIB: u32 = 64;
 
+    /// Four merges' worth (a merge starts at 65,536): about 60 MiB of
+    /// 150-byte messages at most.
+    pub const DEFAULT_JOURNAL_MAX: usize = 262_144;
+
     pub fn new(sync: SqliteSync) -> SqliteOptions {
         SqliteOptions {
             sync,
             cache_mib: Self::DEFAULT_CACHE_MIB,
+            journal_max: Self::DEFAULT_JOURNAL_MAX,
         }
     }
 }
 
 /// SQLite behind the [`Store`] trait; see the module docs.
 pub struct SqliteStore {
-    writes: mpsc::Sender<WriteJob>,
+    /// `None` once dropping began: closing it tells the write thread to
+    /// merge what it holds and stop.
+    writes: Option<mpsc::Sender<WriteJob>>,
     reads: mpsc::Sender<ReadJob>,
+    /// Journaled messages not yet in SQLite, which readers add to theirs.
+    tail: Arc<RwLock<Tail>>,
+    write_thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for SqliteStore {
+    /// Waits for the write thread's last merge, so a store closed cleanly
+    /// leaves SQLite complete and no journal behind.
+    fn drop(&mut self) {
+        self.writes = None;
+        if let Some(thread) = self.write_thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -192,8 +226,16 @@ impl SqliteStore {
             readers.push(conn);
         }
 
+        let tail = Arc::new(RwLock::new(Tail::default()));
+        let write_thread = WriteThread::open(
+            writer,
+            dir,
+            options.sync == SqliteSync::Full,
+            options.journal_max,
+            Arc::clone(&tail),
+        )?;
         let (writes, write_jobs) = mpsc::channel();
-        spawn_thread("sqlite-writer", move || run_writer(writer, write_jobs))?;
+        let write_thread = spawn_thread("sqlite-writer", move || write_thread.run(write_jobs))?;
 
         let (reads, read_jobs) = mpsc::channel::<ReadJob>();
         let read_jobs = Arc::new(Mutex::new(read_jobs));
@@ -204,7 +246,12 @@ impl SqliteStore {
             })?;
         }
 
-        Ok(SqliteStore { writes, reads })
+        Ok(SqliteStore {
+            writes: Some(writes),
+            reads,
+            tail,
+            write_thread: Some(write_thread),
+        })
     }
 
     /// Runs `query` on a reader thread.
@@ -227,6 +274,8 @@ impl SqliteStore {
     async fn write<T>(&self, job: impl FnOnce(Reply<T>) -> WriteJob) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.writes
+            .as_ref()
+            .ok_or_else(threads_stopped)?
             .send(job(reply))
             .map_err(|_| threads_stopped())?;
         answer.await.map_err(|_| threads_stopped())?
@@ -296,7 +345,13 @@ impl Store for SqliteStore {
     }
 
     fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, Vec<Message>> {
-        self.read(move |conn| history(conn, &query))
+        let tail = Arc::clone(&self.tail);
+        self.read(move |conn| {
+            // The tail first: see `tail` for why this order misses nothing.
+            let unmerged = tail.read().history(&query);
+            let stored = history(conn, &query)?;
+            Ok(tail::merge_history(stored, unmerged, &query))
+        })
     }
 
     fn recent_client_ids(
@@ -305,7 +360,11 @@ impl Store for SqliteStore {
         sender_id: UserId,
         limit: usize,
     ) -> StoreFuture<'_, Vec<(String, MessageId)>> {
+        let tail = Arc::clone(&self.tail);
         self.read(move |conn| {
+            let unmerged = tail
+                .read()
+                .recent_client_ids(conversation_id, sender_id, limit);
             let mut stmt = conn.prepare_cached(
                 "SELECT client_id, id FROM messages
                  WHERE conversation_id = ?1 AND sender_id = ?2 AND client_id IS NOT NULL
@@ -315,7 +374,8 @@ impl Store for SqliteStore {
                 (conversation_id.bytes(), sender_id, sql_limit(limit)),
                 |row| Ok((row.get(0)?, ObjectId::from_bytes(row.get(1)?))),
             )?;
-            rows.collect()
+            let stored = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(tail::merge_client_ids(stored, unmerged, limit))
         })
     }
 
@@ -328,11 +388,13 @@ impl Store for SqliteStore {
     }
 }
 
-fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
+fn spawn_thread(
+    name: &str,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<thread::JoinHandle<()>, StoreError> {
     thread::Builder::new()
         .name(name.to_string())
         .spawn(body)
-        .map(drop)
         .map_err(|e| StoreError::Internal(format!("cannot start thread {name}: {e}")))
 }
 
@@ -399,24 +461,6 @@ fn create_schema(conn: &Connection) -> Result<(), StoreError> {
         .map_err(store_error)
 }
 
-fn run_writer(conn: Connection, jobs: mpsc::Receiver<WriteJob>) {
-    lower_priority();
-    while let Ok(job) = jobs.recv() {
-        match job {
-            WriteJob::Batch { ops, reply } => {
-                let _ = reply.send(write_batch(&conn, &ops));
-            }
-            WriteJob::ConversationFor {
-                key,
-                created_at,
-                reply,
-            } => {
-                let _ = reply.send(get_or_create(&conn, &key, created_at).map_err(store_error));
-            }
-        }
-    }
-}
-
 /// Delivery comes before durability: when the cores are busy, the threads
 /// that relay messages run first and this one takes what is left.
 fn lower_priority() {
@@ -442,101 +486,6 @@ fn run_reader(conn: Connection, jobs: &Mutex<mpsc::Receiver<ReadJob>>) {
             Err(mpsc::RecvError) => return,
         }
     }
-}
-
-/// One transaction for the whole batch: one WAL append and, with
-/// `synchronous=full`, one fsync per batch.
-fn write_batch(conn: &Connection, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
-    let applied = conn
-        .prepare_cached("BEGIN IMMEDIATE")
-        .and_then(|mut begin| begin.execute([]))
-        .and_then(|_| apply(conn, ops))
-        .and_then(|outcomes| {
-            conn.prepare_cached("COMMIT")?.execute([])?;
-            Ok(outcomes)
-        });
-    applied.map_err(|e| {
-        // A failed COMMIT (e.g. SQLITE_BUSY) leaves the transaction open.
-        if !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        store_error(e)
-    })
-}
-
-fn apply(conn: &Connection, ops: &[WriteOp]) -> rusqlite::Result<Vec<WriteOutcome>> {
-    let mut insert = conn.prepare_cached(INSERT_MESSAGE)?;
-    let mut view = conn.prepare_cached(VIEW_MESSAGE)?;
-    let mut outcomes = Vec::with_capacity(ops.len());
-    for op in ops {
-        let outcome = match op {
-            WriteOp::Insert(message) => insert_message(conn, &mut insert, message),
-            WriteOp::View {
-                conversation_id,
-                message_id,
-                viewer_id,
-                at,
-            } => view
-                .execute((conversation_id.bytes(), message_id.bytes(), viewer_id, at.0))
-                .map(|changed| match changed {
-                    0 => WriteOutcome::ViewTargetMissing,
-                    _ => WriteOutcome::Viewed,
-                }),
-        };
-        outcomes.push(match outcome {
-            Ok(outcome) => outcome,
-            // The failed statement was rolled back on its own; the rest of
-            // the batch stands.
-            Err(e) if refuses_only_this_op(&e) => WriteOutcome::Rejected(e.to_string()),
-            Err(e) => return Err(e),
-        });
-    }
-    Ok(outcomes)
-}
-
-fn insert_message(
-    conn: &Connection,
-    insert: &mut rusqlite::Statement<'_>,
-    message: &Message,
-) -> rusqlite::Result<WriteOutcome> {
-    let conversation = message.conversation_id.bytes();
-    let id = message.id.bytes();
-    let inserted = insert.execute((
-        conversation,
-        id,
-        message.sender_id,
-        message.text.as_str(),
-        message.created_at.0,
-        message.client_id.as_deref(),
-        message.viewed_by,
-        message.viewed_at.map(|at| at.0),
-    ))?;
-    if inserted == 1 {
-        return Ok(WriteOutcome::Inserted);
-    }
-    // A conflict: this very message (a retried batch), or an earlier one with
-    // the same client id (a resend).
-    if conn
-        .prepare_cached(MESSAGE_EXISTS)?
-        .exists((conversation, id))?
-    {
-        return Ok(WriteOutcome::Inserted);
-    }
-    let existing = match message.client_id.as_deref() {
-        Some(client_id) => conn
-            .prepare_cached(MESSAGE_BY_CLIENT_ID)?
-            .query_row((conversation, message.sender_id, client_id), |row| {
-                row.get::<_, [u8; 12]>(0)
-            })
-            .optional()?,
-        None => None,
-    };
-    Ok(match existing {
-        Some(existing) => WriteOutcome::Duplicate {
-            existing: ObjectId::from_bytes(existing),
-        },
-        None => WriteOutcome::Rejected("conflicts with a stored message".into()),
-    })
 }
 
 fn get_or_create(
@@ -689,8 +638,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DATABASE_FILE);
         let options = SqliteOptions {
-            sync: SqliteSync::Normal,
             cache_mib: 40,
+            ..SqliteOptions::new(SqliteSync::Normal)
         };
         let writer = Connection::open(&path).unwrap();
         configure_writer(&writer, options).unwrap();

@@ -1,0 +1,256 @@
+//! Messages that are journaled but not yet merged into SQLite.
+//!
+//! Readers see the store as SQLite plus this tail. Two generations: new
+//! writes go to `active`; a merge freezes it as `merging` and moves it into
+//! SQLite chunk by chunk, so writes never wait for a whole merge. An entry
+//! leaves the tail only after the SQLite transaction holding it committed,
+//! and a reader copies its tail entries *before* it starts its SQLite read,
+//! so a message is always in at least one of the two (a reader keeps the
+//! SQLite copy when it sees both).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use crate::model::{ConversationId, Message, MessageId, Millis, ObjectId, UserId};
+use crate::store::HistoryQuery;
+
+type MessageKey = (ConversationId, MessageId);
+type ClientKey = (ConversationId, UserId, String);
+
+#[derive(Default)]
+pub(super) struct Tail {
+    active: Generation,
+    merging: Generation,
+}
+
+#[derive(Default)]
+struct Generation {
+    messages: BTreeMap<MessageKey, Message>,
+    client_ids: HashMap<ClientKey, MessageId, foldhash::fast::RandomState>,
+    /// When the first message of this generation arrived.
+    since: Option<Instant>,
+}
+
+impl Generation {
+    fn insert(&mut self, message: Message) {
+        if let Some(client_id) = &message.client_id {
+            self.client_ids.insert(
+                (
+                    message.conversation_id,
+                    message.sender_id,
+                    client_id.clone(),
+                ),
+                message.id,
+            );
+        }
+        self.since.get_or_insert_with(Instant::now);
+        self.messages
+            .insert((message.conversation_id, message.id), message);
+    }
+
+    fn remove(&mut self, key: &MessageKey) {
+        if let Some(message) = self.messages.remove(key) {
+            if let Some(client_id) = message.client_id {
+                self.client_ids
+                    .remove(&(message.conversation_id, message.sender_id, client_id));
+            }
+        }
+        if self.messages.is_empty() {
+            self.since = None;
+        }
+    }
+
+    /// This generation's messages of one conversation with `after < id < before`.
+    fn range(
+        &self,
+        conversation: ConversationId,
+        after: Option<MessageId>,
+        before: Option<MessageId>,
+    ) -> impl DoubleEndedIterator<Item = &Message> {
+        let low = after.unwrap_or(ObjectId::from_bytes([0; 12]));
+        let high = before.unwrap_or(ObjectId::from_bytes([0xff; 12]));
+        self.messages
+            .range((conversation, low)..=(conversation, high))
+            .map(|(_, message)| message)
+            .filter(move |message| {
+                after.is_none_or(|after| message.id > after)
+                    && before.is_none_or(|before| message.id < before)
+            })
+    }
+}
+
+impl Tail {
+    pub(super) fn len(&self) -> usize {
+        self.active.messages.len() + self.merging.messages.len()
+    }
+
+    pub(super) fn active_len(&self) -> usize {
+        self.active.messages.len()
+    }
+
+    /// How long the oldest unmerged message of `active` has waited.
+    pub(super) fn active_age(&self) -> Option<std::time::Duration> {
+        self.active.since.map(|since| since.elapsed())
+    }
+
+    pub(super) fn is_merging(&self) -> bool {
+        !self.merging.messages.is_empty()
+    }
+
+    pub(super) fn insert(&mut self, message: Message) {
+        self.active.insert(message);
+    }
+
+    pub(super) fn get(&self, conversation: ConversationId, id: MessageId) -> Option<&Message> {
+        let key = (conversation, id);
+        self.active
+            .messages
+            .get(&key)
+            .or_else(|| self.merging.messages.get(&key))
+    }
+
+    pub(super) fn get_mut(
+        &mut self,
+        conversation: ConversationId,
+        id: MessageId,
+    ) -> Option<&mut Message> {
+        let key = (conversation, id);
+        match self.active.messages.get_mut(&key) {
+            Some(message) => Some(message),
+            None => self.merging.messages.get_mut(&key),
+        }
+    }
+
+    pub(super) fn by_client_id(
+        &self,
+        conversation: ConversationId,
+        sender: UserId,
+        client_id: &str,
+    ) -> Option<MessageId> {
+        let key = (conversation, sender, client_id.to_owned());
+        self.active
+            .client_ids
+            .get(&key)
+            .or_else(|| self.merging.client_ids.get(&key))
+            .copied()
+    }
+
+    /// Starts a merge: what was written so far becomes `merging`. Only when
+    /// the previous merge finished.
+    pub(super) fn freeze(&mut self) {
+        debug_assert!(self.merging.messages.is_empty());
+        self.merging = std::mem::take(&mut self.active);
+    }
+
+    /// Copies of the next (at most) `max` messages to merge, in key order, so
+    /// one conversation's run lands in one transaction.
+    pub(super) fn next_chunk(&self, max: usize) -> Vec<Message> {
+        self.merging.messages.values().take(max).cloned().collect()
+    }
+
+    /// Drops merged messages; call after their transaction committed.
+    pub(super) fn remove_merged(&mut self, merged: &[Message]) {
+        for message in merged {
+            self.merging.remove(&(message.conversation_id, message.id));
+        }
+    }
+
+    /// The tail's part of a history page: at most `limit` messages from the
+    /// same end of the range the SQLite query reads, oldest first.
+    pub(super) fn history(&self, query: &HistoryQuery) -> Vec<Message> {
+        let mut found: Vec<Message> = Vec::new();
+        for generation in [&self.merging, &self.active] {
+            let range = generation.range(query.conversation_id, query.after, query.before);
+            if query.after.is_some() {
+                found.extend(range.take(query.limit).cloned());
+            } else {
+                found.extend(range.rev().take(query.limit).cloned());
+            }
+        }
+        found.sort_by_key(|message| message.id);
+        found
+    }
+
+    /// The tail's part of [`Store::recent_client_ids`], newest first.
+    ///
+    /// [`Store::recent_client_ids`]: crate::store::Store::recent_client_ids
+    pub(super) fn recent_client_ids(
+        &self,
+        conversation: ConversationId,
+        sender: UserId,
+        limit: usize,
+    ) -> Vec<(String, MessageId)> {
+        let mut found: Vec<(String, MessageId)> = Vec::new();
+        for generation in [&self.merging, &self.active] {
+            found.extend(
+                generation
+                    .range(conversation, None, None)
+                    .rev()
+                    .filter(|message| message.sender_id == sender)
+                    .filter_map(|message| Some((message.client_id.clone()?, message.id)))
+                    .take(limit),
+            );
+        }
+        found.sort_by_key(|&(_, id)| std::cmp::Reverse(id));
+        found.truncate(limit);
+        found
+    }
+}
+
+/// A history page from SQLite's page and the tail's: the union by id (the
+/// SQLite copy wins: a message there may have been viewed since the tail
+/// was read), cut to `limit` from the end the query reads.
+pub(super) fn merge_history(
+    stored: Vec<Message>,
+    tail: Vec<Message>,
+    query: &HistoryQuery,
+) -> Vec<Message> {
+    if tail.is_empty() {
+        return stored;
+    }
+    let mut merged: BTreeMap<MessageId, Message> = tail
+        .into_iter()
+        .map(|message| (message.id, message))
+        .collect();
+    merged.extend(stored.into_iter().map(|message| (message.id, message)));
+    let mut page: Vec<Message> = merged.into_values().collect();
+    if query.after.is_some() {
+        page.truncate(query.limit);
+    } else if page.len() > query.limit {
+        page.drain(..page.len() - query.limit);
+    }
+    page
+}
+
+/// [`Tail::recent_client_ids`] and SQLite's answer, newest first, deduplicated.
+pub(super) fn merge_client_ids(
+    stored: Vec<(String, MessageId)>,
+    tail: Vec<(String, MessageId)>,
+    limit: usize,
+) -> Vec<(String, MessageId)> {
+    if tail.is_empty() {
+        return stored;
+    }
+    let merged: BTreeMap<MessageId, String> = tail
+        .into_iter()
+        .chain(stored)
+        .map(|(client_id, id)| (id, client_id))
+        .collect();
+    merged
+        .into_iter()
+        .rev()
+        .take(limit)
+        .map(|(id, client_id)| (client_id, id))
+        .collect()
+}
+
+/// Applies a view to a tail message the way SQLite's UPDATE would: only a
+/// message of another sender. Returns whether it applied.
+pub(super) fn apply_view(message: &mut Message, viewer: UserId, at: Millis) -> bool {
+    if message.sender_id == viewer {
+        return false;
+    }
+    message.viewed_by = Some(viewer);
+    message.viewed_at = Some(at);
+    true
+}
