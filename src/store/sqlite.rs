@@ -3,10 +3,13 @@
 //! # Threads
 //!
 //! Every SQLite call blocks, so none runs on a tokio runtime thread. One
-//! dedicated thread owns the only write connection and runs every write —
-//! the writer's batches and conversation creation — in arrival order, which
+//! dedicated thread owns the only write connection, the journal and the
+//! tail of unmerged messages (`write_thread`), and runs every write — the
+//! writer's batches and conversation creation — in arrival order, which
 //! also makes get-or-create race-free inside the process (the UNIQUE key
-//! makes it race-free across processes). A few reader threads each own a
+//! makes it race-free across processes). A batch is acknowledged once it
+//! is appended to the journal; the thread merges the journal into SQLite
+//! between jobs, and readers add the unmerged tail to what they read. A few reader threads each own a
 //! read-only connection and share one job queue; WAL lets them read while a
 //! batch is being written, so a history page never waits behind a batch.
 //! Dropping the store closes the queues; the threads finish their current
