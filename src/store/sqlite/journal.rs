@@ -14,8 +14,8 @@
 //! - Header, 16 bytes: magic `CHATJNL\0`, u32 version (1), u32 reserved (0).
 //!   A wrong magic or version is an error, never a torn segment: the service
 //!   must refuse to start rather than ignore someone else's file.
-//! - Records, back to back: u32 payload length, u32 CRC-32 of the payload,
-//!   the payload. A crash can leave a short or garbage tail (the file may
+//! - Records, one per `WriteOp`, back to back: u32 payload length, u32
+//!   CRC-32 of the payload, the payload. A crash can leave a short or garbage tail (the file may
 //!   grow before its data lands, leaving zeros); the length and checksum let
 //!   the reader stop at the last complete record. Lengths over 16 MiB count
 //!   as damage, so a corrupt length cannot make the reader allocate or skip
@@ -37,7 +37,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::model::{ConversationId, Message, MessageId, Millis, ObjectId, UserId};
+use crate::model::{Message, Millis, ObjectId};
+use crate::store::WriteOp;
 
 const MAGIC: &[u8; 8] = b"CHATJNL\0";
 const VERSION: u32 = 1;
@@ -48,18 +49,6 @@ const TAG_INSERT: u8 = 1;
 const TAG_VIEW: u8 = 2;
 const NAME_PREFIX: &str = "chat.journal.";
 const NAME_DIGITS: usize = 20;
-
-/// One durable change.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Record {
-    Insert(Message),
-    View {
-        conversation_id: ConversationId,
-        message_id: MessageId,
-        viewer_id: UserId,
-        at: Millis,
-    },
-}
 
 /// The file name of segment `number` inside the data directory.
 pub fn segment_path(dir: &Path, number: u64) -> PathBuf {
@@ -142,7 +131,7 @@ impl Segment {
     /// Appends `records` with one positional write, then `sync_data` when
     /// `sync`. On error the file is cut back to its previous length, so no
     /// partial record stays behind and `len` is unchanged.
-    pub fn append(&mut self, records: &[Record], sync: bool) -> io::Result<()> {
+    pub fn append(&mut self, records: &[WriteOp], sync: bool) -> io::Result<()> {
         if records.is_empty() {
             return Ok(());
         }
@@ -205,7 +194,7 @@ impl Segment {
 /// What a segment holds.
 #[derive(Debug)]
 pub struct SegmentContents {
-    pub records: Vec<Record>,
+    pub records: Vec<WriteOp>,
     /// Bytes up to the end of the last good record.
     pub valid_len: u64,
     /// True when bytes after `valid_len` were ignored (a write cut short by
@@ -269,7 +258,7 @@ fn header() -> [u8; HEADER_LEN as usize] {
 }
 
 /// The next framed record, or `None` when the rest is cut short or damaged.
-fn next_record(cursor: &mut Cursor<'_>) -> Option<Record> {
+fn next_record(cursor: &mut Cursor<'_>) -> Option<WriteOp> {
     let len = cursor.u32()? as usize;
     let crc = cursor.u32()?;
     if len > MAX_PAYLOAD {
@@ -284,7 +273,7 @@ fn next_record(cursor: &mut Cursor<'_>) -> Option<Record> {
 
 /// Appends one framed record to `buf`; refuses payloads over the limit
 /// (the reader would take them for damage) and leaves `buf` as it was.
-fn encode_record(buf: &mut Vec<u8>, record: &Record) -> io::Result<()> {
+fn encode_record(buf: &mut Vec<u8>, record: &WriteOp) -> io::Result<()> {
     let start = buf.len();
     buf.extend_from_slice(&[0; RECORD_HEADER_LEN]);
     encode_payload(buf, record);
@@ -303,9 +292,9 @@ fn encode_record(buf: &mut Vec<u8>, record: &Record) -> io::Result<()> {
     Ok(())
 }
 
-fn encode_payload(buf: &mut Vec<u8>, record: &Record) {
+fn encode_payload(buf: &mut Vec<u8>, record: &WriteOp) {
     match record {
-        Record::Insert(m) => {
+        WriteOp::Insert(m) => {
             buf.push(TAG_INSERT);
             buf.extend_from_slice(&m.conversation_id.bytes());
             buf.extend_from_slice(&m.id.bytes());
@@ -320,7 +309,7 @@ fn encode_payload(buf: &mut Vec<u8>, record: &Record) {
                 buf.extend_from_slice(&v.0.to_le_bytes())
             });
         }
-        Record::View {
+        WriteOp::View {
             conversation_id,
             message_id,
             viewer_id,
@@ -353,10 +342,10 @@ fn put_opt<T>(buf: &mut Vec<u8>, value: Option<T>, put: impl FnOnce(&mut Vec<u8>
 }
 
 /// `None` for anything but a complete, well-formed payload.
-fn decode_payload(payload: &[u8]) -> Option<Record> {
+fn decode_payload(payload: &[u8]) -> Option<WriteOp> {
     let mut c = Cursor { rest: payload };
     let record = match c.u8()? {
-        TAG_INSERT => Record::Insert(Message {
+        TAG_INSERT => WriteOp::Insert(Message {
             conversation_id: c.id()?,
             id: c.id()?,
             sender_id: c.i64()?,
@@ -366,7 +355,7 @@ fn decode_payload(payload: &[u8]) -> Option<Record> {
             viewed_by: c.opt(Cursor::i64)?,
             viewed_at: c.opt(|c| c.i64().map(Millis))?,
         }),
-        TAG_VIEW => Record::View {
+        TAG_VIEW => WriteOp::View {
             conversation_id: c.id()?,
             message_id: c.id()?,
             viewer_id: c.i64()?,
@@ -428,6 +417,7 @@ impl<'a> Cursor<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::UserId;
 
     fn message(
         n: u8,
@@ -447,8 +437,8 @@ mod tests {
         }
     }
 
-    fn view(n: u8) -> Record {
-        Record::View {
+    fn view(n: u8) -> WriteOp {
+        WriteOp::View {
             conversation_id: ObjectId::from_bytes([0xc0; 12]),
             message_id: ObjectId::from_bytes([n; 12]),
             viewer_id: -3,
@@ -456,14 +446,14 @@ mod tests {
         }
     }
 
-    fn batches() -> (Vec<Record>, Vec<Record>) {
+    fn batches() -> (Vec<WriteOp>, Vec<WriteOp>) {
         let first = vec![
-            Record::Insert(message(1, "привет 👋🏽 مرحبا", Some("c-1"), None)),
-            Record::Insert(message(2, "", None, Some((9, 1_700_000_000_500)))),
+            WriteOp::Insert(message(1, "привет 👋🏽 مرحبا", Some("c-1"), None)),
+            WriteOp::Insert(message(2, "", None, Some((9, 1_700_000_000_500)))),
         ];
         let second = vec![
             view(1),
-            Record::Insert(message(3, "x", Some(""), Some((i64::MAX, -1)))),
+            WriteOp::Insert(message(3, "x", Some(""), Some((i64::MAX, -1)))),
         ];
         (first, second)
     }
@@ -487,7 +477,7 @@ mod tests {
         assert_eq!(seg.len(), file_len(seg.path()));
 
         let read = read_segment(seg.path()).unwrap();
-        let expected: Vec<Record> = first.into_iter().chain(second).collect();
+        let expected: Vec<WriteOp> = first.into_iter().chain(second).collect();
         assert_eq!(read.records, expected);
         assert!(!read.torn);
         assert_eq!(read.valid_len, file_len(seg.path()));
@@ -568,7 +558,7 @@ mod tests {
         // Well-formed apart from its size, so only the limit rejects it.
         let mut huge = Vec::new();
         let text = "a".repeat(MAX_PAYLOAD);
-        encode_payload(&mut huge, &Record::Insert(message(1, &text, None, None)));
+        encode_payload(&mut huge, &WriteOp::Insert(message(1, &text, None, None)));
         data.extend_from_slice(&(huge.len() as u32).to_le_bytes());
         data.extend_from_slice(&crc32fast::hash(&huge).to_le_bytes());
         data.extend_from_slice(&huge);
@@ -584,7 +574,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut seg = Segment::create(dir.path(), 1, false).unwrap();
         let big = "a".repeat(MAX_PAYLOAD);
-        let records = [view(1), Record::Insert(message(2, &big, None, None))];
+        let records = [view(1), WriteOp::Insert(message(2, &big, None, None))];
         let err = seg.append(&records, false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert_eq!(seg.len(), HEADER_LEN);
@@ -702,7 +692,10 @@ mod tests {
             valid.push(bytes);
         }
         let mut bad_utf8 = Vec::new();
-        encode_payload(&mut bad_utf8, &Record::Insert(message(1, "ab", None, None)));
+        encode_payload(
+            &mut bad_utf8,
+            &WriteOp::Insert(message(1, "ab", None, None)),
+        );
         bad_utf8[1 + 12 + 12 + 8 + 8 + 4] = 0xff;
         assert_eq!(decode_payload(&bad_utf8), None);
 

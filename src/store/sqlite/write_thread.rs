@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use rusqlite::{Connection, OptionalExtension};
 
-use super::journal::{self, Record, Segment};
+use super::journal::{self, Segment};
 use super::tail::{apply_view, Tail};
 use super::{
     get_or_create, lower_priority, refuses_only_this_op, store_error, WriteJob, INSERT_MESSAGE,
@@ -161,8 +161,8 @@ impl WriteThread {
             let mut tail = self.tail.write();
             for record in staged.records {
                 match record {
-                    Record::Insert(message) => tail.insert(message),
-                    Record::View {
+                    WriteOp::Insert(message) => tail.insert(message),
+                    WriteOp::View {
                         conversation_id,
                         message_id,
                         viewer_id,
@@ -233,7 +233,7 @@ impl WriteThread {
                         } else if let Some(message) = tail.get(conversation_id, message_id) {
                             let applies = message.sender_id != viewer_id;
                             if applies {
-                                staged.records.push(Record::View {
+                                staged.records.push(WriteOp::View {
                                     conversation_id,
                                     message_id,
                                     viewer_id,
@@ -358,7 +358,7 @@ type StoredView = (ConversationId, MessageId, UserId, Millis);
 #[derive(Default)]
 struct Staged {
     outcomes: Vec<WriteOutcome>,
-    records: Vec<Record>,
+    records: Vec<WriteOp>,
     /// Index in `records` of each new message.
     by_id: HashMap<(ConversationId, MessageId), usize, FastHash>,
     by_client_id: HashMap<(ConversationId, UserId, String), MessageId, FastHash>,
@@ -401,13 +401,13 @@ impl Staged {
             );
         }
         self.by_id.insert(key, self.records.len());
-        self.records.push(Record::Insert(message));
+        self.records.push(WriteOp::Insert(message));
     }
 
     fn insert_mut(&mut self, conversation: ConversationId, id: MessageId) -> Option<&mut Message> {
         let index = *self.by_id.get(&(conversation, id))?;
         match self.records.get_mut(index) {
-            Some(Record::Insert(message)) => Some(message),
+            Some(WriteOp::Insert(message)) => Some(message),
             _ => None,
         }
     }
@@ -508,8 +508,8 @@ fn replay(conn: &Connection, dir: &Path) -> Result<u64, StoreError> {
                 let mut view = conn.prepare_cached(VIEW_MESSAGE)?;
                 for record in records {
                     let applied = match record {
-                        Record::Insert(message) => insert_record(&mut insert, message),
-                        Record::View {
+                        WriteOp::Insert(message) => insert_record(&mut insert, message),
+                        WriteOp::View {
                             conversation_id,
                             message_id,
                             viewer_id,
