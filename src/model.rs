@@ -261,6 +261,25 @@ pub struct Message {
     pub viewed_at: Option<Millis>,
 }
 
+impl Message {
+    /// A view counts only from someone other than the sender (the rule the
+    /// stores' view updates spell in SQL and BSON too).
+    pub fn viewable_by(&self, viewer: UserId) -> bool {
+        self.sender_id != viewer
+    }
+
+    /// Records `viewer`'s view at `at`; false, changing nothing, when
+    /// `viewer` sent the message.
+    pub fn mark_viewed(&mut self, viewer: UserId, at: Millis) -> bool {
+        if !self.viewable_by(viewer) {
+            return false;
+        }
+        self.viewed_by = Some(viewer);
+        self.viewed_at = Some(at);
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,14 +60,17 @@ impl State {
                 message_id,
                 viewer_id,
                 at,
-            } => match self.messages.get_mut(&(conversation_id, message_id)) {
-                Some(message) if message.sender_id != viewer_id => {
-                    message.viewed_by = Some(viewer_id);
-                    message.viewed_at = Some(at);
+            } => {
+                let viewed = self
+                    .messages
+                    .get_mut(&(conversation_id, message_id))
+                    .is_some_and(|message| message.mark_viewed(viewer_id, at));
+                if viewed {
                     WriteOutcome::Viewed
+                } else {
+                    WriteOutcome::ViewTargetMissing
                 }
-                _ => WriteOutcome::ViewTargetMissing,
-            },
+            }
         }
     }
 }

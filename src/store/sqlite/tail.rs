@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use crate::model::{ConversationId, Message, MessageId, Millis, ObjectId, UserId};
+use crate::model::{ConversationId, Message, MessageId, ObjectId, UserId};
 use crate::store::HistoryQuery;
 
 type MessageKey = (ConversationId, MessageId);
@@ -242,15 +242,4 @@ pub(super) fn merge_client_ids(
         .take(limit)
         .map(|(id, client_id)| (client_id, id))
         .collect()
-}
-
-/// Applies a view to a tail message the way SQLite's UPDATE would: only a
-/// message of another sender. Returns whether it applied.
-pub(super) fn apply_view(message: &mut Message, viewer: UserId, at: Millis) -> bool {
-    if message.sender_id == viewer {
-        return false;
-    }
-    message.viewed_by = Some(viewer);
-    message.viewed_at = Some(at);
-    true
 }

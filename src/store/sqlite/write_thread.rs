@@ -20,7 +20,7 @@ use parking_lot::RwLock;
 use rusqlite::{Connection, OptionalExtension};
 
 use super::journal::{self, Segment};
-use super::tail::{apply_view, Tail};
+use super::tail::Tail;
 use super::{
     get_or_create, lower_priority, refuses_only_this_op, store_error, WriteJob, INSERT_MESSAGE,
     VIEW_MESSAGE,
@@ -169,7 +169,7 @@ impl WriteThread {
                         at,
                     } => {
                         if let Some(message) = tail.get_mut(conversation_id, message_id) {
-                            apply_view(message, viewer_id, at);
+                            message.mark_viewed(viewer_id, at);
                         }
                     }
                 }
@@ -229,9 +229,9 @@ impl WriteThread {
                         at,
                     } => {
                         if let Some(message) = staged.insert_mut(conversation_id, message_id) {
-                            view_outcome(apply_view(message, viewer_id, at))
+                            view_outcome(message.mark_viewed(viewer_id, at))
                         } else if let Some(message) = tail.get(conversation_id, message_id) {
-                            let applies = message.sender_id != viewer_id;
+                            let applies = message.viewable_by(viewer_id);
                             if applies {
                                 staged.records.push(WriteOp::View {
                                     conversation_id,
