@@ -15,7 +15,8 @@ use crate::model::{ConversationId, Message, MessageId, ObjectId, UserId};
 use crate::store::HistoryQuery;
 
 type MessageKey = (ConversationId, MessageId);
-type ClientKey = (ConversationId, UserId, String);
+/// (conversation, sender, client id): what makes a resend a duplicate.
+pub(super) type ClientKey = (ConversationId, UserId, String);
 
 #[derive(Default)]
 pub(super) struct Tail {
@@ -121,17 +122,11 @@ impl Tail {
         }
     }
 
-    pub(super) fn by_client_id(
-        &self,
-        conversation: ConversationId,
-        sender: UserId,
-        client_id: &str,
-    ) -> Option<MessageId> {
-        let key = (conversation, sender, client_id.to_owned());
+    pub(super) fn by_client_id(&self, key: &ClientKey) -> Option<MessageId> {
         self.active
             .client_ids
-            .get(&key)
-            .or_else(|| self.merging.client_ids.get(&key))
+            .get(key)
+            .or_else(|| self.merging.client_ids.get(key))
             .copied()
     }
 

@@ -20,7 +20,7 @@ use parking_lot::RwLock;
 use rusqlite::{Connection, OptionalExtension};
 
 use super::journal::{self, Segment};
-use super::tail::Tail;
+use super::tail::{ClientKey, Tail};
 use super::{
     get_or_create, lower_priority, refuses_only_this_op, store_error, WriteJob, INSERT_MESSAGE,
     VIEW_MESSAGE,
@@ -361,7 +361,7 @@ struct Staged {
     records: Vec<WriteOp>,
     /// Index in `records` of each new message.
     by_id: HashMap<(ConversationId, MessageId), usize, FastHash>,
-    by_client_id: HashMap<(ConversationId, UserId, String), MessageId, FastHash>,
+    by_client_id: HashMap<ClientKey, MessageId, FastHash>,
 }
 
 impl Staged {
@@ -380,12 +380,11 @@ impl Staged {
         if self.by_id.contains_key(&(conversation, id)) || tail.get(conversation, id).is_some() {
             return Some(id);
         }
-        let client_id = message.client_id.as_deref()?;
-        let key = (conversation, message.sender_id, client_id.to_owned());
+        let key = (conversation, message.sender_id, message.client_id.clone()?);
         self.by_client_id
             .get(&key)
             .copied()
-            .or_else(|| tail.by_client_id(conversation, message.sender_id, client_id))
+            .or_else(|| tail.by_client_id(&key))
     }
 
     fn push_insert(&mut self, message: Message) {
