@@ -9,27 +9,32 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use chat_service::config::SqliteSync;
-use chat_service::model::{ConversationKey, Millis};
+use chat_service::model::{ConversationId, ConversationKey, Millis, UserId};
 use chat_service::store::sqlite::{SqliteOptions, SqliteStore, DATABASE_FILE};
 use chat_service::store::{Store, StoreError, WriteOp, WriteOutcome};
 use common::{history, ids, message, random_key};
 
-/// Writes `count` messages into the conversation for `key`, in one batch.
-async fn write_messages(store: &SqliteStore, key: ConversationKey, count: usize) {
-    let conversation = store.conversation_for(key, Millis(1)).await.unwrap();
-    let ops = ids(count)
+/// Inserts of `count` new messages "durable 0", "durable 1", … from `sender`.
+fn numbered_inserts(conversation_id: ConversationId, sender: UserId, count: usize) -> Vec<WriteOp> {
+    ids(count)
         .into_iter()
         .enumerate()
         .map(|(n, id)| {
             WriteOp::Insert(message(
                 id,
-                conversation.id,
-                key.student_id,
+                conversation_id,
+                sender,
                 &format!("durable {n}"),
                 None,
             ))
         })
-        .collect();
+        .collect()
+}
+
+/// Writes `count` messages into the conversation for `key`, in one batch.
+async fn write_messages(store: &SqliteStore, key: ConversationKey, count: usize) {
+    let conversation = store.conversation_for(key, Millis(1)).await.unwrap();
+    let ops = numbered_inserts(conversation.id, key.student_id, count);
     let outcomes = store.write_batch(ops).await.unwrap();
     assert_eq!(outcomes, vec![WriteOutcome::Inserted; count]);
 }
@@ -255,19 +260,7 @@ async fn a_full_journal_is_unavailable_until_the_merge_can_run() {
     let store = SqliteStore::open_with(dir.path(), with_journal_max(2)).unwrap();
     let key = random_key();
     let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
-    let ops: Vec<WriteOp> = ids(3)
-        .into_iter()
-        .enumerate()
-        .map(|(n, id)| {
-            WriteOp::Insert(message(
-                id,
-                conversation.id,
-                key.student_id,
-                &format!("m{n}"),
-                None,
-            ))
-        })
-        .collect();
+    let ops = numbered_inserts(conversation.id, key.student_id, 3);
 
     let other = rusqlite::Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
