@@ -428,23 +428,32 @@ fn view_outcome(applied: bool) -> WriteOutcome {
     }
 }
 
-/// One merge transaction. A message SQLite can never take (a constraint
-/// the journal does not know) is logged and dropped rather than blocking
-/// every later merge.
+/// One merge transaction.
 fn merge_chunk(conn: &Connection, chunk: &[Message]) -> Result<(), StoreError> {
     in_transaction(conn, "BEGIN IMMEDIATE", |conn| {
         let mut insert = conn.prepare_cached(INSERT_MESSAGE)?;
         for message in chunk {
-            match insert_record(&mut insert, message) {
-                Ok(()) => {}
-                Err(e) if refuses_only_this_op(&e) => {
-                    tracing::error!(id = %message.id, "message dropped by SQLite at merge: {e}");
-                }
-                Err(e) => return Err(e),
-            }
+            drop_if_refused(insert_record(&mut insert, message), message.id, "merge")?;
         }
         Ok(())
     })
+}
+
+/// A journaled op SQLite can never take (a constraint the journal does not
+/// know) is logged and dropped rather than blocking every later merge, or
+/// every start.
+fn drop_if_refused(
+    applied: rusqlite::Result<()>,
+    message: MessageId,
+    during: &str,
+) -> rusqlite::Result<()> {
+    match applied {
+        Err(e) if refuses_only_this_op(&e) => {
+            tracing::error!(id = %message, "journaled write dropped by SQLite at {during}: {e}");
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 fn insert_record(insert: &mut rusqlite::Statement<'_>, message: &Message) -> rusqlite::Result<()> {
@@ -506,24 +515,27 @@ fn replay(conn: &Connection, dir: &Path) -> Result<u64, StoreError> {
                 let mut insert = conn.prepare_cached(INSERT_MESSAGE)?;
                 let mut view = conn.prepare_cached(VIEW_MESSAGE)?;
                 for record in records {
-                    let applied = match record {
-                        WriteOp::Insert(message) => insert_record(&mut insert, message),
+                    let (applied, id) = match record {
+                        WriteOp::Insert(message) => {
+                            (insert_record(&mut insert, message), message.id)
+                        }
                         WriteOp::View {
                             conversation_id,
                             message_id,
                             viewer_id,
                             at,
-                        } => view
-                            .execute((conversation_id.bytes(), message_id.bytes(), viewer_id, at.0))
+                        } => (
+                            view.execute((
+                                conversation_id.bytes(),
+                                message_id.bytes(),
+                                viewer_id,
+                                at.0,
+                            ))
                             .map(drop),
+                            *message_id,
+                        ),
                     };
-                    match applied {
-                        Ok(()) => {}
-                        Err(e) if refuses_only_this_op(&e) => {
-                            tracing::error!("journal record dropped by SQLite at replay: {e}");
-                        }
-                        Err(e) => return Err(e),
-                    }
+                    drop_if_refused(applied, id, "replay")?;
                 }
                 Ok(())
             })?;
