@@ -16,6 +16,7 @@ use crate::store::mongo::{MongoSettings, MongoStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::writer::{Writer, WriterConfig, WriterHandle};
 use crate::store::Store;
+use crate::ws::rate::RateLimit;
 use crate::ws::session::SessionLimits;
 
 /// Shared state of every request and session.
@@ -96,9 +97,10 @@ impl App {
         let limits = SessionLimits {
             max_text_bytes: config.max_text_bytes as usize,
             max_frame_bytes: config.max_frame_bytes as usize,
-            outbound_queue: config.outbound_queue as usize,
+            outbound_queue_bytes: config.outbound_queue_bytes as usize,
             ping_interval: config.ping_interval(),
             idle_timeout: config.idle_timeout(),
+            message_rate: RateLimit::new(config.msg_rate, config.msg_burst),
         };
         let app = App {
             config,

@@ -135,10 +135,36 @@ pub struct Config {
     #[arg(long, env = "CHAT_IDLE_TIMEOUT_S", value_name = "CHAT_IDLE_TIMEOUT_S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub idle_timeout_s: u64,
 
-    /// Frames one connection may have queued before it counts as a slow
-    /// consumer and is closed with 1013.
-    #[arg(long, env = "CHAT_OUTBOUND_QUEUE", value_name = "CHAT_OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub outbound_queue: u32,
+    /// Bytes of others' events one connection may have queued before it
+    /// counts as a slow consumer and is closed with 1013.
+    #[arg(long, env = "CHAT_OUTBOUND_QUEUE_BYTES", value_name = "CHAT_OUTBOUND_QUEUE_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(4096..=1_073_741_824))]
+    pub outbound_queue_bytes: u32,
+
+    /// Messages per second one connection may send on average (0: no limit).
+    #[arg(long, env = "CHAT_MSG_RATE", value_name = "CHAT_MSG_RATE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub msg_rate: u32,
+
+    /// Messages one connection may send at once before the rate applies.
+    #[arg(long, env = "CHAT_MSG_BURST", value_name = "CHAT_MSG_BURST", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub msg_burst: u32,
+
+    /// WebSocket connections one user may hold at once; beyond it `/ws` answers 429.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_USER", value_name = "CHAT_MAX_CONNECTIONS_PER_USER", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_user: u32,
+
+    /// Seconds a client has to send a complete HTTP request head.
+    #[arg(long, env = "CHAT_HEADER_TIMEOUT_S", value_name = "CHAT_HEADER_TIMEOUT_S", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub header_timeout_s: u64,
+
+    /// Connections that have not yet sent a complete request head, at most;
+    /// beyond it the oldest of them is closed.
+    #[arg(long, env = "CHAT_MAX_PENDING_HEADERS", value_name = "CHAT_MAX_PENDING_HEADERS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_pending_headers: u32,
+
+    /// Refuse a mentor's connection unless Django's lesson lists the student
+    /// in `student_ids` (a lesson without the list refuses every mentor).
+    #[arg(long, env = "CHAT_REQUIRE_ROSTER", value_name = "CHAT_REQUIRE_ROSTER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub require_roster: bool,
 
     /// Most writes one store batch carries. Batches only grow this large under
     /// load (a partial batch waits at most the window): with thousands of
@@ -209,6 +235,10 @@ impl Config {
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_s)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_s)
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

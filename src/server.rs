@@ -14,11 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::{App, Background};
+use crate::http::pending::PendingHeads;
 use crate::http::router::Router;
 use crate::store::writer::FlushReport;
 
-/// A client must finish sending request headers within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest request head hyper buffers (query strings carry JWTs).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
@@ -46,9 +45,10 @@ pub async fn run(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(app.config.header_timeout())
         .max_buf_size(MAX_HEAD_BYTES);
     let builder = Arc::new(builder);
+    let pending_heads = PendingHeads::new(app.config.max_pending_headers as usize);
 
     tokio::pin!(shutdown);
     let mut accept_backoff = Duration::from_millis(5);
@@ -64,15 +64,21 @@ pub async fn run(
                 stream
             }
             Err(error) => {
-                // Out of descriptors or a transient error: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(accept_backoff).await;
+                // Out of descriptors (EMFILE) or a transient error: back off
+                // instead of spinning; the wait doubles up to 1 s and a
+                // shutdown still interrupts it.
+                tracing::warn!(%error, backoff_ms = accept_backoff.as_millis() as u64, "accept failed");
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(accept_backoff) => {}
+                }
                 accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = Router::new(Arc::clone(&app));
+        let head = Arc::new(pending_heads.admit());
+        let service = Router::for_connection(Arc::clone(&app), Arc::clone(&head));
         let builder = Arc::clone(&builder);
         let http_shutdown = http_shutdown.clone();
         connections.spawn(async move {
@@ -91,6 +97,10 @@ pub async fn run(
                 _ = http_shutdown.cancelled() => {
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
+                }
+                // Still silent when newer connections needed its place.
+                _ = head.evicted() => {
+                    tracing::debug!("closed a connection that sent no request head");
                 }
             }
         });

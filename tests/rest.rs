@@ -355,11 +355,31 @@ async fn presence_endpoint() {
         .get("/presence?user_id=26", Some("tok-m10"), Some(10))
         .await;
     assert_eq!(reply.json, json!({"user_id": 26, "online": true}));
+    // No oracle: a user the caller shares no conversation with is 404,
+    // online or not (26 is online, but shares nothing with student 25).
     let reply = f
         .server
         .get("/presence?user_id=99", Some("tok-m10"), Some(10))
         .await;
-    assert_eq!(reply.json, json!({"user_id": 99, "online": false}));
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.json["error"]["code"], "not_found");
+    let reply = f
+        .server
+        .get("/presence?user_id=26", Some("tok-s25"), Some(25))
+        .await;
+    assert_eq!(reply.status, 404, "{:?}", reply.json);
+    // The caller may always ask about themselves.
+    let reply = f
+        .server
+        .get("/presence?user_id=25", Some("tok-s25"), Some(25))
+        .await;
+    assert_eq!(reply.json, json!({"user_id": 25, "online": true}));
+    // And about the other participant of a conversation, offline too.
+    let reply = f
+        .server
+        .get("/presence?user_id=10", Some("tok-s25"), Some(25))
+        .await;
+    assert_eq!(reply.json, json!({"user_id": 10, "online": false}));
     assert_eq!(
         f.server
             .get("/presence", Some("tok-m10"), Some(10))

@@ -17,6 +17,9 @@ pub enum AccessDenied {
     NotTeacher,
     /// The student is not in the lesson's `student_ids` (row 9, ours).
     NotEnrolled,
+    /// `CHAT_REQUIRE_ROSTER` is on and the lesson has no `student_ids`, so
+    /// Django confirmed no student for this mentor (row 9, ours).
+    NoRoster,
 }
 
 impl AccessDenied {
@@ -24,7 +27,7 @@ impl AccessDenied {
     pub fn status(&self) -> u16 {
         match self {
             AccessDenied::MissingStudentId => 400,
-            AccessDenied::NotTeacher | AccessDenied::NotEnrolled => 403,
+            AccessDenied::NotTeacher | AccessDenied::NotEnrolled | AccessDenied::NoRoster => 403,
         }
     }
 
@@ -34,6 +37,9 @@ impl AccessDenied {
             AccessDenied::MissingStudentId => "student_id is required for mentors",
             AccessDenied::NotTeacher => "only the lesson's teacher can open its conversations",
             AccessDenied::NotEnrolled => "the student is not enrolled in this lesson",
+            AccessDenied::NoRoster => {
+                "the lesson lists no students, so no student is confirmed for this mentor"
+            }
         }
     }
 }
@@ -76,6 +82,17 @@ pub fn conversation_key(
         mentor_id: lesson.teacher_id,
         student_id,
     })
+}
+
+/// With `CHAT_REQUIRE_ROSTER`: a mentor may open a conversation only with a
+/// student Django lists in the lesson's `student_ids` ([`conversation_key`]
+/// checks membership when the list is there; this refuses its absence).
+/// Students are confirmed as themselves by the users endpoint.
+pub fn require_roster(user: &User, lesson: &Lesson) -> Result<(), AccessDenied> {
+    if user.is_mentor && lesson.student_ids.is_none() {
+        return Err(AccessDenied::NoRoster);
+    }
+    Ok(())
 }
 
 /// The store filter for `GET /conversations`: without a filter the caller's
@@ -327,5 +344,18 @@ mod tests {
         assert!(can_read(TEACHER, &conversation));
         assert!(can_read(STUDENT, &conversation));
         assert!(!can_read(99, &conversation));
+    }
+
+    #[test]
+    fn a_required_roster_refuses_mentors_of_lessons_without_one() {
+        assert_eq!(
+            require_roster(&mentor(TEACHER), &lesson(None)),
+            Err(AccessDenied::NoRoster)
+        );
+        assert_eq!(
+            require_roster(&mentor(TEACHER), &lesson(Some(vec![STUDENT]))),
+            Ok(())
+        );
+        assert_eq!(require_roster(&student(STUDENT), &lesson(None)), Ok(()));
     }
 }

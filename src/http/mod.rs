@@ -2,6 +2,7 @@
 
 pub mod cors;
 pub mod error;
+pub mod pending;
 pub mod query;
 pub mod rest;
 pub mod router;

@@ -117,12 +117,37 @@ pub async fn presence<B>(app: &App, request: &Request<B>) -> Result<Response<Bod
     let user_id = query
         .id("user_id")?
         .ok_or_else(|| ApiError::bad_request("user_id is required"))?;
-    authenticate(app, request).await?;
+    let caller = authenticate(app, request).await?;
+    // Ours: no oracle of who is online. Only the caller and the people they
+    // share a conversation with are answered; anyone else is 404, the same
+    // answer as for an id nobody has.
+    if user_id != caller && !shares_a_conversation(app, caller, user_id).await? {
+        return Err(ApiError::not_found("no such user among your conversations"));
+    }
     let online = app.hub.presence().is_online(user_id);
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({"user_id": user_id, "online": online}),
     ))
+}
+
+/// Whether `a` and `b` are the two participants of some conversation.
+async fn shares_a_conversation(app: &App, a: UserId, b: UserId) -> Result<bool, ApiError> {
+    for (mentor_id, student_id) in [(a, b), (b, a)] {
+        let found = app
+            .store
+            .conversations(crate::store::ConversationFilter {
+                mentor_id: Some(mentor_id),
+                student_id: Some(student_id),
+                participant: None,
+                limit: 1,
+            })
+            .await?;
+        if !found.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// `GET /readyz`: ready when the store answers and the writer is not stuck

@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 
 use super::error::{json_response, ApiError};
+use super::pending::PendingHead;
 use super::{cors, rest, Body};
 use crate::app::App;
 use crate::ws;
@@ -20,11 +21,22 @@ use crate::ws;
 #[derive(Clone)]
 pub struct Router {
     app: Arc<App>,
+    /// The connection's place among those still sending their first head.
+    head: Option<Arc<PendingHead>>,
 }
 
 impl Router {
     pub fn new(app: Arc<App>) -> Self {
-        Router { app }
+        Router { app, head: None }
+    }
+
+    /// A router for one accepted connection, which is pending until hyper
+    /// hands it its first request.
+    pub fn for_connection(app: Arc<App>, head: Arc<PendingHead>) -> Self {
+        Router {
+            app,
+            head: Some(head),
+        }
     }
 }
 
@@ -34,6 +46,9 @@ impl Service<Request<Incoming>> for Router {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
+        if let Some(head) = &self.head {
+            head.head_received();
+        }
         let app = Arc::clone(&self.app);
         Box::pin(async move { Ok(cors::decorate(route(&app, request).await)) })
     }

@@ -1,5 +1,13 @@
-//! The hub's handle on one WebSocket connection: a bounded outbound queue of
-//! encoded frames and a way to ask the session to close.
+//! The hub's handle on one WebSocket connection: an outbound queue of
+//! encoded frames bounded in bytes, and a way to ask the session to close.
+//!
+//! Frames are of two kinds. Frames caused by *others* (their messages,
+//! typing, presence) are bounded: a connection whose queue passes its byte
+//! capacity does not read its socket and is a slow consumer (1013). Replies
+//! to the connection's *own* frames (its echo, `ack`, `error`, pong) are never
+//! refused; instead the session's reader stops reading the socket while the
+//! queue is above a high-water mark or too many of its requests are still in
+//! flight, so a prompt client that bursts is slowed, never closed.
 //!
 //! The queue is a `VecDeque` under a lock rather than a channel: an idle
 //! connection is the common case, and an empty `VecDeque` holds no memory,
@@ -8,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
@@ -18,6 +26,13 @@ use tokio::sync::Notify;
 
 use crate::model::UserId;
 use crate::ws::close::Close;
+
+/// Bytes charged per queued frame on top of its length: its slot and the
+/// shared buffer's header, so a flood of tiny frames is bounded too.
+const FRAME_OVERHEAD: usize = 64;
+/// Requests (messages, views) the reader may have handed to the hub whose
+/// answer has not been queued yet; beyond it the reader waits.
+pub const MAX_IN_FLIGHT: usize = 256;
 
 /// Why a frame could not be queued.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,8 +60,17 @@ struct ConnInner {
     /// Held only to push or take frames, never across an `.await`, so a
     /// plain mutex is the right tool.
     outbound: Mutex<Outbound>,
-    /// Frames the queue may hold before the connection is a slow consumer.
+    /// Bytes the queue may hold before the connection is a slow consumer.
     capacity: usize,
+    /// Above this many queued bytes the reader stops reading the socket.
+    high_water: usize,
+    /// Requests handed to the hub and not yet answered.
+    in_flight: AtomicUsize,
+    /// Wakes a reader waiting for room (see [`ConnHandle::room_for_reader`]).
+    reader_room: Notify,
+    /// True while the reader waits for room: the client is not idle then,
+    /// the server is not listening.
+    reader_paused: AtomicBool,
     /// 0 while open, else `Close::index() + 1` of the first close asked for.
     close: AtomicUsize,
     close_requested: Notify,
@@ -57,6 +81,8 @@ struct ConnInner {
 
 struct Outbound {
     frames: VecDeque<Bytes>,
+    /// Bytes charged for `frames`.
+    bytes: usize,
     /// The writer, parked until a frame arrives.
     writer: Option<Waker>,
     /// False once the session's [`Receiver`] is dropped.
@@ -69,18 +95,31 @@ pub struct Receiver {
     inner: Arc<ConnInner>,
 }
 
+fn cost(frame: &Bytes) -> usize {
+    frame.len() + FRAME_OVERHEAD
+}
+
 impl ConnHandle {
-    /// A handle and the receiving end of its outbound queue (for the session's writer).
-    pub fn new(id: u64, user_id: UserId, queue: usize) -> (ConnHandle, Receiver) {
+    /// A handle and the receiving end of its outbound queue (for the
+    /// session's writer); `capacity` is in bytes.
+    pub fn new(id: u64, user_id: UserId, capacity: usize) -> (ConnHandle, Receiver) {
+        let capacity = capacity.max(FRAME_OVERHEAD);
         let inner = Arc::new(ConnInner {
             id,
             user_id,
             outbound: Mutex::new(Outbound {
                 frames: VecDeque::new(),
+                bytes: 0,
                 writer: None,
                 open: true,
             }),
-            capacity: queue.max(1),
+            capacity,
+            // A quarter: own replies past it (answers to requests already in
+            // flight) still leave most of the queue to others' frames.
+            high_water: capacity / 4,
+            in_flight: AtomicUsize::new(0),
+            reader_room: Notify::new(),
+            reader_paused: AtomicBool::new(false),
             close: AtomicUsize::new(0),
             close_requested: Notify::new(),
             last_seen_ms: AtomicU64::new(0),
@@ -100,19 +139,33 @@ impl ConnHandle {
         self.inner.user_id
     }
 
-    /// Queues a frame without waiting. A full queue closes the connection
-    /// with 1013: one slow reader never delays the shard or other readers.
+    /// Queues a frame caused by someone else, without waiting. A full queue
+    /// closes the connection with 1013: one slow reader never delays the
+    /// shard or other readers.
     pub fn send(&self, frame: Bytes) -> Result<(), SendError> {
+        self.push(frame, true)
+    }
+
+    /// Queues a reply to this connection's own frame (its echo, `ack`,
+    /// `error`, pong). Never a slow-consumer close: the reader's
+    /// backpressure bounds these.
+    pub fn send_own(&self, frame: Bytes) -> Result<(), SendError> {
+        self.push(frame, false)
+    }
+
+    fn push(&self, frame: Bytes, bounded: bool) -> Result<(), SendError> {
         let writer = {
             let mut outbound = self.inner.outbound.lock();
             if !outbound.open {
                 return Err(SendError::Gone);
             }
-            if outbound.frames.len() >= self.inner.capacity {
+            let cost = cost(&frame);
+            if bounded && outbound.bytes + cost > self.inner.capacity {
                 drop(outbound);
                 self.close(Close::SlowConsumer);
                 return Err(SendError::SlowConsumer);
             }
+            outbound.bytes += cost;
             outbound.frames.push_back(frame);
             outbound.writer.take()
         };
@@ -121,6 +174,55 @@ impl ConnHandle {
             writer.wake();
         }
         Ok(())
+    }
+
+    /// The reader handed a request to the hub; its answer is owed.
+    pub fn request_sent(&self) {
+        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A request's answer was queued (or the request ended without one).
+    pub fn request_settled(&self) {
+        let before = self
+            .inner
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .unwrap_or(0);
+        if before == MAX_IN_FLIGHT {
+            self.inner.reader_room.notify_one();
+        }
+    }
+
+    fn reader_must_wait(&self) -> bool {
+        self.inner.in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT
+            || self.inner.outbound.lock().bytes > self.inner.high_water
+    }
+
+    /// Resolves when the reader may read the next frame: the queue is below
+    /// its high-water mark and fewer than [`MAX_IN_FLIGHT`] requests wait
+    /// for answers. Cancel-safe.
+    pub async fn room_for_reader(&self) {
+        if !self.reader_must_wait() {
+            return;
+        }
+        loop {
+            let notified = self.inner.reader_room.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a drain in between still wakes us.
+            notified.as_mut().enable();
+            if !self.reader_must_wait() {
+                break;
+            }
+            self.inner.reader_paused.store(true, Ordering::Release);
+            notified.await;
+        }
+        self.inner.reader_paused.store(false, Ordering::Release);
+    }
+
+    /// Whether the reader is waiting for room (the idle timeout does not
+    /// apply: it is the server that is not listening).
+    pub fn reader_paused(&self) -> bool {
+        self.inner.reader_paused.load(Ordering::Acquire)
     }
 
     /// Asks the session to close with `why`; the first request wins.
@@ -179,7 +281,13 @@ impl ConnHandle {
 impl Receiver {
     /// The next queued frame, if any, without waiting.
     pub fn try_recv(&mut self) -> Result<Bytes, Empty> {
-        self.inner.outbound.lock().frames.pop_front().ok_or(Empty)
+        let frame = {
+            let mut outbound = self.inner.outbound.lock();
+            let frame = outbound.frames.pop_front().ok_or(Empty)?;
+            outbound.bytes -= cost(&frame);
+            frame
+        };
+        Ok(frame)
     }
 
     /// Waits for the next frame.
@@ -212,6 +320,13 @@ impl Receiver {
             } else {
                 outbound.frames.drain(..max).collect()
             };
+            let before = outbound.bytes;
+            outbound.bytes -= batch.iter().map(cost).sum::<usize>();
+            let crossed = before > self.inner.high_water && outbound.bytes <= self.inner.high_water;
+            drop(outbound);
+            if crossed {
+                self.inner.reader_room.notify_one();
+            }
             Poll::Ready(batch)
         })
         .await
@@ -224,10 +339,13 @@ impl Drop for Receiver {
             let mut outbound = self.inner.outbound.lock();
             outbound.open = false;
             outbound.writer = None;
+            outbound.bytes = 0;
             std::mem::take(&mut outbound.frames)
         };
         // Freed outside the lock.
         drop(frames);
+        // A reader waiting for room must not wait for a writer that is gone.
+        self.inner.reader_room.notify_one();
     }
 }
 
@@ -235,9 +353,12 @@ impl Drop for Receiver {
 mod tests {
     use super::*;
 
+    /// The charge of a one-byte frame.
+    const ONE: usize = 1 + FRAME_OVERHEAD;
+
     #[tokio::test]
     async fn a_full_queue_asks_for_1013() {
-        let (conn, mut rx) = ConnHandle::new(1, 7, 2);
+        let (conn, mut rx) = ConnHandle::new(1, 7, 2 * ONE);
         assert_eq!(conn.send(Bytes::from_static(b"a")), Ok(()));
         assert_eq!(conn.send(Bytes::from_static(b"b")), Ok(()));
         assert_eq!(
@@ -253,7 +374,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_waiter_sees_the_close() {
-        let (conn, _rx) = ConnHandle::new(1, 7, 2);
+        let (conn, _rx) = ConnHandle::new(1, 7, 2 * ONE);
         let waiters: Vec<_> = (0..3)
             .map(|_| {
                 let conn = conn.clone();
@@ -269,7 +390,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_first_close_wins() {
-        let (conn, _rx) = ConnHandle::new(1, 7, 2);
+        let (conn, _rx) = ConnHandle::new(1, 7, 2 * ONE);
         conn.close(Close::Shutdown);
         conn.close(Close::SlowConsumer);
         assert_eq!(conn.closing().await, Close::Shutdown);
@@ -281,7 +402,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_queue_holds_memory_only_while_frames_wait() {
-        let (conn, mut rx) = ConnHandle::new(1, 7, 16);
+        let (conn, mut rx) = ConnHandle::new(1, 7, 16 * ONE);
         assert_eq!(queued_capacity(&conn), 0, "nothing before the first frame");
         conn.send(Bytes::from_static(b"a")).unwrap();
         conn.send(Bytes::from_static(b"b")).unwrap();
@@ -293,7 +414,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_is_at_most_max_frames_in_order() {
-        let (conn, mut rx) = ConnHandle::new(1, 7, 16);
+        let (conn, mut rx) = ConnHandle::new(1, 7, 16 * ONE);
         for i in 0..5u8 {
             conn.send(Bytes::from(vec![i])).unwrap();
         }
@@ -306,7 +427,7 @@ mod tests {
 
     #[tokio::test]
     async fn taken_frames_free_their_slots() {
-        let (conn, mut rx) = ConnHandle::new(1, 7, 2);
+        let (conn, mut rx) = ConnHandle::new(1, 7, 2 * ONE);
         conn.send(Bytes::from_static(b"a")).unwrap();
         conn.send(Bytes::from_static(b"b")).unwrap();
         assert_eq!(rx.recv_many(64).await.len(), 2);
@@ -316,7 +437,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_parked_writer_wakes_for_a_frame() {
-        let (conn, mut rx) = ConnHandle::new(1, 7, 16);
+        let (conn, mut rx) = ConnHandle::new(1, 7, 16 * ONE);
         let writer = tokio::spawn(async move { rx.recv_many(64).await });
         // Let the writer park on the empty queue first.
         for _ in 0..10 {
@@ -328,12 +449,79 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_receiver_frees_its_frames_and_refuses_more() {
-        let (conn, rx) = ConnHandle::new(1, 7, 16);
+        let (conn, rx) = ConnHandle::new(1, 7, 16 * ONE);
         let frame = Bytes::from(vec![1u8; 100]);
         conn.send(frame.clone()).unwrap();
         drop(rx);
         assert_eq!(queued_capacity(&conn), 0);
         assert!(frame.is_unique(), "the queued copy was dropped");
         assert_eq!(conn.send(frame), Err(SendError::Gone));
+    }
+
+    #[tokio::test]
+    async fn own_replies_are_never_a_slow_consumer() {
+        let (conn, mut rx) = ConnHandle::new(1, 7, 2 * ONE);
+        for _ in 0..100 {
+            assert_eq!(conn.send_own(Bytes::from_static(b"a")), Ok(()));
+        }
+        assert_eq!(conn.close_requested(), None);
+        // But others' frames find the queue full.
+        assert_eq!(
+            conn.send(Bytes::from_static(b"b")),
+            Err(SendError::SlowConsumer)
+        );
+        assert_eq!(rx.recv_many(1000).await.len(), 100);
+    }
+
+    #[tokio::test]
+    async fn the_reader_waits_above_high_water_until_the_writer_drains() {
+        let (conn, mut rx) = ConnHandle::new(1, 7, 8 * ONE);
+        // High water is a quarter: two one-byte frames.
+        conn.send_own(Bytes::from_static(b"a")).unwrap();
+        conn.send_own(Bytes::from_static(b"b")).unwrap();
+        tokio::time::timeout(std::time::Duration::from_millis(50), conn.room_for_reader())
+            .await
+            .expect("at high water the reader may still read");
+        conn.send_own(Bytes::from_static(b"c")).unwrap();
+        let waiting = {
+            let conn = conn.clone();
+            tokio::spawn(async move { conn.room_for_reader().await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "above high water the reader waits");
+        assert!(conn.reader_paused());
+        assert_eq!(rx.recv_many(64).await.len(), 3);
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
+            .await
+            .expect("a drain wakes the reader")
+            .unwrap();
+        assert!(!conn.reader_paused());
+    }
+
+    #[tokio::test]
+    async fn the_reader_waits_while_too_many_requests_are_in_flight() {
+        let (conn, _rx) = ConnHandle::new(1, 7, 16 * ONE);
+        for _ in 0..MAX_IN_FLIGHT {
+            conn.request_sent();
+        }
+        let waiting = {
+            let conn = conn.clone();
+            tokio::spawn(async move { conn.room_for_reader().await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        conn.request_settled();
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
+            .await
+            .expect("an answer wakes the reader")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_not_frames() {
+        let (conn, _rx) = ConnHandle::new(1, 7, 4096);
+        let big = Bytes::from(vec![0u8; 3000]);
+        conn.send(big.clone()).unwrap();
+        assert_eq!(conn.send(big), Err(SendError::SlowConsumer));
     }
 }

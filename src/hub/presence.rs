@@ -43,6 +43,27 @@ impl Presence {
         }
     }
 
+    /// Like [`Presence::connect`], unless `user` already holds `max`
+    /// connections: then `None`. Check and count are one step, so racing
+    /// upgrades of one user cannot pass `max` together.
+    pub fn try_connect(self: &Arc<Self>, user: UserId, max: u32) -> Option<PresenceGuard> {
+        {
+            let mut counts = self.stripe(user).lock();
+            let count = counts.entry(user).or_insert(0);
+            if *count >= max {
+                if *count == 0 {
+                    counts.remove(&user);
+                }
+                return None;
+            }
+            *count += 1;
+        }
+        Some(PresenceGuard {
+            presence: Arc::clone(self),
+            user,
+        })
+    }
+
     pub fn is_online(&self, user: UserId) -> bool {
         self.stripe(user).lock().contains_key(&user)
     }
@@ -85,5 +106,18 @@ mod tests {
         drop(tab2);
         assert!(!presence.is_online(15));
         assert!(!presence.is_online(16));
+    }
+
+    #[test]
+    fn try_connect_stops_at_the_maximum() {
+        let presence = Arc::new(Presence::new());
+        let a = presence.try_connect(15, 2).unwrap();
+        let _b = presence.try_connect(15, 2).unwrap();
+        assert!(presence.try_connect(15, 2).is_none());
+        assert!(presence.try_connect(16, 2).is_some(), "per user");
+        drop(a);
+        assert!(presence.try_connect(15, 2).is_some());
+        assert!(presence.try_connect(17, 0).is_none());
+        assert!(!presence.is_online(17), "a refusal leaves no trace");
     }
 }

@@ -1,5 +1,8 @@
 //! One conversation's live state inside its shard: the connections in it,
-//! who of the two participants is here, and recent client ids.
+//! who of the two participants is here, recent client ids, and what was last
+//! relayed of each participant's typing.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -9,6 +12,10 @@ use super::dedupe::RecentClientIds;
 use crate::model::{Conversation, UserId};
 use crate::ws::protocol;
 
+/// At most one typing relay per participant per this interval (4 a
+/// second): a flood of typing frames costs the others nothing.
+pub const TYPING_INTERVAL: Duration = Duration::from_millis(250);
+
 pub struct Room {
     pub conversation: Conversation,
     members: Vec<ConnHandle>,
@@ -16,6 +23,20 @@ pub struct Room {
     /// When the last member left; the room lingers a while so a reconnect
     /// still finds its recent client ids.
     pub emptied_at: Option<Instant>,
+    /// One slot per participant who has sent `typing` (at most two).
+    typing: Vec<TypingSlot>,
+}
+
+/// What was last relayed of one participant's typing, and the change held
+/// back until [`TYPING_INTERVAL`] has passed since.
+struct TypingSlot {
+    user: UserId,
+    /// `None` until the first relay, so a participant's first `typing` is
+    /// always relayed, whatever its value.
+    relayed: Option<bool>,
+    relayed_at: Instant,
+    /// (is_typing, the connection that sent it): relayed at the next flush.
+    held: Option<(bool, u64)>,
 }
 
 impl Room {
@@ -25,7 +46,71 @@ impl Room {
             members: Vec::new(),
             recent: RecentClientIds::default(),
             emptied_at: None,
+            typing: Vec::new(),
         }
+    }
+
+    /// A participant's `typing` from connection `conn_id`: relayed to every
+    /// other connection when it changes the state last relayed, at most once
+    /// per [`TYPING_INTERVAL`]; a change inside the interval is held (the
+    /// latest wins). Returns true when a change is held and
+    /// [`Room::flush_typing`] must run later.
+    pub fn typing(&mut self, user: UserId, conn_id: u64, is_typing: bool, now: Instant) -> bool {
+        let index = match self.typing.iter().position(|slot| slot.user == user) {
+            Some(index) => index,
+            None => {
+                self.typing.push(TypingSlot {
+                    user,
+                    relayed: None,
+                    relayed_at: now,
+                    held: None,
+                });
+                self.typing.len() - 1
+            }
+        };
+        let slot = &mut self.typing[index];
+        if slot.held.is_some() {
+            slot.held = Some((is_typing, conn_id));
+            return true;
+        }
+        if slot.relayed == Some(is_typing) {
+            return false;
+        }
+        if slot.relayed.is_some() && now < slot.relayed_at + TYPING_INTERVAL {
+            slot.held = Some((is_typing, conn_id));
+            return true;
+        }
+        self.relay_typing(index, is_typing, conn_id, now);
+        false
+    }
+
+    /// Relays the held typing changes whose interval has passed. Returns true
+    /// while some change is still held.
+    pub fn flush_typing(&mut self, now: Instant) -> bool {
+        let mut still_held = false;
+        for index in 0..self.typing.len() {
+            let slot = &mut self.typing[index];
+            let Some((is_typing, conn_id)) = slot.held else {
+                continue;
+            };
+            if now < slot.relayed_at + TYPING_INTERVAL {
+                still_held = true;
+                continue;
+            }
+            slot.held = None;
+            if slot.relayed != Some(is_typing) {
+                self.relay_typing(index, is_typing, conn_id, now);
+            }
+        }
+        still_held
+    }
+
+    fn relay_typing(&mut self, index: usize, is_typing: bool, conn_id: u64, now: Instant) {
+        let slot = &mut self.typing[index];
+        slot.relayed = Some(is_typing);
+        slot.relayed_at = now;
+        let frame = protocol::typing_event(&self.conversation.id, slot.user, is_typing);
+        self.broadcast(&frame, Some(conn_id));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -80,6 +165,27 @@ impl Room {
         }
     }
 
+    /// Relays a message to every member; for its sender's connection it is
+    /// the echo of its own frame.
+    pub fn relay(&mut self, frame: &Bytes, sender_conn: u64) {
+        let dropped: Vec<u64> = self
+            .members
+            .iter()
+            .filter(|member| {
+                let sent = if member.id() == sender_conn {
+                    member.send_own(frame.clone())
+                } else {
+                    member.send(frame.clone())
+                };
+                sent.is_err()
+            })
+            .map(ConnHandle::id)
+            .collect();
+        for conn_id in dropped {
+            self.leave(conn_id);
+        }
+    }
+
     /// Queues `frame` to every member except connection `except`. Members
     /// whose queue is full or gone are dropped from the room at once (a full
     /// one has been asked to close with 1013).
@@ -105,15 +211,23 @@ impl Room {
         }
     }
 
-    /// Queues `frame` to one connection, dropping it from the room if its
-    /// queue is full or gone.
+    /// Queues a reply to connection `conn_id`'s own frame (an `ack`, an
+    /// `error`): never a slow-consumer close, see `ConnHandle::send_own`.
     pub fn send_to(&mut self, conn_id: u64, frame: Bytes) {
         let failed = match self.member(conn_id) {
-            Some(member) => member.send(frame).is_err(),
+            Some(member) => member.send_own(frame).is_err(),
             None => false,
         };
         if failed {
             self.leave(conn_id);
+        }
+    }
+
+    /// Connection `conn_id`'s request is answered (or needs no answer): its
+    /// reader may send another.
+    pub fn settle(&self, conn_id: u64) {
+        if let Some(member) = self.member(conn_id) {
+            member.request_settled();
         }
     }
 }
@@ -146,14 +260,14 @@ mod tests {
     #[test]
     fn presence_follows_first_and_last_connection_of_a_user() {
         let mut room = Room::new(conversation());
-        let (mentor, mut mentor_rx) = ConnHandle::new(1, 10, 16);
+        let (mentor, mut mentor_rx) = ConnHandle::new(1, 10, 4096);
         room.join(mentor);
         assert_eq!(
             drain(&mut mentor_rx),
             vec![serde_json::json!({"type":"presence","user_id":20,"online":false})]
         );
 
-        let (tab1, mut tab1_rx) = ConnHandle::new(2, 20, 16);
+        let (tab1, mut tab1_rx) = ConnHandle::new(2, 20, 4096);
         room.join(tab1);
         assert_eq!(
             drain(&mut tab1_rx),
@@ -164,7 +278,7 @@ mod tests {
             vec![serde_json::json!({"type":"presence","user_id":20,"online":true})]
         );
 
-        let (tab2, _tab2_rx) = ConnHandle::new(3, 20, 16);
+        let (tab2, _tab2_rx) = ConnHandle::new(3, 20, 4096);
         room.join(tab2);
         assert!(drain(&mut mentor_rx).is_empty(), "a second tab is not news");
         assert!(
@@ -189,8 +303,8 @@ mod tests {
     #[test]
     fn a_slow_member_is_dropped_without_affecting_others() {
         let mut room = Room::new(conversation());
-        let (fast, mut fast_rx) = ConnHandle::new(1, 10, 64);
-        let (slow, _slow_rx) = ConnHandle::new(2, 20, 2);
+        let (fast, mut fast_rx) = ConnHandle::new(1, 10, 65536);
+        let (slow, _slow_rx) = ConnHandle::new(2, 20, 140);
         room.join(fast);
         room.join(slow.clone());
         drain(&mut fast_rx);
@@ -211,5 +325,60 @@ mod tests {
             offline,
             vec![&serde_json::json!({"type":"presence","user_id":20,"online":false})]
         );
+    }
+
+    #[test]
+    fn typing_is_relayed_once_per_change_and_at_most_every_interval() {
+        let mut room = Room::new(conversation());
+        let (mentor, mut mentor_rx) = ConnHandle::new(1, 10, 65536);
+        let (student, mut student_rx) = ConnHandle::new(2, 20, 65536);
+        room.join(mentor);
+        room.join(student);
+        drain(&mut mentor_rx);
+        drain(&mut student_rx);
+        let start = Instant::now();
+        // The first typing is relayed whatever its value.
+        assert!(!room.typing(20, 2, false, start));
+        assert_eq!(drain(&mut mentor_rx).len(), 1);
+        // A flood of the same state and of fast changes.
+        let mut held = false;
+        for i in 0..10_000u32 {
+            held = room.typing(20, 2, i % 2 == 0, start + Duration::from_micros(u64::from(i)));
+        }
+        assert!(held, "the last change is held for the next flush");
+        assert!(drain(&mut mentor_rx).is_empty(), "nothing inside the interval");
+        assert!(drain(&mut student_rx).is_empty(), "never to the sender");
+        // The latest state (i = 9999: false) is what the flush relays; it
+        // equals the relayed state, so nothing is sent.
+        assert!(!room.flush_typing(start + TYPING_INTERVAL));
+        assert!(drain(&mut mentor_rx).is_empty());
+        // A real change after the interval is relayed at once.
+        let later = start + TYPING_INTERVAL * 2;
+        assert!(!room.typing(20, 2, true, later));
+        let events = drain(&mut mentor_rx);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["is_typing"], true);
+        // A change right after is held, then flushed.
+        assert!(room.typing(20, 2, false, later + Duration::from_millis(1)));
+        assert!(room.flush_typing(later + Duration::from_millis(100)));
+        assert!(drain(&mut mentor_rx).is_empty());
+        assert!(!room.flush_typing(later + TYPING_INTERVAL));
+        let events = drain(&mut mentor_rx);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["is_typing"], false);
+    }
+
+    #[test]
+    fn a_message_echo_to_its_sender_never_makes_it_a_slow_consumer() {
+        let mut room = Room::new(conversation());
+        let (sender, mut sender_rx) = ConnHandle::new(1, 10, 140);
+        room.join(sender.clone());
+        drain(&mut sender_rx);
+        for _ in 0..10 {
+            room.relay(&Bytes::from_static(b"\x81\x02{}"), 1);
+        }
+        assert_eq!(sender.close_requested(), None);
+        assert!(room.member(1).is_some());
+        assert_eq!(drain(&mut sender_rx).len(), 10);
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::room::Room;
+use super::room::{Room, TYPING_INTERVAL};
 use super::Command;
 use crate::model::{now, ConversationId, Message, MessageId, ObjectId, UserId};
 use crate::store::writer::WriterHandle;
@@ -46,6 +46,8 @@ pub(super) struct Shard {
     done_rx: mpsc::UnboundedReceiver<Done>,
     done_tx: mpsc::UnboundedSender<Done>,
     writer: WriterHandle,
+    /// Rooms holding back a typing change (see `Room::typing`).
+    typing_held: Vec<ConversationId>,
 }
 
 impl Shard {
@@ -57,6 +59,7 @@ impl Shard {
             done_rx,
             done_tx,
             writer,
+            typing_held: Vec::new(),
         }
     }
 
@@ -67,9 +70,11 @@ impl Shard {
         let mut done = Vec::with_capacity(BATCH);
         let mut sweep = tokio::time::interval(ROOM_LINGER / 4);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut typing_tick = tokio::time::interval(TYPING_INTERVAL / 2);
+        typing_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // All three arms are cancel-safe: `recv_many` on an mpsc receiver
-            // and `Interval::tick` lose nothing when another arm wins.
+            // Every arm is cancel-safe: `recv_many` on an mpsc receiver and
+            // `Interval::tick` lose nothing when another arm wins.
             tokio::select! {
                 biased;
                 n = self.done_rx.recv_many(&mut done, BATCH) => {
@@ -87,6 +92,7 @@ impl Shard {
                     }
                 }
                 _ = sweep.tick() => self.drop_lingering_rooms(),
+                _ = typing_tick.tick(), if !self.typing_held.is_empty() => self.flush_typing(),
             }
         }
     }
@@ -132,8 +138,10 @@ impl Shard {
                 is_typing,
             } => {
                 if let Some(room) = self.rooms.get_mut(&conversation_id) {
-                    let frame = protocol::typing_event(&conversation_id, sender_id, is_typing);
-                    room.broadcast(&frame, Some(conn_id));
+                    let held = room.typing(sender_id, conn_id, is_typing, Instant::now());
+                    if held && !self.typing_held.contains(&conversation_id) {
+                        self.typing_held.push(conversation_id);
+                    }
                 }
             }
             Command::View {
@@ -197,6 +205,7 @@ impl Shard {
                 "the server cannot store messages fast enough; resend later",
                 client_id.as_deref(),
             );
+            room.settle(conn_id);
             room.send_to(conn_id, refusal);
             return;
         }
@@ -204,7 +213,7 @@ impl Shard {
             if let Some(cid) = client_id.as_deref() {
                 room.recent.insert(sender_id, cid, id);
             }
-            room.broadcast(&frame, None);
+            room.relay(&frame, conn_id);
         }
     }
 
@@ -245,6 +254,7 @@ impl Shard {
                 "the server cannot store read receipts fast enough; resend later",
                 None,
             );
+            room.settle(conn_id);
             room.send_to(conn_id, refusal);
         }
     }
@@ -261,6 +271,7 @@ impl Shard {
                 let Some(room) = self.rooms.get_mut(&conversation_id) else {
                     return;
                 };
+                room.settle(conn_id);
                 let frame = match outcome {
                     Ok(WriteOutcome::Inserted) => protocol::ack_event(&id, client_id.as_deref()),
                     Ok(WriteOutcome::Duplicate { existing }) => {
@@ -295,6 +306,7 @@ impl Shard {
                 let Some(room) = self.rooms.get_mut(&conversation_id) else {
                     return;
                 };
+                room.settle(conn_id);
                 match outcome {
                     Ok(WriteOutcome::Viewed) => {
                         let frame = protocol::viewed_event(&conversation_id, &message_id, viewer_id);
@@ -322,6 +334,15 @@ impl Shard {
                 }
             }
         }
+    }
+
+    fn flush_typing(&mut self) {
+        let now = Instant::now();
+        let rooms = &mut self.rooms;
+        self.typing_held.retain(|id| match rooms.get_mut(id) {
+            Some(room) => room.flush_typing(now),
+            None => false,
+        });
     }
 
     fn drop_lingering_rooms(&mut self) {

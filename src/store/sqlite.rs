@@ -203,6 +203,23 @@ impl SqliteStore {
 
     /// [`SqliteStore::open`] with every option spelled out.
     pub fn open_with(dir: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        // SQLite's own messages ("unable to open database file") do not
+        // say which file: every open error names the directory.
+        Self::open_in(dir, options).map_err(|error| {
+            let place = dir.display().to_string();
+            match error {
+                StoreError::Unavailable(m) if !m.contains(&place) => {
+                    StoreError::Unavailable(format!("{place}: {m}"))
+                }
+                StoreError::Internal(m) if !m.contains(&place) => {
+                    StoreError::Internal(format!("{place}: {m}"))
+                }
+                named => named,
+            }
+        })
+    }
+
+    fn open_in(dir: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
         })?;

@@ -22,6 +22,14 @@ pub enum Close {
     /// 1013: the client read too slowly and its queue overflowed; it should
     /// reconnect and reload history.
     SlowConsumer,
+    /// 1013: a write to the socket did not finish in time (the client stopped
+    /// reading); the close frame is sent only if the socket still takes it.
+    WriteTimeout,
+    /// 1011: the socket failed under a write (reset, broken pipe); no close
+    /// frame can be sent.
+    WriteFailed,
+    /// 1008: the client kept sending after many `rate_limited` refusals.
+    RateLimited,
 }
 
 impl Close {
@@ -33,7 +41,9 @@ impl Close {
             Close::InvalidData => 1007,
             Close::TooBig => 1009,
             Close::Internal => 1011,
-            Close::SlowConsumer => 1013,
+            Close::SlowConsumer | Close::WriteTimeout => 1013,
+            Close::WriteFailed => 1011,
+            Close::RateLimited => 1008,
         }
     }
 
@@ -48,6 +58,9 @@ impl Close {
             Close::TooBig => "message too big",
             Close::Internal => "internal error",
             Close::SlowConsumer => "slow consumer: reconnect and reload history",
+            Close::WriteTimeout => "write timeout: reconnect and reload history",
+            Close::WriteFailed => "write failed",
+            Close::RateLimited => "too many messages refused for rate",
         }
     }
 
@@ -62,11 +75,14 @@ impl Close {
             Close::TooBig => "too_big",
             Close::Internal => "internal",
             Close::SlowConsumer => "slow_consumer",
+            Close::WriteTimeout => "write_timeout",
+            Close::WriteFailed => "write_failed",
+            Close::RateLimited => "rate_limited",
         }
     }
 
     /// All variants, for counters indexed by variant.
-    pub const ALL: [Close; 8] = [
+    pub const ALL: [Close; 11] = [
         Close::Normal,
         Close::Shutdown,
         Close::Idle,
@@ -75,6 +91,9 @@ impl Close {
         Close::TooBig,
         Close::Internal,
         Close::SlowConsumer,
+        Close::WriteTimeout,
+        Close::WriteFailed,
+        Close::RateLimited,
     ];
 
     pub(crate) const fn index(self) -> usize {
@@ -87,6 +106,9 @@ impl Close {
             Close::TooBig => 5,
             Close::Internal => 6,
             Close::SlowConsumer => 7,
+            Close::WriteTimeout => 8,
+            Close::WriteFailed => 9,
+            Close::RateLimited => 10,
         }
     }
 
@@ -105,8 +127,8 @@ impl fmt::Display for Close {
     }
 }
 
-static CLOSED: [std::sync::atomic::AtomicU64; 8] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; 8];
+static CLOSED: [std::sync::atomic::AtomicU64; Close::ALL.len()] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; Close::ALL.len()];
 
 /// Counts one ended connection under its close reason.
 pub fn record(why: Close) {
@@ -146,5 +168,10 @@ mod tests {
         assert_eq!(Close::TooBig.code(), 1009);
         assert_eq!(Close::Internal.code(), 1011);
         assert_eq!(Close::SlowConsumer.code(), 1013);
+        assert_eq!(Close::WriteTimeout.code(), 1013);
+        assert_eq!(Close::RateLimited.code(), 1008);
+        for (index, close) in Close::ALL.iter().enumerate() {
+            assert_eq!(close.index(), index, "ALL is in index order");
+        }
     }
 }

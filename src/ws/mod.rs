@@ -4,6 +4,7 @@
 pub mod close;
 pub mod frame;
 pub mod protocol;
+pub mod rate;
 pub mod reader;
 pub mod session;
 pub mod upgrade;

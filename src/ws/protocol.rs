@@ -43,6 +43,7 @@ pub enum ErrorCode {
     MessageNotFound,
     Forbidden,
     Overloaded,
+    RateLimited,
     Internal,
 }
 
@@ -57,6 +58,7 @@ impl ErrorCode {
             ErrorCode::MessageNotFound => "message_not_found",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
         }
     }

@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::close::{self, Close};
 use super::frame;
-use super::protocol::{self, Inbound};
+use super::protocol::{self, ErrorCode, Inbound};
+use super::rate::{RateLimit, TokenBucket, Verdict};
 use super::reader::{FrameReader, Received};
 use crate::hub::conn::Receiver;
 use crate::hub::{Command, ConnHandle};
@@ -29,9 +30,11 @@ use crate::model::{Conversation, MessageId, UserId};
 
 /// How long we wait for the peer's Close after sending ours.
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
-/// A write that cannot finish in this time leaves a half-written frame: the
-/// connection is dropped, never retried.
+/// A write that cannot finish in this time means the client stopped reading:
+/// the connection is closed (1013 if the socket still takes a close frame).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the close frame after a write timeout may take.
+const CLOSE_ATTEMPT: Duration = Duration::from_secs(1);
 /// Frames coalesced into one vectored write.
 const WRITE_BATCH: usize = 64;
 
@@ -40,9 +43,13 @@ const WRITE_BATCH: usize = 64;
 pub struct SessionLimits {
     pub max_text_bytes: usize,
     pub max_frame_bytes: usize,
-    pub outbound_queue: usize,
+    /// Bytes of others' frames a connection may have queued before it is a
+    /// slow consumer (1013).
+    pub outbound_queue_bytes: usize,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
+    /// Messages per second per connection.
+    pub message_rate: RateLimit,
 }
 
 /// Everything a session needs, gathered by the upgrade checks.
@@ -82,7 +89,7 @@ impl Session {
         W: AsyncWrite + Unpin,
     {
         let (conn, outbound) =
-            ConnHandle::new(self.conn_id, self.user_id, self.limits.outbound_queue);
+            ConnHandle::new(self.conn_id, self.user_id, self.limits.outbound_queue_bytes);
         conn.touch();
         let conversation_id = self.conversation.id;
         let join = Command::Join {
@@ -99,6 +106,8 @@ impl Session {
             shard: self.shard.clone(),
             conversation_id,
             max_text_bytes: self.limits.max_text_bytes,
+            message_rate: self.limits.message_rate,
+            bucket: TokenBucket::new(self.limits.message_rate, tokio::time::Instant::now()),
         };
         let mut write = write;
         // The task's future is memory per connection, and every future
@@ -130,19 +139,30 @@ struct Reader {
     shard: mpsc::Sender<Command>,
     conversation_id: crate::model::ConversationId,
     max_text_bytes: usize,
+    message_rate: RateLimit,
+    bucket: TokenBucket,
 }
 
 impl Reader {
-    async fn run<R: AsyncRead + Unpin>(self, mut frames: FrameReader<R>) {
+    async fn run<R: AsyncRead + Unpin>(mut self, mut frames: FrameReader<R>) {
+        let conn = self.conn.clone();
         let linger = async {
-            self.conn.closing().await;
+            conn.closing().await;
             tokio::time::sleep(CLOSE_LINGER).await;
         };
         tokio::pin!(linger);
         loop {
-            // Cancel-safe: the reader consumes bytes only as whole frames.
+            // Backpressure: while this connection's own answers pile up
+            // (the queue above its high-water mark, or too many requests in
+            // flight), its socket is not read, so a client that bursts is
+            // slowed instead of being closed as a slow consumer.
+            // Cancel-safe: the reader consumes bytes only as whole frames,
+            // and waiting for room consumes nothing.
             let received = tokio::select! {
-                received = frames.next() => received,
+                received = async {
+                    self.conn.room_for_reader().await;
+                    frames.next().await
+                } => received,
                 _ = &mut linger => return,
             };
             let received = match received {
@@ -158,12 +178,12 @@ impl Reader {
                 // connection's queue; if it is full the client is being
                 // closed anyway.
                 Received::Close(payload) => {
-                    let _ = self.conn.send(frame::close_echo(payload));
+                    let _ = self.conn.send_own(frame::close_echo(payload));
                     self.conn.close(Close::Normal);
                     return;
                 }
                 Received::Ping(payload) => {
-                    let _ = self.conn.send(frame::pong(payload));
+                    let _ = self.conn.send_own(frame::pong(payload));
                 }
                 Received::Pong => {}
                 // After our Close only the peer's Close matters.
@@ -173,31 +193,56 @@ impl Reader {
         }
     }
 
-    async fn handle(&self, payload: &mut [u8]) {
+    async fn handle(&mut self, payload: &mut [u8]) {
         let command = match protocol::parse(payload, self.max_text_bytes) {
             Err(refusal) => {
-                let _ = self.conn.send(refusal.to_frame());
+                let _ = self.conn.send_own(refusal.to_frame());
                 return;
             }
-            Ok(Inbound::Message { text, client_id }) => Command::Publish {
-                conversation_id: self.conversation_id,
-                conn_id: self.conn.id(),
-                sender_id: self.conn.user_id(),
-                text,
-                client_id,
-            },
+            Ok(Inbound::Message { text, client_id }) => {
+                match self
+                    .bucket
+                    .take(self.message_rate, tokio::time::Instant::now())
+                {
+                    Verdict::Allowed => {}
+                    Verdict::Refused => {
+                        let refusal = protocol::error_event(
+                            ErrorCode::RateLimited,
+                            "too many messages; resend this one later",
+                            client_id.as_deref(),
+                        );
+                        let _ = self.conn.send_own(refusal);
+                        return;
+                    }
+                    Verdict::Abusive => {
+                        self.conn.close(Close::RateLimited);
+                        return;
+                    }
+                }
+                self.conn.request_sent();
+                Command::Publish {
+                    conversation_id: self.conversation_id,
+                    conn_id: self.conn.id(),
+                    sender_id: self.conn.user_id(),
+                    text,
+                    client_id,
+                }
+            }
             Ok(Inbound::Typing { is_typing }) => Command::Typing {
                 conversation_id: self.conversation_id,
                 conn_id: self.conn.id(),
                 sender_id: self.conn.user_id(),
                 is_typing,
             },
-            Ok(Inbound::Viewed { message_id }) => Command::View {
-                conversation_id: self.conversation_id,
-                conn_id: self.conn.id(),
-                viewer_id: self.conn.user_id(),
-                message_id,
-            },
+            Ok(Inbound::Viewed { message_id }) => {
+                self.conn.request_sent();
+                Command::View {
+                    conversation_id: self.conversation_id,
+                    conn_id: self.conn.id(),
+                    viewer_id: self.conn.user_id(),
+                    message_id,
+                }
+            }
         };
         // Waiting for room in the shard's queue is backpressure: a busy
         // shard slows this reader only. That wait is boxed, so its state is
@@ -254,9 +299,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             mut batch = outbound.recv_many(WRITE_BATCH) => {
                 let ends = batch.iter().any(|f| frame::is_close(f));
                 // Already contiguous unless the queue wrapped: no copy then.
-                if timed_write(write, batch.make_contiguous()).await.is_err() {
-                    conn.close(Close::Normal);
-                    return Close::Normal;
+                if let Err(failed) = timed_write(write, batch.make_contiguous()).await {
+                    return Box::pin(end_after_failed_write(write, conn, failed)).await;
                 }
                 if ends {
                     // We echoed the peer's Close; the reader has it and is done.
@@ -265,13 +309,53 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 }
             }
             _ = ping.tick() => {
-                if conn.idle_for() >= limits.idle_timeout {
+                // A paused reader is the server not listening, not an idle client.
+                if conn.idle_for() >= limits.idle_timeout && !conn.reader_paused() {
                     conn.close(Close::Idle);
-                } else if timed_write(write, &[frame::ping()]).await.is_err() {
-                    conn.close(Close::Normal);
-                    return Close::Normal;
+                } else if let Err(failed) = timed_write(write, &[frame::ping()]).await {
+                    return Box::pin(end_after_failed_write(write, conn, failed)).await;
                 }
             }
+        }
+    }
+}
+
+/// Why a write did not complete.
+enum WriteFailure {
+    /// The socket stopped taking bytes for [`WRITE_TIMEOUT`]; `rest` is the
+    /// unwritten part of the frame the write stopped in, if it stopped
+    /// inside one.
+    TimedOut { rest: Option<Bytes> },
+    /// The socket failed (reset, broken pipe).
+    Failed,
+}
+
+/// Ends the connection after a failed write. A timeout is the client not
+/// reading: its close is 1013 (or the slow-consumer close asked for
+/// earlier), sent after the rest of the interrupted frame if the socket
+/// takes both within [`CLOSE_ATTEMPT`]. A failed socket takes nothing more.
+async fn end_after_failed_write<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    conn: &ConnHandle,
+    failure: WriteFailure,
+) -> Close {
+    match failure {
+        WriteFailure::Failed => {
+            conn.close(Close::WriteFailed);
+            conn.close_requested().unwrap_or(Close::WriteFailed)
+        }
+        WriteFailure::TimedOut { rest } => {
+            conn.close(Close::WriteTimeout);
+            let why = conn.close_requested().unwrap_or(Close::WriteTimeout);
+            let mut last: Vec<Bytes> = rest.into_iter().collect();
+            last.push(frame::close(why));
+            let mut written = 0;
+            let _ = tokio::time::timeout(
+                CLOSE_ATTEMPT,
+                write_all_vectored(write, &last, &mut written),
+            )
+            .await;
+            why
         }
     }
 }
@@ -279,35 +363,54 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 async fn timed_write<W: AsyncWrite + Unpin>(
     write: &mut W,
     frames: &[Bytes],
-) -> std::io::Result<()> {
+) -> Result<(), WriteFailure> {
+    let mut written = 0;
     // Boxed: the write and its timer exist only during a write, and one
     // small allocation per batch costs less than a system call.
-    let write = Box::pin(tokio::time::timeout(
+    let result = Box::pin(tokio::time::timeout(
         WRITE_TIMEOUT,
-        write_all_vectored(write, frames),
-    ));
-    match write.await {
-        Ok(result) => result,
-        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        write_all_vectored(write, frames, &mut written),
+    ))
+    .await;
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(WriteFailure::Failed),
+        Err(_) => Err(WriteFailure::TimedOut {
+            rest: rest_of_frame(frames, written),
+        }),
     }
 }
 
+/// The unwritten tail of the frame that `written` bytes into `frames` ends
+/// inside; `None` when it ends between frames.
+fn rest_of_frame(frames: &[Bytes], written: usize) -> Option<Bytes> {
+    let mut start = 0;
+    for frame in frames {
+        let end = start + frame.len();
+        if written < end {
+            return (written > start).then(|| frame.slice(written - start..));
+        }
+        start = end;
+    }
+    None
+}
+
+/// Writes every frame; `written` counts the bytes the socket took, so a
+/// caller that gives up knows where the stream stopped.
 async fn write_all_vectored<W: AsyncWrite + Unpin>(
     write: &mut W,
     frames: &[Bytes],
+    written: &mut usize,
 ) -> std::io::Result<()> {
-    if let [only] = frames {
-        write.write_all(only).await?;
-        return write.flush().await;
-    }
     let mut storage: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
     let mut slices = &mut storage[..];
     while !slices.is_empty() {
-        let written = write.write_vectored(slices).await?;
-        if written == 0 {
+        let n = write.write_vectored(slices).await?;
+        if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        IoSlice::advance_slices(&mut slices, written);
+        *written += n;
+        IoSlice::advance_slices(&mut slices, n);
     }
     write.flush().await
 }
@@ -354,6 +457,16 @@ mod tests {
     use super::*;
     use crate::model::{Millis, ObjectId};
 
+    #[test]
+    fn the_rest_of_an_interrupted_frame_is_found() {
+        let frames = [Bytes::from_static(b"abc"), Bytes::from_static(b"defg")];
+        assert_eq!(rest_of_frame(&frames, 0), None);
+        assert_eq!(rest_of_frame(&frames, 1).as_deref(), Some(&b"bc"[..]));
+        assert_eq!(rest_of_frame(&frames, 3), None);
+        assert_eq!(rest_of_frame(&frames, 5).as_deref(), Some(&b"fg"[..]));
+        assert_eq!(rest_of_frame(&frames, 7), None);
+    }
+
     /// Every connection's task holds this future: its size is memory per
     /// connection, so it is kept in check here.
     #[tokio::test]
@@ -379,9 +492,10 @@ mod tests {
             limits: SessionLimits {
                 max_text_bytes: 8192,
                 max_frame_bytes: 65536,
-                outbound_queue: 1024,
+                outbound_queue_bytes: 1 << 20,
                 ping_interval: Duration::from_secs(25),
                 idle_timeout: Duration::from_secs(60),
+                message_rate: RateLimit::new(20, 2000),
             },
             shutdown: CancellationToken::new(),
             guards: Box::new(()),

@@ -60,13 +60,25 @@ pub async fn handle(
     let user = app.django.user(&token, user_id).await?;
     let lesson = app.django.lesson(&token, lesson_id).await?;
     // 7, 8, 9
-    let key =
-        access::conversation_key(&user, &lesson, requested_student).map_err(
-            |denied| match denied.status() {
-                400 => ApiError::bad_request(denied.to_string()),
-                _ => ApiError::forbidden(denied.to_string()),
-            },
-        )?;
+    let denied = |denied: access::AccessDenied| match denied.status() {
+        400 => ApiError::bad_request(denied.to_string()),
+        _ => ApiError::forbidden(denied.to_string()),
+    };
+    let key = access::conversation_key(&user, &lesson, requested_student).map_err(denied)?;
+    if app.config.require_roster {
+        access::require_roster(&user, &lesson).map_err(denied)?;
+    }
+    // Ours: one user may not take every connection slot.
+    let presence = app
+        .hub
+        .presence()
+        .try_connect(user.id, app.config.max_connections_per_user)
+        .ok_or_else(|| {
+            ApiError::too_many_requests(format!(
+                "at most {} connections per user; close one first",
+                app.config.max_connections_per_user
+            ))
+        })?;
     // 11
     let conversation = app.store.conversation_for(key, now()).await?;
     let recent_client_ids = app
@@ -98,7 +110,7 @@ pub async fn handle(
         recent_client_ids,
         limits: app.limits,
         shutdown: app.sessions_shutdown.clone(),
-        guards: Box::new((slot, app.hub.presence().connect(user.id))),
+        guards: Box::new((slot, presence)),
     };
     // The upgrade completes only after the 101 is sent, so it is awaited in
     // the spawned task, never here.
