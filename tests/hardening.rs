@@ -61,7 +61,11 @@ async fn a_prompt_reader_that_bursts_gets_every_ack() {
     const BURST: usize = 1_600;
     for i in 0..BURST {
         let event = json!({"type": "message", "text": format!("backlog {i}"), "client_id": format!("b-{i}")});
-        student.ws.feed(Message::text(event.to_string())).await.unwrap();
+        student
+            .ws
+            .feed(Message::text(event.to_string()))
+            .await
+            .unwrap();
     }
     student.ws.flush().await.unwrap();
     let (acks, echoes, other) = read_until_acks(&mut student, BURST).await;
@@ -91,7 +95,11 @@ async fn a_client_that_never_reads_is_closed_as_a_slow_consumer() {
     let sending = tokio::spawn(async move {
         for i in 0..2_500 {
             let event = json!({"type": "message", "text": text, "client_id": format!("f-{i}")});
-            student.ws.feed(Message::text(event.to_string())).await.unwrap();
+            student
+                .ws
+                .feed(Message::text(event.to_string()))
+                .await
+                .unwrap();
             if i % 64 == 0 {
                 student.ws.flush().await.unwrap();
             }
@@ -173,21 +181,31 @@ async fn a_typing_flood_never_fills_the_others_queue() {
     let started = std::time::Instant::now();
     for i in 0..5_000 {
         let event = json!({"type": "typing", "is_typing": i % 2 == 0});
-        student.ws.feed(Message::text(event.to_string())).await.unwrap();
+        student
+            .ws
+            .feed(Message::text(event.to_string()))
+            .await
+            .unwrap();
     }
     // The last state is "typing".
     student
         .ws
-        .feed(Message::text(json!({"type": "typing", "is_typing": true}).to_string()))
+        .feed(Message::text(
+            json!({"type": "typing", "is_typing": true}).to_string(),
+        ))
         .await
         .unwrap();
     student.ws.flush().await.unwrap();
     // A message after the flood still arrives: the mentor was not closed.
-    student.send(json!({"type": "message", "text": "after"})).await;
+    student
+        .send(json!({"type": "message", "text": "after"}))
+        .await;
     let mut typing = Vec::new();
     loop {
         match mentor.next_within(Duration::from_secs(2)).await {
-            Next::Event(event) if event["type"] == "typing" => typing.push(event["is_typing"].clone()),
+            Next::Event(event) if event["type"] == "typing" => {
+                typing.push(event["is_typing"].clone())
+            }
             Next::Event(event) if event["type"] == "message" => {}
             Next::Nothing => break,
             other => panic!("the mentor was hurt: {other:?}"),
@@ -244,11 +262,20 @@ async fn messages_beyond_the_rate_are_refused_then_the_client_is_closed() {
             Some(25),
         )
         .await;
-    assert_eq!(history.json.as_array().map(Vec::len), Some(5), "the refused one is not stored");
+    assert_eq!(
+        history.json.as_array().map(Vec::len),
+        Some(5),
+        "the refused one is not stored"
+    );
 
     for i in 0..150 {
         let event = json!({"type": "message", "text": "spam", "client_id": format!("s{i}")});
-        if student.ws.send(Message::text(event.to_string())).await.is_err() {
+        if student
+            .ws
+            .send(Message::text(event.to_string()))
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -256,14 +283,23 @@ async fn messages_beyond_the_rate_are_refused_then_the_client_is_closed() {
     // Counted once the session has ended.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while closes(&server).await["rate_limited"] != 1 {
-        assert!(tokio::time::Instant::now() < deadline, "{}", closes(&server).await);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            closes(&server).await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 async fn refusal_conversation(server: &Server) -> String {
-    let list = server.get("/conversations", Some("tok-s25"), Some(25)).await;
-    list.json[0]["id"].as_str().expect("a conversation").to_string()
+    let list = server
+        .get("/conversations", Some("tok-s25"), Some(25))
+        .await;
+    list.json[0]["id"]
+        .as_str()
+        .expect("a conversation")
+        .to_string()
 }
 
 /// `CHAT_MAX_CONNECTIONS_PER_USER`: beyond it 429 before the upgrade.
@@ -272,7 +308,10 @@ async fn one_user_cannot_take_every_connection_slot() {
     let django = django().await;
     let server = Server::start(
         &django.base_url(),
-        &[("CHAT_MAX_CONNECTIONS_PER_USER", "2"), ("CHAT_MAX_CONNECTIONS", "50")],
+        &[
+            ("CHAT_MAX_CONNECTIONS_PER_USER", "2"),
+            ("CHAT_MAX_CONNECTIONS", "50"),
+        ],
     );
     let first = Client::connect(&server.ws_url(STUDENT)).await;
     let _second = Client::connect(&server.ws_url(STUDENT)).await;
@@ -297,11 +336,12 @@ async fn one_user_cannot_take_every_connection_slot() {
 #[tokio::test]
 async fn the_per_user_refusal_is_json() {
     let django = django().await;
-    let server = Server::start(&django.base_url(), &[("CHAT_MAX_CONNECTIONS_PER_USER", "1")]);
+    let server = Server::start(
+        &django.base_url(),
+        &[("CHAT_MAX_CONNECTIONS_PER_USER", "1")],
+    );
     let _first = Client::connect(&server.ws_url(STUDENT)).await;
-    let reply = server
-        .get(&format!("/ws?{STUDENT}"), None, None)
-        .await;
+    let reply = server.get(&format!("/ws?{STUDENT}"), None, None).await;
     // Not an upgrade request: 400 comes first (row order); an upgrade is
     // needed to reach the per-user check.
     assert_eq!(reply.status, 400);
@@ -331,7 +371,10 @@ async fn silent_connections_cannot_starve_real_clients() {
     let django = django().await;
     let server = Server::start(
         &django.base_url(),
-        &[("CHAT_MAX_PENDING_HEADERS", "16"), ("CHAT_HEADER_TIMEOUT_S", "2")],
+        &[
+            ("CHAT_MAX_PENDING_HEADERS", "16"),
+            ("CHAT_HEADER_TIMEOUT_S", "2"),
+        ],
     );
     let mut silent = Vec::new();
     for _ in 0..200 {
@@ -340,7 +383,10 @@ async fn silent_connections_cannot_starve_real_clients() {
     let started = std::time::Instant::now();
     let health = server.get("/healthz", None, None).await;
     assert_eq!(health.status, 200);
-    assert!(started.elapsed() < Duration::from_secs(1), "healthz was slow");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "healthz was slow"
+    );
     // The oldest silent ones were closed to make room: reads end at once.
     let mut closed = 0;
     for stream in silent.iter_mut().take(150) {
@@ -376,4 +422,58 @@ async fn a_required_roster_refuses_unconfirmed_students() {
     // Without the option (the seed's behaviour) the same mentor gets in.
     let open = Server::start(&django.base_url(), &[]);
     let _in = Client::connect(&open.ws_url(MENTOR)).await;
+}
+
+/// CPU time (user + system) the process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Out of descriptors, `accept` fails with EMFILE: the server backs off
+/// instead of spinning, and serves again once descriptors are free.
+#[tokio::test]
+async fn accept_out_of_descriptors_backs_off_and_recovers() {
+    let django = django().await;
+    // More pending heads allowed than descriptors exist, to reach EMFILE.
+    let server = Server::start_with_open_files(
+        &django.base_url(),
+        &[
+            ("CHAT_MAX_PENDING_HEADERS", "100000"),
+            ("CHAT_HEADER_TIMEOUT_S", "60"),
+        ],
+        128,
+    );
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        match TcpStream::connect(&server.addr).await {
+            Ok(stream) => silent.push(stream),
+            Err(_) => break,
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ticks_per_s = 100.0; // USER_HZ on Linux
+    let before = cpu_ticks(server.pid());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = (cpu_ticks(server.pid()) - before) as f64 / ticks_per_s;
+    assert!(
+        used < 0.5,
+        "the accept loop spun: {used:.2} s of CPU in 2 s"
+    );
+    let logs = server.logs.lock().join("\n");
+    assert!(logs.contains("accept failed"), "EMFILE was reached: {logs}");
+    drop(silent);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok =
+            tokio::time::timeout(Duration::from_secs(1), server.get("/healthz", None, None)).await;
+        if matches!(ok, Ok(ref reply) if reply.status == 200) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no recovery");
+    }
 }

@@ -420,3 +420,17 @@ async fn reinserting_a_merged_message_stores_it_once() {
         [("once".to_string(), Some(key.mentor_id + 1))]
     );
 }
+
+/// An open failure names the data directory: SQLite's own message ("unable
+/// to open database file") does not say which file.
+#[test]
+fn a_store_that_cannot_open_names_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where the database file should be.
+    std::fs::create_dir(dir.path().join("chat.sqlite3")).unwrap();
+    let error = match SqliteStore::open_with(dir.path(), with_journal_max(0)) {
+        Ok(_) => panic!("opened a directory as a database"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains(&dir.path().display().to_string()), "{error}");
+}

@@ -162,3 +162,65 @@ async fn connecting_while_the_store_cannot_write_is_503() {
     drop(lock);
     Client::connect(&new).await;
 }
+
+/// The acks of a long store outage arrive as one burst: the sender is paced
+/// by backpressure while the store is down (its reader stops at a bounded
+/// number of answers owed) and gets every ack when it returns — never 1013.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ack_burst_after_an_outage_never_closes_the_sender() {
+    let django = DjangoStandin::start().await;
+    django.add_user("tok-s25", 25, false);
+    django.add_lesson(100, 1, 10, None);
+    let server = Server::start(&django.base_url(), &[("CHAT_SQLITE_JOURNAL_MAX", "0")]);
+    let mut student =
+        Client::connect(&server.ws_url("token=tok-s25&user_id=25&lesson_id=100")).await;
+    student.expect("presence").await;
+
+    let lock = rusqlite::Connection::open(server.data_dir().join("chat.sqlite3")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    const PENDING: usize = 1_600;
+    let (mut sink, mut stream) = futures_util::StreamExt::split(student.ws);
+    let sender = tokio::spawn(async move {
+        use futures_util::SinkExt;
+        for i in 0..PENDING {
+            let event =
+                json!({"type": "message", "text": format!("p{i}"), "client_id": format!("p{i}")});
+            sink.feed(tokio_tungstenite::tungstenite::Message::text(
+                event.to_string(),
+            ))
+            .await
+            .unwrap();
+        }
+        sink.flush().await.unwrap();
+        sink
+    });
+    // Hold the lock for a while: echoes flow, acks wait.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    lock.execute_batch("ROLLBACK").unwrap();
+
+    let mut acks = 0;
+    while acks < PENDING {
+        let next = tokio::time::timeout(
+            Duration::from_secs(15),
+            futures_util::StreamExt::next(&mut stream),
+        )
+        .await;
+        match next {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) => {
+                let event: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+                match event["type"].as_str() {
+                    Some("ack") => acks += 1,
+                    Some("message") => {}
+                    _ => panic!("after {acks} acks: {event}"),
+                }
+            }
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Ping(_)))) => {}
+            other => panic!("after {acks} acks: {other:?}"),
+        }
+    }
+    let _sink = sender.await.unwrap();
+    let closes =
+        server.get("/readyz", None, None).await.json["detail"]["closed_connections"].clone();
+    assert_eq!(closes["slow_consumer"], 0, "{closes}");
+}

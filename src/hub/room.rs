@@ -343,10 +343,18 @@ mod tests {
         // A flood of the same state and of fast changes.
         let mut held = false;
         for i in 0..10_000u32 {
-            held = room.typing(20, 2, i % 2 == 0, start + Duration::from_micros(u64::from(i)));
+            held = room.typing(
+                20,
+                2,
+                i % 2 == 0,
+                start + Duration::from_micros(u64::from(i)),
+            );
         }
         assert!(held, "the last change is held for the next flush");
-        assert!(drain(&mut mentor_rx).is_empty(), "nothing inside the interval");
+        assert!(
+            drain(&mut mentor_rx).is_empty(),
+            "nothing inside the interval"
+        );
         assert!(drain(&mut student_rx).is_empty(), "never to the sender");
         // The latest state (i = 9999: false) is what the flush relays; it
         // equals the relayed state, so nothing is sent.

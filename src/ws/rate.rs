@@ -75,7 +75,9 @@ impl TokenBucket {
         if limit.is_off() {
             return Verdict::Allowed;
         }
-        let elapsed = now.saturating_duration_since(self.refilled_at).as_secs_f64();
+        let elapsed = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
         self.tokens = (self.tokens + elapsed * limit.rate).min(limit.burst);
         self.refilled_at = now;
         if self.tokens >= 1.0 {

@@ -20,6 +20,8 @@ pub struct Server {
     pub logs: std::sync::Arc<parking_lot::Mutex<Vec<String>>>,
     django_url: String,
     env: Vec<(String, String)>,
+    /// RLIMIT_NOFILE (soft and hard) for the child, when set.
+    open_files: Option<u64>,
 }
 
 /// A response: status and parsed JSON body (Null when not JSON).
@@ -47,9 +49,41 @@ impl Server {
             logs: Default::default(),
             django_url: django_url.to_string(),
             env,
+            open_files: None,
         };
         server.spawn();
         server
+    }
+
+    /// Like [`Server::start`], with the child's open-files limit set to
+    /// `open_files` (soft and hard), to test descriptor exhaustion.
+    pub fn start_with_open_files(
+        django_url: &str,
+        env: &[(&str, &str)],
+        open_files: u64,
+    ) -> Server {
+        let mut server = Server::start_stopped(django_url, env);
+        server.open_files = Some(open_files);
+        server.spawn();
+        server
+    }
+
+    fn start_stopped(django_url: &str, env: &[(&str, &str)]) -> Server {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let data_dir = temp.path().join("data");
+        Server {
+            child: None,
+            addr: String::new(),
+            data_dir,
+            _temp: Some(temp),
+            logs: Default::default(),
+            django_url: django_url.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            open_files: None,
+        }
     }
 
     fn spawn(&mut self) {
@@ -67,6 +101,23 @@ impl Server {
             .stderr(Stdio::piped());
         for (key, value) in &self.env {
             command.env(key, value);
+        }
+        if let Some(limit) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the
+            // child's own limits, between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = command.spawn().expect("spawn chat-service");
         let (tx, rx) = mpsc::channel::<String>();
