@@ -68,6 +68,8 @@ pub async fn run(
                 // instead of spinning; the wait doubles up to 1 s and a
                 // shutdown still interrupts it.
                 tracing::warn!(%error, backoff_ms = accept_backoff.as_millis() as u64, "accept failed");
+                // A silent connection's descriptor is worth less than the next client's.
+                pending_heads.evict_oldest(tokio::time::Instant::now());
                 tokio::select! {
                     _ = &mut shutdown => break,
                     _ = tokio::time::sleep(accept_backoff) => {}
@@ -77,7 +79,7 @@ pub async fn run(
             }
         };
         let _ = stream.set_nodelay(true);
-        let head = Arc::new(pending_heads.admit());
+        let head = Arc::new(pending_heads.admit(tokio::time::Instant::now()));
         let service = Router::for_connection(Arc::clone(&app), Arc::clone(&head));
         let builder = Arc::clone(&builder);
         let http_shutdown = http_shutdown.clone();

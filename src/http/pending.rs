@@ -4,21 +4,28 @@
 //! nothing. hyper closes it after the header timeout; this bounds how many
 //! may wait at once, so a flood of silent TCP connections cannot use up the
 //! open-files limit and starve real clients. At the bound the *oldest*
-//! waiting connection is closed: a real client sends its head within
-//! milliseconds of connecting, so it is never the oldest for long, while
-//! the silent ones age.
+//! waiting connection is closed, if it has waited at least [`MIN_AGE`]: a
+//! real client sends its head right after connecting, so only a connection
+//! that stays silent ages, while a burst of real clients (a connect storm
+//! whose heads are not parsed yet) is never cut. When `accept` runs out of
+//! descriptors, the oldest silent connection is closed too, to free one.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// How long a connection must have waited before it may be evicted.
+pub const MIN_AGE: Duration = Duration::from_secs(1);
 
 /// The waiting connections, oldest first.
 pub struct PendingHeads {
     max: usize,
-    waiting: Mutex<VecDeque<(u64, CancellationToken)>>,
+    waiting: Mutex<VecDeque<(u64, Instant, CancellationToken)>>,
     next_id: AtomicU64,
     evicted: AtomicU64,
 }
@@ -44,21 +51,21 @@ impl PendingHeads {
     }
 
     /// Registers a newly accepted connection, evicting the oldest waiting
-    /// one when the list is full.
-    pub fn admit(self: &Arc<Self>) -> PendingHead {
+    /// one when the list is full and that one is old enough.
+    pub fn admit(self: &Arc<Self>, now: Instant) -> PendingHead {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let evict = CancellationToken::new();
         let oldest = {
             let mut waiting = self.waiting.lock();
             let oldest = if waiting.len() >= self.max {
-                waiting.pop_front()
+                Self::pop_aged(&mut waiting, now)
             } else {
                 None
             };
-            waiting.push_back((id, evict.clone()));
+            waiting.push_back((id, now, evict.clone()));
             oldest
         };
-        if let Some((_, token)) = oldest {
+        if let Some(token) = oldest {
             self.evicted.fetch_add(1, Ordering::Relaxed);
             token.cancel();
         }
@@ -67,6 +74,32 @@ impl PendingHeads {
             id,
             evict,
             received: AtomicBool::new(false),
+        }
+    }
+
+    /// Closes the oldest waiting connection if it is old enough (the
+    /// process is out of descriptors); returns whether one was closed.
+    pub fn evict_oldest(&self, now: Instant) -> bool {
+        let oldest = Self::pop_aged(&mut self.waiting.lock(), now);
+        match oldest {
+            Some(token) => {
+                self.evicted.fetch_add(1, Ordering::Relaxed);
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn pop_aged(
+        waiting: &mut VecDeque<(u64, Instant, CancellationToken)>,
+        now: Instant,
+    ) -> Option<CancellationToken> {
+        match waiting.front() {
+            Some((_, since, _)) if now.saturating_duration_since(*since) >= MIN_AGE => {
+                waiting.pop_front().map(|(_, _, token)| token)
+            }
+            _ => None,
         }
     }
 
@@ -87,7 +120,7 @@ impl PendingHeads {
     fn remove(&self, id: u64) {
         let mut waiting = self.waiting.lock();
         // Usually near the back: the connection just arrived.
-        if let Some(index) = waiting.iter().rposition(|(other, _)| *other == id) {
+        if let Some(index) = waiting.iter().rposition(|(other, _, _)| *other == id) {
             waiting.remove(index);
         }
     }
@@ -118,36 +151,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_oldest_waiting_connection_makes_room() {
+    fn the_oldest_aged_connection_makes_room() {
         let heads = PendingHeads::new(2);
-        let first = heads.admit();
-        let second = heads.admit();
+        let start = Instant::now();
+        let first = heads.admit(start);
+        let second = heads.admit(start);
         assert_eq!(heads.len(), 2);
-        let third = heads.admit();
+        // Too young to evict: a burst of real clients is never cut.
+        let burst = heads.admit(start + MIN_AGE / 2);
+        assert!(!first.evict.is_cancelled());
+        assert_eq!(heads.len(), 3);
+        let later = heads.admit(start + MIN_AGE);
         assert!(first.evict.is_cancelled());
         assert!(!second.evict.is_cancelled());
-        assert!(!third.evict.is_cancelled());
-        assert_eq!(heads.len(), 2);
+        assert!(!burst.evict.is_cancelled() && !later.evict.is_cancelled());
+        assert_eq!(heads.len(), 3);
         assert_eq!(heads.evicted(), 1);
     }
 
     #[test]
     fn a_connection_that_sent_its_head_is_never_evicted() {
         let heads = PendingHeads::new(1);
-        let served = heads.admit();
+        let start = Instant::now();
+        let served = heads.admit(start);
         served.head_received();
         assert!(heads.is_empty());
-        let next = heads.admit();
-        let _after = heads.admit();
+        let next = heads.admit(start);
+        let _after = heads.admit(start + MIN_AGE);
         assert!(!served.evict.is_cancelled());
         assert!(next.evict.is_cancelled());
     }
 
     #[test]
+    fn out_of_descriptors_the_oldest_aged_one_goes() {
+        let heads = PendingHeads::new(100);
+        let start = Instant::now();
+        let old = heads.admit(start);
+        assert!(!heads.evict_oldest(start), "too young");
+        assert!(heads.evict_oldest(start + MIN_AGE));
+        assert!(old.evict.is_cancelled());
+        assert!(!heads.evict_oldest(start + MIN_AGE), "none left");
+    }
+
+    #[test]
     fn dropping_a_connection_frees_its_place() {
         let heads = PendingHeads::new(4);
-        let a = heads.admit();
-        let _b = heads.admit();
+        let a = heads.admit(Instant::now());
+        let _b = heads.admit(Instant::now());
         drop(a);
         assert_eq!(heads.len(), 1);
     }
