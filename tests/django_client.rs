@@ -372,6 +372,60 @@ async fn an_unreadable_200_is_an_outage() {
     assert_outage_without_token(client.lesson(TOKEN, 7).await);
 }
 
+/// 100,000 nested levels, the depth that overflowed simd-json's stack.
+fn deep(open: &str, close: &str) -> String {
+    const DEPTH: usize = 100_000;
+    format!("{}1{}", open.repeat(DEPTH), close.repeat(DEPTH))
+}
+
+#[tokio::test]
+async fn a_deeply_nested_answer_is_an_outage_not_a_crash() {
+    let django = DjangoStandin::start().await;
+    // No cache: every look-up reads the answer now set.
+    let client = client_with(&django, Duration::from_secs(5), Duration::ZERO);
+    let arrays = deep("[", "]");
+    let objects = deep(r#"{"a":"#, "}");
+    // Nesting where an answer has a number, a list of numbers, or instead
+    // of the whole object: serde_json refuses at the first unexpected
+    // level, and an unreadable 200 is an outage.
+    for body in [
+        arrays.clone(),
+        objects.clone(),
+        format!(r#"{{"id":{arrays},"is_mentor":false}}"#),
+        format!(r#"{{"id":{objects},"is_mentor":false}}"#),
+    ] {
+        django.set_answer_body(Some(&body));
+        assert_outage_without_token(client.user(TOKEN, 15).await);
+    }
+    for body in [
+        format!(r#"{{"id":7,"course_id":3,"teacher_id":15,"student_ids":{arrays}}}"#),
+        format!(r#"{{"id":7,"course_id":3,"teacher_id":{objects}}}"#),
+    ] {
+        django.set_answer_body(Some(&body));
+        assert_outage_without_token(client.lesson(TOKEN, 7).await);
+    }
+}
+
+#[tokio::test]
+async fn deep_nesting_in_a_field_we_ignore_is_skipped_without_recursion() {
+    let django = DjangoStandin::start().await;
+    let client = client_with(&django, Duration::from_secs(5), Duration::ZERO);
+    // serde_json skips an unknown field with a loop and its own heap stack
+    // (bounded by the 4 MiB answer cap), so the rest of the answer stands.
+    for extra in [deep("[", "]"), deep(r#"{"a":"#, "}")] {
+        django.set_answer_body(Some(&format!(
+            r#"{{"id":15,"is_mentor":true,"extra":{extra}}}"#
+        )));
+        assert_eq!(
+            client.user(TOKEN, 15).await,
+            Ok(User {
+                id: 15,
+                is_mentor: true
+            })
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_path_prefix_in_the_base_url_is_kept() {
     let django = DjangoStandin::start_with_prefix("/backend").await;

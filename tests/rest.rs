@@ -101,6 +101,29 @@ async fn rest_needs_a_confirmed_caller() {
     );
 }
 
+/// A token whose payload nests 40,000 levels after a valid claim (about
+/// what the 64 KiB request head lets through; 9,000 overflowed simd-json):
+/// no claim (serde_json's recursion limit), so 401, and the server lives on.
+#[tokio::test]
+async fn a_deeply_nested_token_payload_is_401_not_a_crash() {
+    use base64::Engine;
+    let f = fixture().await;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    // Left open: a parser without a depth limit recurses all the way
+    // before it finds the end.
+    let payload = format!(r#"{{"user_id":25,"x":{}"#, "[".repeat(40_000));
+    let token = format!("e30.{}.c2ln", b64.encode(payload));
+    // Django would confirm it: only the payload's shape refuses it.
+    f.django.add_user(&token, 25, false);
+    let path = format!("/messages?conversation_id={}", f.conversation);
+    let reply = f.server.get(&path, Some(&token), None).await;
+    assert_eq!(reply.status, 401, "{:?}", reply.json);
+    assert_eq!(
+        f.server.get(&path, Some(&jwt_for(25)), None).await.status,
+        200
+    );
+}
+
 #[tokio::test]
 async fn message_history_has_the_seed_shape_oldest_first() {
     let f = fixture().await;

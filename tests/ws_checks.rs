@@ -219,6 +219,24 @@ async fn row_10_django_outage_is_503_and_open_sessions_keep_chatting() {
 }
 
 #[tokio::test]
+async fn a_deeply_nested_django_answer_is_503_and_the_server_lives_on() {
+    let django = django().await;
+    let server = Server::start(&django.base_url(), &[]);
+    const DEPTH: usize = 100_000;
+    let deep = format!(
+        r#"{{"id":{}25{},"is_mentor":false}}"#,
+        "[".repeat(DEPTH),
+        "]".repeat(DEPTH)
+    );
+    django.set_answer_body(Some(&deep));
+    let url = server.ws_url("token=tok-s25&user_id=25&lesson_id=100");
+    assert_eq!(Client::refused_status(&url).await, 503);
+    django.set_answer_body(None);
+    let mut student = Client::connect(&url).await;
+    student.expect("presence").await;
+}
+
+#[tokio::test]
 async fn the_student_id_of_a_student_is_ignored() {
     let django = django().await;
     let server = Server::start(&django.base_url(), &[]);

@@ -411,6 +411,66 @@ async fn refused_frames_get_error_events_and_the_connection_stays_open() {
     assert_eq!(mentor.expect("message").await["text"], "1234567890");
 }
 
+/// Issue 11: 100,000 nested levels used to overflow a runtime thread's
+/// stack inside simd-json and abort the process, and a lone high surrogate
+/// escape was stored as U+0000. Both are `bad_json` now, on an open
+/// connection of a server that keeps working.
+#[tokio::test]
+async fn deep_nesting_and_lone_surrogates_are_bad_json_and_the_connection_stays_open() {
+    let chat = chat(&[("CHAT_MAX_FRAME_BYTES", "1048576")]).await;
+    let (mut student, mut mentor) = chat.pair().await;
+    const DEPTH: usize = 100_000;
+    let arrays = || format!("{}{}", "[".repeat(DEPTH), "]".repeat(DEPTH));
+    let objects = || format!("{}1{}", r#"{"a":"#.repeat(DEPTH), "}".repeat(DEPTH));
+    let in_message = |nested: String| {
+        format!(r#"{{"type":"message","text":"hi","client_id":"deep","x":{nested}}}"#)
+    };
+    let frames = [
+        arrays(),
+        objects(),
+        in_message(arrays()),
+        in_message(objects()),
+        r#"{"type":"message","text":"ab\ud800"}"#.to_string(),
+        r#"{"type":"message","text":"ab\udc00"}"#.to_string(),
+        r#"{"type":"message","text":"\ud800\u0041"}"#.to_string(),
+        r#"{"type":"message","text":"ok","client_id":"c\ud800"}"#.to_string(),
+    ];
+    for frame in frames {
+        let head: String = frame.chars().take(60).collect();
+        student.send_raw(Message::text(frame)).await;
+        let error = student.expect("error").await;
+        assert_eq!(error["code"], "bad_json", "{head}");
+    }
+    mentor.expect_silence().await;
+
+    // A valid surrogate pair still round-trips, relayed and stored.
+    student
+        .send_raw(Message::text(
+            r#"{"type":"message","text":"ab\ud83d\ude00","client_id":"after"}"#,
+        ))
+        .await;
+    let event = mentor.expect("message").await;
+    assert_eq!(event["text"], "ab😀");
+    student.expect("message").await;
+    assert_eq!(student.expect("ack").await["client_id"], "after");
+    let conversation = event["conversation_id"].as_str().unwrap();
+    let history = chat
+        .server
+        .get(
+            &format!("/messages?conversation_id={conversation}"),
+            Some("tok-s25"),
+            Some(25),
+        )
+        .await;
+    assert_eq!(
+        history.json.as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        history.json
+    );
+    assert_eq!(history.json[0]["text"], "ab😀");
+}
+
 #[tokio::test]
 async fn a_message_over_the_frame_limit_closes_with_1009() {
     let chat = chat(&[("CHAT_MAX_FRAME_BYTES", "1024")]).await;

@@ -42,6 +42,9 @@ pub fn user_id_from_jwt(token: &str) -> Option<UserId> {
         return None;
     };
     let json = JWT_BASE64.decode(payload).ok()?;
+    // Untrusted and unverified, but safe to parse: serde_json refuses more
+    // than 128 nested levels (its recursion limit, off only if a caller
+    // disables it), so a deep payload is no claim, not a stack overflow.
     let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
     let id = match claims.get("user_id")? {
         serde_json::Value::Number(number) => number.as_i64()?,
@@ -138,6 +141,26 @@ mod tests {
             assert_eq!(user_id_from_jwt(&token), None, "{token}");
         }
         assert_eq!(user_id_from_jwt(&format!("h.{payload}.s")), Some(15));
+    }
+
+    #[test]
+    fn deep_payloads_are_no_claim() {
+        const DEPTH: usize = 100_000;
+        for nested in [
+            format!("{}1{}", "[".repeat(DEPTH), "]".repeat(DEPTH)),
+            format!("{}1{}", r#"{"a":"#.repeat(DEPTH), "}".repeat(DEPTH)),
+        ] {
+            assert_eq!(user_id_from_jwt(&jwt(&nested)), None);
+            let beside = format!(r#"{{"user_id":15,"x":{nested}}}"#);
+            assert_eq!(user_id_from_jwt(&jwt(&beside)), None);
+        }
+        // The limit is serde_json's 128 levels: below it a claim reads.
+        let shallow = format!(
+            r#"{{"user_id":15,"x":{}{}}}"#,
+            "[".repeat(100),
+            "]".repeat(100)
+        );
+        assert_eq!(user_id_from_jwt(&jwt(&shallow)), Some(15));
     }
 
     #[test]

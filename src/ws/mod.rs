@@ -3,6 +3,7 @@
 
 pub mod close;
 pub mod frame;
+pub mod json_guard;
 pub mod protocol;
 pub mod rate;
 pub mod reader;

@@ -11,7 +11,7 @@ use serde::Serialize;
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
-use super::frame;
+use super::{frame, json_guard};
 use crate::model::{ConversationId, Message, MessageId, ObjectId, UserId};
 
 /// Longest `client_id`, in bytes.
@@ -92,6 +92,10 @@ impl Refusal {
 /// Parses one inbound message (a whole WebSocket message, text or binary).
 /// `buf` is used as simd-json's scratch space.
 pub fn parse(buf: &mut [u8], max_text_bytes: usize) -> Result<Inbound, Refusal> {
+    // Before simd-json: it recurses per nesting level and rewrites lone
+    // surrogates, both in ways only the raw bytes can catch.
+    json_guard::check(buf)
+        .map_err(|flaw| Refusal::new(ErrorCode::BadJson, format!("invalid JSON: {flaw}")))?;
     let value = simd_json::to_borrowed_value(buf)
         .map_err(|e| Refusal::new(ErrorCode::BadJson, format!("invalid JSON: {e}")))?;
     if value.as_object().is_none() {
@@ -543,5 +547,276 @@ mod tests {
             ..message
         };
         assert_eq!(message_event(&mid)[1], 126);
+    }
+
+    /// A `message` whose extra field `x` holds `depth` levels of `open`.
+    fn nested_in_message(depth: usize, open: &str, close: &str) -> String {
+        format!(
+            r#"{{"type":"message","text":"hi","x":{}1{}}}"#,
+            open.repeat(depth),
+            close.repeat(depth)
+        )
+    }
+
+    #[test]
+    fn deep_nesting_is_bad_json_not_a_stack_overflow() {
+        // The message's own object is one level: its extra field may add
+        // MAX_DEPTH - 1 more.
+        for depth in [json_guard::MAX_DEPTH + 1, 100_000] {
+            for json in [
+                format!("{}{}", "[".repeat(depth), "]".repeat(depth)),
+                format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth)),
+                nested_in_message(depth - 1, "[", "]"),
+                nested_in_message(depth - 1, r#"{"a":"#, "}"),
+            ] {
+                let refusal = parse_str(&json).unwrap_err();
+                assert_eq!(refusal.code, ErrorCode::BadJson, "depth {depth}");
+                assert!(refusal.message.contains("nested deeper"), "{refusal:?}");
+            }
+        }
+        for open in ["[", r#"{"a":"#] {
+            let close = if open == "[" { "]" } else { "}" };
+            let fits = nested_in_message(json_guard::MAX_DEPTH - 1, open, close);
+            assert!(matches!(parse_str(&fits), Ok(Inbound::Message { .. })));
+        }
+    }
+
+    #[test]
+    fn unpaired_surrogates_are_bad_json_in_every_field() {
+        for json in [
+            r#"{"type":"message","text":"ab\ud800"}"#,
+            r#"{"type":"message","text":"ab\udc00"}"#,
+            r#"{"type":"message","text":"\ud800\u0041"}"#,
+            r#"{"type":"message","text":"\ude00\ud83d"}"#,
+            r#"{"type":"message","text":"ok","client_id":"c\udbff"}"#,
+            r#"{"type":"message\ud800","text":"ok"}"#,
+            r#"{"type":"viewed","message_id":"663af8129dde123456789de\udfff"}"#,
+            r#"{"type":"typing","is_typing":true,"x":"\ud800"}"#,
+        ] {
+            let refusal = parse_str(json).unwrap_err();
+            assert_eq!(refusal.code, ErrorCode::BadJson, "{json}");
+            assert!(refusal.message.contains("surrogate"), "{refusal:?}");
+        }
+    }
+
+    #[test]
+    fn surrogate_pairs_round_trip() {
+        let json = r#"{"type":"message","text":"\ud83d\ude00\uD834\uDD1E\udbff\udfff","client_id":"\ud83d\udc4d"}"#;
+        assert_eq!(
+            parse_str(json),
+            Ok(Inbound::Message {
+                text: "😀𝄞\u{10ffff}".into(),
+                client_id: Some("👍".into()),
+            })
+        );
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        const MAX_TEXT: usize = 1 << 20;
+
+        fn parse_bytes(json: &[u8]) -> Result<Inbound, Refusal> {
+            parse(&mut json.to_vec(), MAX_TEXT)
+        }
+
+        /// One piece of a JSON string body: a `\u` escape (surrogates
+        /// included, either case), a short escape, or a plain character.
+        fn piece() -> impl Strategy<Value = String> {
+            let unit = prop_oneof![
+                0xd800u16..=0xdbff,
+                0xdc00u16..=0xdfff,
+                0u16..0x80,
+                any::<u16>(),
+            ];
+            let escape = (unit, any::<bool>()).prop_map(|(unit, upper)| {
+                if upper {
+                    format!("\\u{unit:04X}")
+                } else {
+                    format!("\\u{unit:04x}")
+                }
+            });
+            let short = prop::sample::select(vec![
+                "\\n", "\\\"", "\\\\", "\\/", "\\t", "\\r", "\\b", "\\f",
+            ])
+            .prop_map(String::from);
+            let plain = any::<char>()
+                .prop_filter("JSON text", |c| *c >= ' ' && *c != '"' && *c != '\\')
+                .prop_map(String::from);
+            prop_oneof![3 => escape, 1 => short, 2 => plain]
+        }
+
+        /// Which field of a `message` the generated string goes into.
+        #[derive(Clone, Copy, Debug)]
+        enum Field {
+            Text,
+            ClientId,
+            Extra,
+        }
+
+        /// A JSON-ish token, for inputs shaped like events but not always valid.
+        fn token() -> impl Strategy<Value = String> {
+            let fixed = prop::sample::select(vec![
+                "{",
+                "}",
+                "[",
+                "]",
+                ",",
+                ":",
+                "\"type\"",
+                "\"message\"",
+                "\"typing\"",
+                "\"viewed\"",
+                "\"text\"",
+                "\"client_id\"",
+                "\"is_typing\"",
+                "\"message_id\"",
+                "\"663af8129dde123456789def\"",
+                "true",
+                "false",
+                "null",
+                "0",
+                "-1.5e3",
+                "\"\\ud800\"",
+                "\"\\udc00\"",
+                "\"\\ud83d\\ude00\"",
+                "\"\\u0000\"",
+                "\"\\\\\"",
+                "\"\\\"\"",
+                "\"",
+                "\\",
+                " ",
+                "\"hi\"",
+                "\"\\u12\"",
+                "1e999",
+            ])
+            .prop_map(String::from);
+            let string = prop::collection::vec(piece(), 0..4)
+                .prop_map(|pieces| format!("\"{}\"", pieces.concat()));
+            prop_oneof![4 => fixed, 1 => string]
+        }
+
+        /// Arrays/objects nested around a token soup, sometimes left open.
+        fn json_ish() -> impl Strategy<Value = String> {
+            let opener = prop::sample::select(vec!["[", "{\"a\":", "{\"type\":\"message\",\"x\":"]);
+            (
+                prop::collection::vec(opener, 0..40),
+                prop::collection::vec(token(), 0..24),
+                any::<bool>(),
+                prop::option::of(prop::sample::select(vec![
+                    r#"{"type":"message","text":"hi","#,
+                    r#"{"type":"typing","#,
+                    r#"{"type":"viewed","message_id":"#,
+                ])),
+            )
+                .prop_map(|(openers, tokens, close, prefix)| {
+                    let mut json = prefix.unwrap_or_default().to_string();
+                    for open in &openers {
+                        json.push_str(open);
+                    }
+                    json.push_str(&tokens.concat());
+                    if close {
+                        for open in openers.into_iter().rev() {
+                            json.push(if open == "[" { ']' } else { '}' });
+                        }
+                    }
+                    json
+                })
+        }
+
+        /// Nesting depth of a parsed value (serde_json caps it at 128).
+        fn depth(value: &serde_json::Value) -> usize {
+            match value {
+                serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+                serde_json::Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+                _ => 0,
+            }
+        }
+
+        /// What any refusal must look like.
+        fn well_formed(result: &Result<Inbound, Refusal>) {
+            match result {
+                Err(refusal) => assert!(!refusal.message.is_empty()),
+                Ok(Inbound::Message { text, client_id }) => {
+                    assert!(!text.is_empty() && text.len() <= MAX_TEXT);
+                    if let Some(id) = client_id {
+                        assert!(!id.is_empty() && id.len() <= MAX_CLIENT_ID_BYTES);
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            /// Strings of escapes decode exactly as serde_json decodes them,
+            /// and are refused (bad_json) exactly when serde_json refuses.
+            #[test]
+            fn escapes_decode_like_serde_json(
+                pieces in prop::collection::vec(piece(), 1..12),
+                field in prop_oneof![Just(Field::Text), Just(Field::ClientId), Just(Field::Extra)],
+            ) {
+                let body = pieces.concat();
+                let json = match field {
+                    Field::Text => format!(r#"{{"type":"message","text":"{body}"}}"#),
+                    Field::ClientId => format!(r#"{{"type":"message","text":"t","client_id":"{body}"}}"#),
+                    Field::Extra => format!(r#"{{"type":"message","text":"t","x":"{body}"}}"#),
+                };
+                let ours = parse_bytes(json.as_bytes());
+                let reference = serde_json::from_str::<serde_json::Value>(&json);
+                match reference {
+                    Err(_) => prop_assert_eq!(ours.map_err(|r| r.code), Err(ErrorCode::BadJson), "{}", json),
+                    Ok(value) => {
+                        let decoded = match field {
+                            Field::Text => &value["text"],
+                            Field::ClientId => &value["client_id"],
+                            Field::Extra => &value["x"],
+                        }.as_str().unwrap_or_default().to_string();
+                        let expected = match field {
+                            Field::Text if decoded.is_empty() => Err(ErrorCode::EmptyText),
+                            Field::Text => Ok(Inbound::Message { text: decoded, client_id: None }),
+                            Field::ClientId if decoded.is_empty() || decoded.len() > MAX_CLIENT_ID_BYTES => {
+                                Err(ErrorCode::BadClientId)
+                            }
+                            Field::ClientId => Ok(Inbound::Message { text: "t".into(), client_id: Some(decoded) }),
+                            Field::Extra => Ok(Inbound::Message { text: "t".into(), client_id: None }),
+                        };
+                        prop_assert_eq!(ours.map_err(|r| r.code), expected, "{}", json);
+                    }
+                }
+            }
+
+            /// Arbitrary bytes never panic; whatever is accepted is in bounds.
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                well_formed(&parse_bytes(&bytes));
+            }
+
+            /// Event-shaped inputs: never a panic, too deep is always
+            /// bad_json, what serde_json refuses is refused, and an accepted
+            /// text is the one serde_json reads.
+            #[test]
+            fn json_ish_inputs_agree_with_serde_json(json in json_ish()) {
+                let ours = parse_bytes(json.as_bytes());
+                well_formed(&ours);
+                match serde_json::from_str::<serde_json::Value>(&json) {
+                    Err(_) => prop_assert!(ours.is_err(), "accepted what serde_json refuses: {}", json),
+                    Ok(value) => {
+                        if depth(&value) > json_guard::MAX_DEPTH {
+                            prop_assert_eq!(ours.as_ref().map_err(|r| r.code), Err(ErrorCode::BadJson), "{}", json);
+                        }
+                        // With one top-level "text" key, both parsers read the same one.
+                        if let Ok(Inbound::Message { text, .. }) = &ours {
+                            if json.matches("\"text\"").count() == 1 {
+                                prop_assert_eq!(value["text"].as_str(), Some(text.as_str()), "{}", json);
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

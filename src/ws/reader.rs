@@ -374,7 +374,7 @@ mod tests {
     const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
     /// How a test frame writes its length.
-    #[derive(Clone, Copy)]
+    #[derive(Clone, Copy, Debug)]
     enum Len {
         Shortest,
         Bits16,
@@ -431,6 +431,9 @@ mod tests {
     struct Chunks {
         chunks: VecDeque<Vec<u8>>,
         reads: usize,
+        /// The most room any read offered: what the reader had allocated
+        /// for it.
+        offered: usize,
     }
 
     impl Chunks {
@@ -438,6 +441,7 @@ mod tests {
             Chunks {
                 chunks: chunks.into_iter().collect(),
                 reads: 0,
+                offered: 0,
             }
         }
     }
@@ -449,6 +453,7 @@ mod tests {
             buf: &mut ReadBuf<'_>,
         ) -> Poll<std::io::Result<()>> {
             self.reads += 1;
+            self.offered = self.offered.max(buf.remaining());
             if let Some(mut chunk) = self.chunks.pop_front() {
                 let n = chunk.len().min(buf.remaining());
                 buf.put_slice(&chunk[..n]);
@@ -840,5 +845,186 @@ mod tests {
         }
         assert!(reader.io.reads <= 60_008_usize.div_ceil(READ_CHUNK));
         assert!(reader.buf.capacity() >= payload.len());
+    }
+
+    /// Fuzz-style properties: arbitrary and frame-shaped byte streams, in
+    /// arbitrary chunks. The reader never panics, never pends on a ready
+    /// stream, hands out nothing over the caps, and holds bounded memory.
+    mod fuzz {
+        use futures_util::FutureExt;
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Longest frame header: 2 bytes, a 64-bit length, the mask.
+        const MAX_HEADER: usize = 14;
+
+        /// The most the read buffer may hold: a first read lands in one
+        /// stack chunk; a partial frame's buffer is asked for at most its
+        /// header and payload plus one read's room; `Vec` growth may double
+        /// either.
+        fn read_buffer_bound(max_message: usize) -> usize {
+            2 * (max_message + MAX_HEADER + MIN_READ).max(READ_CHUNK)
+        }
+
+        /// A joined message is at most the cap; its `Vec` may have grown
+        /// by doubling (and never below 8 bytes).
+        fn fragments_bound(max_message: usize) -> usize {
+            (2 * max_message).max(8)
+        }
+
+        fn check_memory(reader: &FrameReader<Chunks>, max: usize) -> Result<(), TestCaseError> {
+            prop_assert!(reader.buf.capacity() <= read_buffer_bound(max));
+            prop_assert!(reader.io.offered <= read_buffer_bound(max));
+            if let Some(fragments) = &reader.fragments {
+                prop_assert!(fragments.bytes.len() <= max);
+                prop_assert!(fragments.bytes.capacity() <= fragments_bound(max));
+            }
+            prop_assert!(reader.assembled.len() <= max);
+            prop_assert!(reader.assembled.capacity() <= fragments_bound(max));
+            Ok(())
+        }
+
+        /// Reads everything `stream` yields in chunks of the given sizes.
+        fn run(stream: &[u8], sizes: &[usize], max: usize) -> Result<(), TestCaseError> {
+            let mut chunks = Vec::new();
+            let mut rest = stream;
+            for size in sizes.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (chunk, tail) = rest.split_at((*size).min(rest.len()));
+                chunks.push(chunk.to_vec());
+                rest = tail;
+            }
+            let mut reader = FrameReader::new(Chunks::new(chunks), max);
+            let mut yielded = 0usize;
+            loop {
+                // The stream is always ready: pending would be a hang.
+                let Some(next) = reader.next().now_or_never() else {
+                    return Err(TestCaseError::fail("pending on a ready stream"));
+                };
+                match next {
+                    Ok(Received::Message(m)) => prop_assert!(m.len() <= max),
+                    Ok(Received::Ping(p) | Received::Close(p)) => {
+                        prop_assert!(p.len() <= MAX_CONTROL_PAYLOAD)
+                    }
+                    Ok(Received::Pong) => {}
+                    Err(_) => break,
+                }
+                yielded += 1;
+                // Each frame takes a masked header (6 bytes) at least.
+                prop_assert!(yielded * 6 <= stream.len());
+                check_memory(&reader, max)?;
+            }
+            check_memory(&reader, max)
+        }
+
+        fn max_message() -> impl Strategy<Value = usize> {
+            prop::sample::select(vec![0, 1, 125, 300, 700, 1000, 65_536])
+        }
+
+        fn chunk_sizes() -> impl Strategy<Value = Vec<usize>> {
+            prop::collection::vec(prop_oneof![1..16usize, 1..2_000usize, 1..40_000usize], 1..8)
+        }
+
+        /// One client frame, mostly well formed: any opcode, fin, mask or
+        /// length form, payloads of text or bytes, and sometimes a length
+        /// that announces more (up to 2^40) than follows.
+        fn frame_bytes() -> impl Strategy<Value = Vec<u8>> {
+            let opcode = prop_oneof![
+                4 => prop::sample::select(vec![
+                    OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG
+                ]),
+                1 => 0u8..16,
+            ];
+            let payload = prop_oneof![
+                6 => prop::collection::vec(any::<u8>(), 0..300),
+                2 => ".{0,100}".prop_map(String::into_bytes),
+                // Large and cheap to make: one byte repeated.
+                1 => (0..20_000usize, any::<u8>()).prop_map(|(n, b)| vec![b; n]),
+            ];
+            let form = prop::sample::select(vec![Len::Shortest, Len::Bits16, Len::Bits64]);
+            (
+                prop::bool::weighted(0.7),
+                opcode,
+                prop::bool::weighted(0.95),
+                payload,
+                form,
+                prop::option::weighted(0.1, 0u64..(1 << 40)),
+                any::<u8>(),
+            )
+                .prop_map(|(fin, opcode, masked, payload, form, announced, rsv)| {
+                    let mut first = if fin { FIN } else { 0 } | opcode;
+                    if rsv < 8 {
+                        first |= 0x70 & (rsv << 4);
+                    }
+                    let mask = masked.then_some(MASK);
+                    let mut bytes = frame_with(first, &payload, mask, form);
+                    if let Some(len) = announced {
+                        bytes[1] = 0x80 | 127;
+                        bytes.truncate(2);
+                        bytes.extend_from_slice(&len.to_be_bytes());
+                        bytes.extend_from_slice(&MASK);
+                        bytes.extend_from_slice(&payload);
+                    }
+                    bytes
+                })
+        }
+
+        /// A well-formed fragmented message (2 to 5 masked fragments,
+        /// text or binary), so joining and its cap get exercised often.
+        fn fragmented() -> impl Strategy<Value = Vec<u8>> {
+            (
+                any::<bool>(),
+                prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 2..6),
+            )
+                .prop_map(|(is_text, parts)| {
+                    let last = parts.len() - 1;
+                    let mut bytes = Vec::new();
+                    for (i, part) in parts.iter().enumerate() {
+                        let opcode = match (i, is_text) {
+                            (0, true) => OP_TEXT,
+                            (0, false) => OP_BINARY,
+                            _ => OP_CONTINUATION,
+                        };
+                        bytes.extend(frame(i == last, opcode, part));
+                    }
+                    bytes
+                })
+        }
+
+        proptest! {
+            // Most such streams end at the first header: fewer cases do.
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn arbitrary_bytes(
+                stream in prop::collection::vec(any::<u8>(), 0..4_096),
+                sizes in chunk_sizes(),
+                max in max_message(),
+            ) {
+                run(&stream, &sizes, max)?;
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            #[test]
+            fn frame_shaped_streams(
+                frames in prop::collection::vec(prop_oneof![frame_bytes(), fragmented()], 0..8),
+                corrupt in prop::option::weighted(0.2, (any::<prop::sample::Index>(), any::<u8>())),
+                sizes in chunk_sizes(),
+                max in max_message(),
+            ) {
+                let mut stream = frames.concat();
+                if let (Some((at, byte)), false) = (corrupt, stream.is_empty()) {
+                    let at = at.index(stream.len());
+                    stream[at] = byte;
+                }
+                run(&stream, &sizes, max)?;
+            }
+        }
     }
 }

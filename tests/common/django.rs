@@ -81,6 +81,8 @@ struct World {
     outage: Outage,
     lax_user_ids: bool,
     delay: Duration,
+    /// When set, the two endpoints answer 200 with exactly this body.
+    answer_body: Option<Arc<str>>,
 }
 
 #[derive(Clone)]
@@ -196,6 +198,12 @@ impl DjangoStandin {
         self.state.world.lock().lax_user_ids = lax;
     }
 
+    /// While `Some`, the two endpoints answer 200 with exactly `body`,
+    /// whatever the token (for answers Django would never send).
+    pub fn set_answer_body(&self, body: Option<&str>) {
+        self.state.world.lock().answer_body = body.map(Arc::from);
+    }
+
     /// Every request waits this long before it is handled.
     pub fn set_delay(&self, delay: Duration) {
         self.state.world.lock().delay = delay;
@@ -280,9 +288,9 @@ async fn handle(
     }
     .fetch_add(1, Ordering::SeqCst);
 
-    let (outage, delay) = {
+    let (outage, delay, answer_body) = {
         let world = state.world.lock();
-        (world.outage, world.delay)
+        (world.outage, world.delay, world.answer_body.clone())
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -305,6 +313,10 @@ async fn handle(
                 return Ok(json(StatusCode::OK, r#"{"id": 1, "is_men"#.into()));
             }
         }
+    }
+
+    if let (Some(body), false) = (answer_body, matches!(route, Route::Other)) {
+        return Ok(json(StatusCode::OK, body.to_string()));
     }
 
     if request.method() != Method::GET {
