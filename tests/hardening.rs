@@ -485,3 +485,40 @@ async fn accept_out_of_descriptors_backs_off_and_recovers() {
         assert!(tokio::time::Instant::now() < deadline, "no recovery");
     }
 }
+
+/// Idle keep-alive connections (one request, then silence) are bounded the
+/// same way: hyper's header timer does not run between requests.
+#[tokio::test]
+async fn idle_keep_alive_connections_are_bounded_too() {
+    use tokio::io::AsyncWriteExt;
+    let django = django().await;
+    let server = Server::start(&django.base_url(), &[("CHAT_MAX_PENDING_HEADERS", "16")]);
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        let mut stream = TcpStream::connect(&server.addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 512];
+        let n = stream.read(&mut answer).await.unwrap();
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+        idle.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut fresh = Vec::new();
+    for _ in 0..50 {
+        fresh.push(TcpStream::connect(&server.addr).await.unwrap());
+    }
+    assert_eq!(server.get("/healthz", None, None).await.status, 200);
+    let mut closed = 0;
+    for stream in idle.iter_mut() {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(200), stream.read(&mut byte)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 45, "only {closed} of 50 idle keep-alive connections were closed");
+}

@@ -9,6 +9,10 @@
 //! that stays silent ages, while a burst of real clients (a connect storm
 //! whose heads are not parsed yet) is never cut. When `accept` runs out of
 //! descriptors, the oldest silent connection is closed too, to free one.
+//!
+//! A keep-alive connection waiting for its *next* request is pending again:
+//! hyper starts its header timer only at the next request's first byte, so
+//! without this, idle keep-alive connections would be unbounded.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -134,6 +138,27 @@ impl PendingHead {
         }
     }
 
+    /// A response is done and the connection waits for its next request
+    /// head: it is pending again (an idle keep-alive connection).
+    pub fn waiting_again(&self, now: Instant) {
+        if self.received.swap(false, Ordering::AcqRel) {
+            let oldest = {
+                let mut waiting = self.heads.waiting.lock();
+                let oldest = if waiting.len() >= self.heads.max {
+                    PendingHeads::pop_aged(&mut waiting, now)
+                } else {
+                    None
+                };
+                waiting.push_back((self.id, now, self.evict.clone()));
+                oldest
+            };
+            if let Some(token) = oldest {
+                self.heads.evicted.fetch_add(1, Ordering::Relaxed);
+                token.cancel();
+            }
+        }
+    }
+
     /// Resolves if the connection is evicted while still waiting.
     pub async fn evicted(&self) {
         self.evict.cancelled().await
@@ -191,6 +216,20 @@ mod tests {
         assert!(heads.evict_oldest(start + MIN_AGE));
         assert!(old.evict.is_cancelled());
         assert!(!heads.evict_oldest(start + MIN_AGE), "none left");
+    }
+
+    #[test]
+    fn an_idle_keep_alive_connection_is_pending_again() {
+        let heads = PendingHeads::new(1);
+        let start = Instant::now();
+        let kept = heads.admit(start);
+        kept.head_received();
+        kept.waiting_again(start);
+        assert_eq!(heads.len(), 1);
+        let _newer = heads.admit(start + MIN_AGE);
+        assert!(kept.evict.is_cancelled(), "the idle one made room");
+        drop(kept);
+        assert_eq!(heads.len(), 1);
     }
 
     #[test]

@@ -50,7 +50,15 @@ impl Service<Request<Incoming>> for Router {
             head.head_received();
         }
         let app = Arc::clone(&self.app);
-        Box::pin(async move { Ok(cors::decorate(route(&app, request).await)) })
+        let head = self.head.clone();
+        Box::pin(async move {
+            let response = cors::decorate(route(&app, request).await);
+            // Until its next request the connection is idle keep-alive.
+            if let Some(head) = head {
+                head.waiting_again(tokio::time::Instant::now());
+            }
+            Ok(response)
+        })
     }
 }
 
