@@ -311,6 +311,10 @@ fn json_int_len(n: i64) -> usize {
 }
 
 impl Message {
+    /// The smallest [`Message::json_len`]: empty text, a one-digit sender,
+    /// a four-digit year, no optional field.
+    pub const MIN_JSON_LEN: usize = 142;
+
     /// Exactly `serde_json::to_vec(self).len()`, computed in one pass over
     /// the text: history pages are cut by encoded size before encoding.
     pub fn json_len(&self) -> usize {
@@ -435,6 +439,17 @@ mod tests {
             }
         }
         assert_eq!(checked, 6 * 7 * 4);
+        let smallest = Message {
+            id: ObjectId::new(),
+            conversation_id: ObjectId::new(),
+            sender_id: 0,
+            text: String::new(),
+            created_at: Millis(0),
+            client_id: None,
+            viewed_by: None,
+            viewed_at: None,
+        };
+        assert_eq!(smallest.json_len(), Message::MIN_JSON_LEN);
         assert_eq!(json_str_len("\u{1}"), 8, "a control character is \\u0001");
         for at in times {
             assert_eq!(at.rfc3339_len(), at.rfc3339().len(), "{at:?}");

@@ -106,9 +106,10 @@ pub async fn messages<B>(app: &App, request: &Request<B>) -> Result<Response<Bod
             before,
             after,
             limit,
+            max_bytes: app.config.max_history_bytes,
         })
         .await?;
-    Ok(json_response(StatusCode::OK, &page))
+    Ok(json_response(StatusCode::OK, &page.messages))
 }
 
 /// `GET /presence?user_id=`
