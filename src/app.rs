@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::django::{DjangoClient, DjangoSettings};
-use crate::capacity::{self, ConnectionGate};
+use crate::capacity::{self, ConnectionGate, HistoryGate};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::store::mongo::{MongoSettings, MongoStore};
@@ -26,6 +26,8 @@ pub struct App {
     pub hub: Hub,
     pub django: DjangoClient,
     pub gate: ConnectionGate,
+    /// Turns for `/messages`: bounds the history pages held in memory.
+    pub history: HistoryGate,
     pub limits: SessionLimits,
     /// Cancelled at shutdown: every session closes with 1001.
     pub sessions_shutdown: CancellationToken,
@@ -100,6 +102,7 @@ impl App {
             ping_interval: config.ping_interval(),
             idle_timeout: config.idle_timeout(),
         };
+        let history = HistoryGate::new(config.history_concurrency as usize, config.history_wait());
         let app = App {
             config,
             store,
@@ -107,6 +110,7 @@ impl App {
             hub,
             django,
             gate: ConnectionGate::new(max_connections),
+            history,
             limits,
             sessions_shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
