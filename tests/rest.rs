@@ -189,27 +189,28 @@ async fn history_pages_with_limit_before_and_after() {
     }
 }
 
+/// `limit` runs from 1 to CHAT_MAX_HISTORY, the default page: with
+/// CHAT_MAX_HISTORY=1000 that is exactly the contract's 1–1000.
 #[tokio::test]
 async fn limit_ranges_up_to_the_configured_max_history() {
     let django = DjangoStandin::start().await;
     django.add_user("tok-s25", 25, false);
     django.add_lesson(100, 1, 10, None);
-    let server = Server::start(&django.base_url(), &[("CHAT_MAX_HISTORY", "1000")]);
-    let (conversation, _) = send_history(&server, &["a".into(), "b".into()]).await;
+    let server = Server::start(&django.base_url(), &[("CHAT_MAX_HISTORY", "2")]);
+    let (conversation, _) = send_history(&server, &["a".into(), "b".into(), "c".into()]).await;
     let get = |limit: &'static str| {
-        let path = format!("/messages?conversation_id={conversation}&limit={limit}");
+        let path = format!("/messages?conversation_id={conversation}{limit}");
         let server = &server;
         async move { server.get(&path, Some("tok-s25"), Some(25)).await }
     };
-    assert_eq!(get("1000").await.status, 200);
-    let over = get("1001").await;
-    assert_eq!(
-        over.status, 400,
-        "the contract's 1–1000 with CHAT_MAX_HISTORY=1000"
-    );
+    assert_eq!(texts(&get("").await.json), ["b", "c"]);
+    assert_eq!(texts(&get("&limit=2").await.json), ["b", "c"]);
+    assert_eq!(texts(&get("&limit=1").await.json), ["c"]);
+    let over = get("&limit=3").await;
+    assert_eq!(over.status, 400);
     assert_eq!(
         over.json["error"]["message"],
-        "limit must be an integer from 1 to 1000"
+        "limit must be an integer from 1 to 2"
     );
 }
 
