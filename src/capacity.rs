@@ -123,10 +123,6 @@ impl HistoryGate {
             Ok(Err(_)) | Err(_) => Err(HistoryBusy(self.wait)),
         }
     }
-
-    pub fn available(&self) -> usize {
-        self.permits.available_permits()
-    }
 }
 
 #[cfg(test)]
