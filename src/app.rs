@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::django::{DjangoClient, DjangoSettings};
-use crate::capacity::{self, ConnectionGate};
+use crate::capacity::{self, ConnectionGate, HistoryGate};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::store::mongo::{MongoSettings, MongoStore};
@@ -27,6 +27,8 @@ pub struct App {
     pub hub: Hub,
     pub django: DjangoClient,
     pub gate: ConnectionGate,
+    /// Turns for `/messages`: bounds the history pages held in memory.
+    pub history: HistoryGate,
     pub limits: SessionLimits,
     /// Cancelled at shutdown: every session closes with 1001.
     pub sessions_shutdown: CancellationToken,
@@ -102,6 +104,7 @@ impl App {
             idle_timeout: config.idle_timeout(),
             message_rate: RateLimit::new(config.msg_rate, config.msg_burst),
         };
+        let history = HistoryGate::new(config.history_concurrency as usize, config.history_wait());
         let app = App {
             config,
             store,
@@ -109,6 +112,7 @@ impl App {
             hub,
             django,
             gate: ConnectionGate::new(max_connections),
+            history,
             limits,
             sessions_shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),

@@ -1,9 +1,13 @@
 //! How many WebSocket connections this process can hold, and the gate that
 //! refuses the next one cleanly (503 before the upgrade) instead of letting
-//! `accept` fail for lack of file descriptors.
+//! `accept` fail for lack of file descriptors; and the gate that bounds the
+//! history pages held in memory at once.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Descriptors kept for everything that is not a WebSocket: the listener,
 /// REST connections, the store's files, Django and MongoDB pools.
@@ -89,9 +93,60 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// Bounds the `/messages` answers being built or sent at once: each holds
+/// a permit from before its store read until its body is written (the
+/// permit travels in the response body), so a page in memory per permit
+/// bounds what history can take, however slowly clients read.
+pub struct HistoryGate {
+    permits: Arc<Semaphore>,
+    wait: Duration,
+}
+
+/// Every permit stayed taken for the whole wait.
+#[derive(Debug, thiserror::Error)]
+#[error("every history permit stayed taken for {0:?}")]
+pub struct HistoryBusy(pub Duration);
+
+impl HistoryGate {
+    pub fn new(permits: usize, wait: Duration) -> Self {
+        HistoryGate {
+            permits: Arc::new(Semaphore::new(permits)),
+            wait,
+        }
+    }
+
+    /// A permit, waiting for one at most the gate's wait.
+    pub async fn enter(&self) -> Result<OwnedSemaphorePermit, HistoryBusy> {
+        match tokio::time::timeout(self.wait, Arc::clone(&self.permits).acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; treat it like a full gate anyway.
+            Ok(Err(_)) | Err(_) => Err(HistoryBusy(self.wait)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_history_gate_waits_then_gives_up() {
+        let gate = HistoryGate::new(1, Duration::from_secs(5));
+        let held = gate.enter().await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(gate.enter().await.is_err());
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        let waiting = tokio::spawn(async move {
+            let gate = gate;
+            gate.enter().await.map(drop)
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(held);
+        assert!(
+            waiting.await.unwrap().is_ok(),
+            "a freed permit goes to a waiter"
+        );
+    }
 
     #[test]
     fn the_gate_admits_up_to_its_maximum() {

@@ -77,6 +77,21 @@ pub struct Config {
     #[arg(long, env = "CHAT_MAX_HISTORY", value_name = "CHAT_MAX_HISTORY", default_value_t = 10000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_history: u32,
 
+    /// Largest `/messages` answer, in bytes of JSON: a page stops before
+    /// the message that would pass it (one message is always sent).
+    #[arg(long, env = "CHAT_MAX_HISTORY_BYTES", value_name = "CHAT_MAX_HISTORY_BYTES", default_value_t = 4_194_304, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=268_435_456))]
+    pub max_history_bytes: usize,
+
+    /// `/messages` answers built or being sent at once; memory for history
+    /// is about this times CHAT_MAX_HISTORY_BYTES.
+    #[arg(long, env = "CHAT_HISTORY_CONCURRENCY", value_name = "CHAT_HISTORY_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub history_concurrency: u32,
+
+    /// How long a `/messages` call waits for its turn before answering 503,
+    /// in milliseconds.
+    #[arg(long, env = "CHAT_HISTORY_WAIT_MS", value_name = "CHAT_HISTORY_WAIT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub history_wait_ms: u64,
+
     /// Comma-separated allowed `Origin`s for `/ws` (unset: any).
     #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_name = "CHAT_ALLOWED_ORIGINS", value_parser = origin_list)]
     pub allowed_origins: Option<OriginList>,
@@ -249,6 +264,10 @@ impl Config {
         Duration::from_millis(self.writer_window_ms)
     }
 
+    pub fn history_wait(&self) -> Duration {
+        Duration::from_millis(self.history_wait_ms)
+    }
+
     pub fn mongo_timeout(&self) -> Duration {
         Duration::from_millis(self.mongo_timeout_ms)
     }
@@ -357,6 +376,22 @@ mod tests {
         assert!(err.contains("CHAT_SHARDS"), "{err}");
         let err = parse(&["--django-base-url", "http://h", "--sqlite-cache-mb", "0"]).unwrap_err();
         assert!(err.contains("CHAT_SQLITE_CACHE_MB"), "{err}");
+        let err = parse(&[
+            "--django-base-url",
+            "http://h",
+            "--max-history-bytes",
+            "100",
+        ])
+        .unwrap_err();
+        assert!(err.contains("CHAT_MAX_HISTORY_BYTES"), "{err}");
+        let err = parse(&[
+            "--django-base-url",
+            "http://h",
+            "--history-concurrency",
+            "0",
+        ])
+        .unwrap_err();
+        assert!(err.contains("CHAT_HISTORY_CONCURRENCY"), "{err}");
     }
 
     #[test]
@@ -368,6 +403,9 @@ mod tests {
         assert_eq!(cfg.max_text_bytes, 8192);
         assert_eq!(cfg.max_frame_bytes, 65536);
         assert_eq!(cfg.max_history, 10000);
+        assert_eq!(cfg.max_history_bytes, 4_194_304);
+        assert_eq!(cfg.history_concurrency, 8);
+        assert_eq!(cfg.history_wait_ms, 5000);
         assert_eq!(cfg.django_timeout_ms, 5000);
         assert_eq!(cfg.auth_cache_ttl_s, 30);
         assert_eq!(cfg.sqlite_sync, SqliteSync::Normal);

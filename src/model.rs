@@ -185,6 +185,17 @@ impl Millis {
     }
 }
 
+impl Millis {
+    /// `self.rfc3339().len()` without formatting: the year is at least four
+    /// characters (a sign counts), everything after it is 20.
+    pub fn rfc3339_len(self) -> usize {
+        let days = self.0.div_euclid(1000).div_euclid(86_400);
+        let (year, _, _) = civil_from_days(days);
+        let width = decimal_len(year.unsigned_abs()) + usize::from(year < 0);
+        width.max(4) + 20
+    }
+}
+
 impl serde::Serialize for Millis {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.rfc3339())
@@ -261,7 +272,74 @@ pub struct Message {
     pub viewed_at: Option<Millis>,
 }
 
+/// Bytes one string byte takes inside a JSON string as serde_json writes
+/// it: `"`, `\` and the five short escapes take 2, other control
+/// characters `\u00XX` take 6, everything else (UTF-8 included) itself.
+const JSON_ESCAPED_LEN: [u8; 256] = {
+    let mut table = [1u8; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = 6;
+        byte += 1;
+    }
+    table[b'"' as usize] = 2;
+    table[b'\\' as usize] = 2;
+    table[b'\n' as usize] = 2;
+    table[b'\r' as usize] = 2;
+    table[b'\t' as usize] = 2;
+    table[0x08] = 2;
+    table[0x0c] = 2;
+    table
+};
+
+/// Length of `text` as a JSON string, quotes included.
+pub fn json_str_len(text: &str) -> usize {
+    2 + text
+        .bytes()
+        .map(|byte| usize::from(JSON_ESCAPED_LEN[usize::from(byte)]))
+        .sum::<usize>()
+}
+
+/// Decimal digits of `n`.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
+
+/// Length of an integer in JSON.
+fn json_int_len(n: i64) -> usize {
+    decimal_len(n.unsigned_abs()) + usize::from(n < 0)
+}
+
 impl Message {
+    /// The smallest [`Message::json_len`]: empty text, a one-digit sender,
+    /// a four-digit year, no optional field.
+    pub const MIN_JSON_LEN: usize = 142;
+
+    /// Exactly `serde_json::to_vec(self).len()`, computed in one pass over
+    /// the text: history pages are cut by encoded size before encoding.
+    pub fn json_len(&self) -> usize {
+        // `{"id":` + id + `,"conversation_id":` + id + `,"sender_id":` +
+        // `,"text":` + `,"created_at":` + `}`.
+        const FIXED: usize = 6 + 19 + 13 + 8 + 14 + 1;
+        const ID: usize = 26;
+        let mut len = FIXED
+            + 2 * ID
+            + json_int_len(self.sender_id)
+            + json_str_len(&self.text)
+            + self.created_at.rfc3339_len()
+            + 2;
+        if let Some(client_id) = &self.client_id {
+            len += r#","client_id":"#.len() + json_str_len(client_id);
+        }
+        if let Some(viewer) = self.viewed_by {
+            len += r#","viewed_by":"#.len() + json_int_len(viewer);
+        }
+        if let Some(at) = self.viewed_at {
+            len += r#","viewed_at":"#.len() + at.rfc3339_len() + 2;
+        }
+        len
+    }
+
     /// A view counts only from someone other than the sender (the rule the
     /// stores' view updates spell in SQL and BSON too).
     pub fn viewable_by(&self, viewer: UserId) -> bool {
@@ -318,6 +396,64 @@ mod tests {
         let downs = ids.windows(2).filter(|w| w[0] >= w[1]).count();
         assert!(downs <= 1, "{downs} non-increasing steps");
         assert_eq!(ids[0].timestamp(), Millis(1_700_000_000_000));
+    }
+
+    #[test]
+    fn json_len_is_serde_jsons_length() {
+        let every_byte: String = (0u8..0x80).map(char::from).collect();
+        let texts = [
+            String::new(),
+            "plain".to_string(),
+            every_byte,
+            "\u{1}".repeat(8000),
+            "quotes \" and \\ and \n\r\t\u{8}\u{c} and \u{7f}".to_string(),
+            "é🎉 \u{2028}\u{feff}".to_string(),
+        ];
+        let times = [
+            Millis(0),
+            Millis(1_735_725_600_123),
+            Millis(-1),
+            Millis(-62_167_219_200_001),
+            Millis(253_402_300_800_000),
+            Millis(i64::MAX / 1000),
+            Millis(i64::MIN / 1000),
+        ];
+        let mut checked = 0;
+        for (n, text) in texts.iter().enumerate() {
+            for (t, at) in times.iter().enumerate() {
+                for variant in 0..4 {
+                    let message = Message {
+                        id: ObjectId::new(),
+                        conversation_id: ObjectId::new(),
+                        sender_id: [1, 42, i64::MAX, -7, i64::MIN][(n + t) % 5],
+                        text: text.clone(),
+                        created_at: *at,
+                        client_id: (variant & 1 == 1).then(|| format!("c\"{n}\u{3}ü")),
+                        viewed_by: (variant & 2 == 2).then_some(1_000_000_007),
+                        viewed_at: (variant & 2 == 2).then_some(times[(t + 1) % times.len()]),
+                    };
+                    let encoded = serde_json::to_vec(&message).unwrap();
+                    assert_eq!(message.json_len(), encoded.len(), "{message:?}");
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 6 * 7 * 4);
+        let smallest = Message {
+            id: ObjectId::new(),
+            conversation_id: ObjectId::new(),
+            sender_id: 0,
+            text: String::new(),
+            created_at: Millis(0),
+            client_id: None,
+            viewed_by: None,
+            viewed_at: None,
+        };
+        assert_eq!(smallest.json_len(), Message::MIN_JSON_LEN);
+        assert_eq!(json_str_len("\u{1}"), 8, "a control character is \\u0001");
+        for at in times {
+            assert_eq!(at.rfc3339_len(), at.rfc3339().len(), "{at:?}");
+        }
     }
 
     #[test]

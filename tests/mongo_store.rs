@@ -120,9 +120,11 @@ async fn a_database_the_go_service_wrote_is_read_as_it_is() {
             before: None,
             after: None,
             limit: 10,
+            max_bytes: usize::MAX,
         })
         .await
-        .unwrap();
+        .unwrap()
+        .messages;
     let ids: Vec<[u8; 12]> = history.iter().map(|m| m.id.bytes()).collect();
     assert_eq!(
         ids,
@@ -136,9 +138,11 @@ async fn a_database_the_go_service_wrote_is_read_as_it_is() {
             before: None,
             after: None,
             limit: 2,
+            max_bytes: usize::MAX,
         })
         .await
-        .unwrap();
+        .unwrap()
+        .messages;
     assert_eq!(newest_two, history[1..]);
 
     let indexes = messages.list_index_names().await.unwrap();
@@ -247,9 +251,11 @@ async fn resends_are_deduplicated_and_retried_batches_are_idempotent() {
             before: None,
             after: None,
             limit: 10,
+            max_bytes: usize::MAX,
         })
         .await
-        .unwrap();
+        .unwrap()
+        .messages;
     assert_eq!(history.len(), 2);
     assert_eq!(history[0].viewed_by, Some(10));
     assert_eq!(history[0].viewed_at, Some(Millis(5)));

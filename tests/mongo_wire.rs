@@ -549,9 +549,11 @@ async fn history_before_reads_newest_first_with_a_limit_and_returns_oldest_first
             before: Some(cursor),
             after: None,
             limit: 3,
+            max_bytes: usize::MAX,
         })
         .await
-        .unwrap();
+        .unwrap()
+        .messages;
 
     let ids: Vec<ObjectId> = page.iter().map(|m| m.id).collect();
     assert_eq!(ids, [oldest, middle, newest]);
@@ -569,6 +571,70 @@ async fn history_before_reads_newest_first_with_a_limit_and_returns_oldest_first
     assert_eq!(find.get("limit").and_then(Bson::as_i64), Some(3));
 }
 
+/// A page cut by bytes: the newest messages that fit, and the cursor is
+/// not read further (no `getMore`, which this server never answers).
+#[tokio::test]
+async fn history_stops_reading_the_cursor_once_the_byte_budget_is_spent() {
+    let (server, store) = connected().await;
+    let conversation = ObjectId::new();
+    let ids = [ObjectId::new(), ObjectId::new(), ObjectId::new()];
+    let text = "\u{1}".repeat(1000);
+    let documents: Vec<Document> = ids
+        .iter()
+        .rev()
+        .map(|id| {
+            doc! { "_id": oid(*id), "conversation_id": oid(conversation), "sender_id": 10_i64,
+            "text": text.as_str(), "created_at": bson::DateTime::from_millis(1_000) }
+        })
+        .collect();
+    server.script(move |command| match command_name(command) {
+        // Newest first, and the cursor stays open for more.
+        "find" => {
+            let mut reply = cursor_reply(command, documents.clone());
+            let cursor = reply.get_document_mut("cursor").unwrap();
+            cursor.insert("id", 77_i64);
+            Reply::Document(reply)
+        }
+        "getMore" => Reply::Never,
+        _ => Reply::Default,
+    });
+    let expected = |id: ObjectId| Message {
+        id,
+        conversation_id: conversation,
+        sender_id: 10,
+        text: text.clone(),
+        created_at: Millis(1_000),
+        client_id: None,
+        viewed_by: None,
+        viewed_at: None,
+    };
+    let two = serde_json::to_vec(&[expected(ids[1]), expected(ids[2])])
+        .unwrap()
+        .len();
+
+    let page = store
+        .messages(HistoryQuery {
+            conversation_id: conversation,
+            before: None,
+            after: None,
+            limit: 100,
+            max_bytes: two,
+        })
+        .await
+        .unwrap();
+
+    assert_eq!(page.messages, [expected(ids[1]), expected(ids[2])]);
+    assert!(page.truncated);
+    assert!(server.commands_named("getMore").is_empty());
+    let find = &server.commands_named("find")[0];
+    assert_eq!(find.get("limit").and_then(Bson::as_i64), Some(100));
+    assert_eq!(
+        find.get("batchSize"),
+        Some(&Bson::Int32((two / Message::MIN_JSON_LEN + 1) as i32)),
+        "no more documents per batch than the budget can hold"
+    );
+}
+
 #[tokio::test]
 async fn history_after_reads_oldest_first_between_both_cursors() {
     let (server, store) = connected().await;
@@ -581,9 +647,11 @@ async fn history_after_reads_oldest_first_between_both_cursors() {
             before: Some(before),
             after: Some(after),
             limit: 50,
+            max_bytes: usize::MAX,
         })
         .await
-        .unwrap();
+        .unwrap()
+        .messages;
 
     assert!(page.is_empty());
     let find = &server.commands_named("find")[0];
@@ -742,6 +810,7 @@ async fn a_server_that_stops_answering_makes_a_read_unavailable() {
         before: None,
         after: None,
         limit: 10,
+        max_bytes: usize::MAX,
     };
     let result = store.messages(query).await;
 

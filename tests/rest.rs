@@ -193,7 +193,8 @@ async fn history_pages_with_limit_before_and_after() {
     );
     for bad in [
         "limit=0",
-        "limit=1001",
+        "limit=10001",
+        "limit=-1",
         "limit=x",
         "before=nope",
         "after=123",
@@ -202,7 +203,159 @@ async fn history_pages_with_limit_before_and_after() {
         assert_eq!(reply.status, 400, "{bad}");
         assert_eq!(reply.json["error"]["code"], "bad_request");
     }
-    assert_eq!(get("limit=1000".into()).await.status, 200);
+    // `limit` reaches CHAT_MAX_HISTORY (10,000 by default), the default.
+    for good in ["limit=1000", "limit=1001", "limit=10000"] {
+        let reply = get(good.into()).await;
+        assert_eq!(reply.status, 200, "{good}");
+        assert_eq!(texts(&reply.json), ["m0", "m1", "m2", "m3", "m4"]);
+        assert!(reply.headers.get("x-history-truncated").is_none());
+    }
+}
+
+/// `limit` runs from 1 to CHAT_MAX_HISTORY, the default page: with
+/// CHAT_MAX_HISTORY=1000 that is exactly the contract's 1–1000.
+#[tokio::test]
+async fn limit_ranges_up_to_the_configured_max_history() {
+    let django = DjangoStandin::start().await;
+    django.add_user("tok-s25", 25, false);
+    django.add_lesson(100, 1, 10, None);
+    let server = Server::start(&django.base_url(), &[("CHAT_MAX_HISTORY", "2")]);
+    let (conversation, _) = send_history(&server, &["a".into(), "b".into(), "c".into()]).await;
+    let get = |limit: &'static str| {
+        let path = format!("/messages?conversation_id={conversation}{limit}");
+        let server = &server;
+        async move { server.get(&path, Some("tok-s25"), Some(25)).await }
+    };
+    assert_eq!(texts(&get("").await.json), ["b", "c"]);
+    assert_eq!(texts(&get("&limit=2").await.json), ["b", "c"]);
+    assert_eq!(texts(&get("&limit=1").await.json), ["c"]);
+    let over = get("&limit=3").await;
+    assert_eq!(over.status, 400);
+    assert_eq!(
+        over.json["error"]["message"],
+        "limit must be an integer from 1 to 2"
+    );
+}
+
+/// Student 25 connects to lesson 100 and sends `texts`, each acknowledged;
+/// returns the conversation and the message ids, oldest first.
+async fn send_history(server: &Server, texts: &[String]) -> (String, Vec<String>) {
+    let mut student =
+        Client::connect(&server.ws_url("token=tok-s25&user_id=25&lesson_id=100")).await;
+    student.expect("presence").await;
+    let (mut conversation, mut ids) = (String::new(), Vec::new());
+    for text in texts {
+        student.send(json!({"type": "message", "text": text})).await;
+        let event = student.expect("message").await;
+        student.expect("ack").await;
+        conversation = event["conversation_id"].as_str().unwrap().to_string();
+        ids.push(event["id"].as_str().unwrap().to_string());
+    }
+    student.close().await;
+    (conversation, ids)
+}
+
+fn header<'a>(reply: &'a common::server::Reply, name: &str) -> Option<&'a str> {
+    reply.headers.get(name).map(|value| value.to_str().unwrap())
+}
+
+/// With CHAT_MAX_HISTORY_BYTES small, a page is cut by size: it says so,
+/// names the cursor to continue from, and following it either way walks
+/// the whole history with no gap and no repeat.
+#[tokio::test]
+async fn a_page_cut_by_bytes_says_so_and_continuing_walks_the_whole_history() {
+    const BUDGET: usize = 1024;
+    let django = DjangoStandin::start().await;
+    django.add_user("tok-s25", 25, false);
+    django.add_lesson(100, 1, 10, None);
+    let server = Server::start(
+        &django.base_url(),
+        &[("CHAT_MAX_HISTORY_BYTES", &BUDGET.to_string())],
+    );
+    // Control characters: 6 bytes each in JSON, 1 in the text.
+    let sent: Vec<String> = (0..9)
+        .map(|n| format!("{}{n}", "\u{1}".repeat(10 + 15 * (n % 4))))
+        .collect();
+    let (conversation, ids) = send_history(&server, &sent).await;
+    let get = |query: String| {
+        let server = &server;
+        let conversation = &conversation;
+        async move {
+            let reply = server
+                .get(
+                    &format!("/messages?conversation_id={conversation}{query}"),
+                    Some("tok-s25"),
+                    Some(25),
+                )
+                .await;
+            assert_eq!(reply.status, 200, "{query}: {:?}", reply.json);
+            let length: usize = header(&reply, "content-length").unwrap().parse().unwrap();
+            let count = reply.json.as_array().unwrap().len();
+            assert!(count >= 1);
+            assert!(length <= BUDGET || count == 1, "{query}: {length} bytes");
+            reply
+        }
+    };
+
+    let newest = get(String::new()).await;
+    assert_eq!(header(&newest, "x-history-truncated"), Some("true"));
+    let page = texts(&newest.json);
+    assert!(page.len() < sent.len());
+    assert_eq!(page, sent[sent.len() - page.len()..], "the newest messages");
+    assert_eq!(
+        header(&newest, "x-history-next-before"),
+        newest.json[0]["id"].as_str()
+    );
+    let expose = header(&newest, "access-control-expose-headers").unwrap();
+    for name in [
+        "X-History-Truncated",
+        "X-History-Next-Before",
+        "X-History-Next-After",
+    ] {
+        assert!(expose.contains(name), "{expose}");
+    }
+
+    // Back: `before` = the page's first id, until a page is not cut.
+    let (mut walked, mut pages, mut reply) = (Vec::new(), 0, newest);
+    loop {
+        pages += 1;
+        walked.splice(0..0, texts(&reply.json));
+        match header(&reply, "x-history-next-before") {
+            Some(before) => reply = get(format!("&before={before}")).await,
+            None => {
+                assert!(header(&reply, "x-history-truncated").is_none());
+                break;
+            }
+        }
+    }
+    assert_eq!(walked, sent, "walking back");
+    assert!(pages >= 3, "{pages} pages");
+
+    // Forward: `after` = the page's last id.
+    let mut walked = Vec::new();
+    let mut reply = get("&after=000000000000000000000000".into()).await;
+    loop {
+        walked.extend(texts(&reply.json));
+        match header(&reply, "x-history-next-after") {
+            Some(after) => {
+                assert_eq!(
+                    Some(after),
+                    reply.json.as_array().unwrap().last().unwrap()["id"].as_str()
+                );
+                reply = get(format!("&after={after}")).await;
+            }
+            None => break,
+        }
+    }
+    assert_eq!(walked, sent, "walking forward");
+
+    // Pages the budget does not cut carry no header.
+    let small = get("&limit=2".into()).await;
+    assert_eq!(texts(&small.json), sent[7..]);
+    assert!(header(&small, "x-history-truncated").is_none());
+    let last = get(format!("&after={}", ids[7])).await;
+    assert_eq!(texts(&last.json), sent[8..]);
+    assert!(header(&last, "x-history-truncated").is_none());
 }
 
 #[tokio::test]

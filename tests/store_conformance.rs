@@ -30,6 +30,7 @@ macro_rules! store_conformance {
                 conversation_filters_and_order,
                 insert_then_history_oldest_first,
                 history_pagination,
+                history_is_cut_by_bytes,
                 history_of_empty_conversation_is_empty,
                 reinserting_the_same_id_is_idempotent,
                 duplicate_client_id_stores_nothing,
@@ -66,6 +67,20 @@ macro_rules! store_conformance {
 
 store_conformance!(sqlite, async { Some(common::temp_sqlite()) });
 
+// No journal: every batch is merged before its ack, so reads come from
+// SQLite itself rather than the journal's in-memory tail.
+store_conformance!(sqlite_merged, async {
+    let options = chat_service::store::sqlite::SqliteOptions {
+        journal_max: 0,
+        ..chat_service::store::sqlite::SqliteOptions::new(chat_service::config::SqliteSync::Normal)
+    };
+    Some(Arc::new(common::TempSqlite::with_options(options)) as Arc<dyn Store>)
+});
+
+store_conformance!(memory, async {
+    Some(Arc::new(chat_service::store::memory::MemoryStore::new()) as Arc<dyn Store>)
+});
+
 // MongoDB: one shared database per run; the suite's random ids keep tests apart.
 store_conformance!(mongodb, async {
     let Ok(uri) = std::env::var("MONGO_URI") else {
@@ -98,6 +113,7 @@ mod checks {
             before,
             after,
             limit,
+            max_bytes: usize::MAX,
         }
     }
 
@@ -284,7 +300,7 @@ mod checks {
         let c = conversation.id;
         let get = |query| {
             let store = Arc::clone(&store);
-            async move { store.messages(query).await.unwrap() }
+            async move { store.messages(query).await.unwrap().messages }
         };
         let m = |range: std::ops::Range<usize>| messages[range].to_vec();
 
@@ -331,6 +347,167 @@ mod checks {
         assert_eq!(get(page(c, None, Some(highest), 2)).await, []);
     }
 
+    /// `max_bytes` bounds the page's JSON from the end the query reads;
+    /// a cut page says so, one message always comes, and continuing from
+    /// the page's edge walks the whole history with no gap or repeat.
+    pub async fn history_is_cut_by_bytes(store: Arc<dyn Store>) {
+        let key = random_key();
+        let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
+        let c = conversation.id;
+        let all = ids(12);
+        let inserts = all
+            .iter()
+            .enumerate()
+            .map(|(n, id)| {
+                // Control characters take six bytes each in JSON.
+                let text = format!("{}m{n}\"", "\u{1}".repeat(40 * (n % 4 + 1)));
+                let sender = if n % 2 == 0 {
+                    key.student_id
+                } else {
+                    key.mentor_id
+                };
+                let client_id = (n % 3 == 0).then(|| format!("c{n}"));
+                WriteOp::Insert(message(*id, c, sender, &text, client_id.as_deref()))
+            })
+            .chain([4, 9].map(|n| WriteOp::View {
+                conversation_id: c,
+                message_id: all[n],
+                viewer_id: if n % 2 == 0 {
+                    key.mentor_id
+                } else {
+                    key.student_id
+                },
+                at: Millis(1_735_725_600_999),
+            }))
+            .collect();
+        write(&*store, inserts).await;
+        let messages = history(&*store, c).await;
+        assert_eq!(messages.len(), 12);
+        assert!(messages[4].viewed_by.is_some() && messages[9].viewed_at.is_some());
+
+        let json = |page: &[chat_service::model::Message]| serde_json::to_vec(page).unwrap().len();
+        let get = |before, after, limit, max_bytes| {
+            let store = Arc::clone(&store);
+            async move {
+                store
+                    .messages(HistoryQuery {
+                        conversation_id: c,
+                        before,
+                        after,
+                        limit,
+                        max_bytes,
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        let expect = |page: chat_service::store::HistoryPage,
+                      range: std::ops::Range<usize>,
+                      truncated: bool,
+                      what: &str| {
+            assert_eq!(page.messages, messages[range.clone()], "{what}");
+            assert_eq!(page.truncated, truncated, "{what}: truncated");
+        };
+
+        let newest_three = json(&messages[9..12]);
+        expect(
+            get(None, None, 100, newest_three).await,
+            9..12,
+            true,
+            "newest end, exact fit",
+        );
+        expect(
+            get(None, None, 100, newest_three - 1).await,
+            10..12,
+            true,
+            "one byte short",
+        );
+        expect(
+            get(Some(all[6]), None, 100, json(&messages[3..6])).await,
+            3..6,
+            true,
+            "before: the newest before it",
+        );
+        expect(
+            get(None, Some(all[1]), 100, json(&messages[2..6])).await,
+            2..6,
+            true,
+            "after: the first after it",
+        );
+        expect(
+            get(Some(all[8]), Some(all[2]), 100, json(&messages[3..5])).await,
+            3..5,
+            true,
+            "between both cursors, read from after",
+        );
+        expect(
+            get(Some(all[8]), Some(all[2]), 100, json(&messages[3..8])).await,
+            3..8,
+            false,
+            "the whole range fits",
+        );
+        expect(
+            get(None, None, 2, usize::MAX).await,
+            10..12,
+            false,
+            "the count cuts first",
+        );
+        expect(
+            get(None, None, 2, json(&messages[10..12])).await,
+            10..12,
+            false,
+            "both at once",
+        );
+
+        // One message even when it alone is over the budget.
+        expect(get(None, None, 100, 1).await, 11..12, true, "newest alone");
+        expect(
+            get(Some(all[5]), None, 100, 1).await,
+            4..5,
+            true,
+            "before, alone",
+        );
+        expect(
+            get(None, Some(all[5]), 100, 1).await,
+            6..7,
+            true,
+            "after, alone",
+        );
+        expect(
+            get(None, Some(all[10]), 100, 1).await,
+            11..12,
+            false,
+            "the last one",
+        );
+
+        // Walking back from the newest page and forward from the oldest.
+        let budget = json(&messages[0..3]) + 40;
+        let (mut walked, mut before, mut pages) = (Vec::new(), None, 0);
+        loop {
+            let page = get(before, None, 100, budget).await;
+            assert!(json(&page.messages) <= budget, "page {pages} over budget");
+            pages += 1;
+            walked.splice(0..0, page.messages.iter().cloned());
+            if !page.truncated {
+                break;
+            }
+            before = page.messages.first().map(|first| first.id);
+        }
+        assert_eq!(walked, messages, "walking back with before");
+        assert!(pages >= 4, "{pages} pages");
+        let (mut walked, mut after) = (Vec::new(), Some(ObjectId::from_bytes([0; 12])));
+        loop {
+            let page = get(None, after, 100, budget).await;
+            assert!(json(&page.messages) <= budget);
+            walked.extend(page.messages.iter().cloned());
+            if !page.truncated {
+                break;
+            }
+            after = page.messages.last().map(|last| last.id);
+        }
+        assert_eq!(walked, messages, "walking forward with after");
+    }
+
     pub async fn history_of_empty_conversation_is_empty(store: Arc<dyn Store>) {
         let conversation = store
             .conversation_for(random_key(), Millis(0))
@@ -343,14 +520,15 @@ mod checks {
             page(c, Some(cursor), None, 10),
             page(c, None, Some(cursor), 10),
         ] {
-            assert_eq!(store.messages(query).await.unwrap(), []);
+            assert_eq!(store.messages(query).await.unwrap().messages, []);
         }
         // A conversation that does not exist reads the same.
         assert_eq!(
             store
                 .messages(page(ObjectId::new(), None, None, 10))
                 .await
-                .unwrap(),
+                .unwrap()
+                .messages,
             []
         );
     }

@@ -16,7 +16,8 @@ use chat_service::model::{
 };
 use chat_service::store::writer::{Completion, FlushReport, Overloaded, Writer, WriterConfig};
 use chat_service::store::{
-    ConversationFilter, HistoryQuery, Store, StoreError, StoreFuture, WriteOp, WriteOutcome,
+    ConversationFilter, HistoryPage, HistoryQuery, Store, StoreError, StoreFuture, WriteOp,
+    WriteOutcome,
 };
 use common::{history, ids, message, random_key, TempSqlite};
 use parking_lot::Mutex;
@@ -99,7 +100,7 @@ impl Store for FaultStore {
     fn conversations(&self, filter: ConversationFilter) -> StoreFuture<'_, Vec<Conversation>> {
         self.inner.conversations(filter)
     }
-    fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, Vec<Message>> {
+    fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, HistoryPage> {
         self.inner.messages(query)
     }
     fn recent_client_ids(

@@ -1,4 +1,5 @@
-//! CORS as the seed sent it (plus `X-User-Id`, which REST now reads).
+//! CORS as the seed sent it (plus `X-User-Id`, which REST now reads, and
+//! the `/messages` paging headers exposed to scripts).
 
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
@@ -19,6 +20,13 @@ pub fn decorate(mut response: Response<Body>) -> Response<Body> {
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static("Content-Type, Authorization, X-User-Id"),
+    );
+    // A browser hides other response headers from scripts unless named here.
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(
+            "X-History-Truncated, X-History-Next-Before, X-History-Next-After",
+        ),
     );
     response
 }

@@ -5,6 +5,7 @@ use http::{header, Response, StatusCode};
 
 use super::Body;
 use crate::auth::AuthError;
+use crate::capacity::HistoryBusy;
 use crate::store::StoreError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +96,13 @@ impl From<AuthError> for ApiError {
     }
 }
 
+impl From<HistoryBusy> for ApiError {
+    fn from(error: HistoryBusy) -> Self {
+        tracing::warn!(%error, "history request refused");
+        ApiError::unavailable("too many history requests at once; retry shortly")
+    }
+}
+
 /// A JSON response with `status`.
 pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
@@ -146,6 +154,11 @@ mod tests {
         assert_eq!(
             ApiError::from(AuthError::Outage("down".into())).status,
             StatusCode::SERVICE_UNAVAILABLE
+        );
+        let busy = ApiError::from(HistoryBusy(std::time::Duration::from_secs(5)));
+        assert_eq!(
+            (busy.status, busy.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
         );
     }
 }

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{header, Request, Response, StatusCode};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
 
 use super::error::{json_response, ApiError};
 use super::query::{parse_positive_id, Query};
@@ -12,10 +13,8 @@ use super::Body;
 use crate::app::App;
 use crate::auth::{access, caller};
 use crate::model::{ObjectId, UserId};
-use crate::store::HistoryQuery;
+use crate::store::{HistoryPage, HistoryQuery};
 
-/// Largest page `limit` a client may ask for.
-const MAX_PAGE: i64 = 1000;
 /// How long `/readyz` waits for the store and Django.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -77,21 +76,26 @@ pub async fn conversation<B>(
 }
 
 /// `GET /messages?conversation_id=[&limit=][&before=][&after=]`
+///
+/// `limit` is 1 to `CHAT_MAX_HISTORY`, which is also the default; the page
+/// is cut at `CHAT_MAX_HISTORY_BYTES` of JSON too, and a page cut that way
+/// says so in [`TRUNCATED`] with the cursor to continue from.
 pub async fn messages<B>(app: &App, request: &Request<B>) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(request.uri().query());
     let conversation_id = query
         .object_id("conversation_id")?
         .ok_or_else(|| ApiError::bad_request("conversation_id is required"))?;
+    let max_page = i64::from(app.config.max_history);
     let limit = match query.get("limit") {
-        None => app.config.max_history as usize,
+        None => max_page,
         Some(text) => text
             .parse::<i64>()
             .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .filter(|n| (1..=max_page).contains(n))
             .ok_or_else(|| {
-                ApiError::bad_request(format!("limit must be an integer from 1 to {MAX_PAGE}"))
-            })? as usize,
-    };
+                ApiError::bad_request(format!("limit must be an integer from 1 to {max_page}"))
+            })?,
+    } as usize;
     let before = query.object_id("before")?;
     let after = query.object_id("after")?;
     let caller = authenticate(app, request).await?;
@@ -99,16 +103,61 @@ pub async fn messages<B>(app: &App, request: &Request<B>) -> Result<Response<Bod
         Some(conversation) if access::can_read(caller, &conversation) => {}
         _ => return Err(ApiError::not_found("conversation not found")),
     }
-    let page = app
-        .store
-        .messages(HistoryQuery {
-            conversation_id,
-            before,
-            after,
-            limit,
-        })
-        .await?;
-    Ok(json_response(StatusCode::OK, &page))
+    // Taken before the read: the permit covers the rows, the encoding and
+    // the body until it is written.
+    let permit = app.history.enter().await?;
+    let history = HistoryQuery {
+        conversation_id,
+        before,
+        after,
+        limit,
+        max_bytes: app.config.max_history_bytes,
+    };
+    let page = app.store.messages(history.clone()).await?;
+    let json = encode_page(&page)?;
+    let mut response = Response::new(Body::with_permit(json, permit));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if page.truncated {
+        headers.insert(TRUNCATED, HeaderValue::from_static("true"));
+        let next = if history.newest_first() {
+            page.messages.first().map(|first| (NEXT_BEFORE, first.id))
+        } else {
+            page.messages.last().map(|last| (NEXT_AFTER, last.id))
+        };
+        if let Some((name, id)) = next {
+            if let Ok(value) = HeaderValue::from_str(id.hex().as_str()) {
+                headers.insert(name, value);
+            }
+        }
+    }
+    Ok(response)
+}
+
+/// Set (`true`) on a `/messages` page cut short by `CHAT_MAX_HISTORY_BYTES`:
+/// more messages match in the direction the page was read.
+pub const TRUNCATED: &str = "x-history-truncated";
+/// On a truncated page read from its newest end: the `before` to continue with.
+pub const NEXT_BEFORE: &str = "x-history-next-before";
+/// On a truncated page read with `after`: the `after` to continue with.
+pub const NEXT_AFTER: &str = "x-history-next-after";
+
+/// The page as the JSON array `/messages` sends, written into one buffer
+/// of its exact size (no growth, no intermediate value).
+fn encode_page(page: &HistoryPage) -> Result<Vec<u8>, ApiError> {
+    let len = page.json_len();
+    let mut json = Vec::with_capacity(len);
+    serde_json::to_writer(&mut json, &page.messages)
+        .map_err(|error| ApiError::internal(format!("cannot encode history: {error}")))?;
+    debug_assert_eq!(
+        json.len(),
+        len,
+        "Message::json_len disagrees with serde_json"
+    );
+    Ok(json)
 }
 
 /// `GET /presence?user_id=`

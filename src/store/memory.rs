@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use parking_lot::Mutex;
 
-use super::{ConversationFilter, HistoryQuery, Store, StoreFuture, WriteOp, WriteOutcome};
+use super::{
+    ConversationFilter, HistoryPage, HistoryQuery, PageBuilder, Store, StoreFuture, WriteOp,
+    WriteOutcome,
+};
 use crate::model::{
     Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, ObjectId, UserId,
 };
@@ -126,7 +129,7 @@ impl Store for MemoryStore {
         Box::pin(async move { Ok(list) })
     }
 
-    fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, Vec<Message>> {
+    fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, HistoryPage> {
         let state = self.state.lock();
         let lowest = (query.conversation_id, ObjectId::from_bytes([0; 12]));
         let highest = (query.conversation_id, ObjectId::from_bytes([0xff; 12]));
@@ -136,13 +139,13 @@ impl Store for MemoryStore {
             .map(|(_, m)| m)
             .filter(|m| query.after.is_none_or(|a| m.id > a))
             .filter(|m| query.before.is_none_or(|b| m.id < b));
-        let page: Vec<Message> = if query.after.is_some() {
-            in_range.take(query.limit).cloned().collect()
+        let mut page = PageBuilder::new(&query);
+        if query.newest_first() {
+            page.fill(in_range.rev().cloned());
         } else {
-            let mut newest: Vec<Message> = in_range.rev().take(query.limit).cloned().collect();
-            newest.reverse();
-            newest
-        };
+            page.fill(in_range.cloned());
+        }
+        let page = page.finish();
         Box::pin(async move { Ok(page) })
     }
 

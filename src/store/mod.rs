@@ -51,12 +51,121 @@ pub struct ConversationFilter {
 /// (and less than `before`, when set). Otherwise the last `limit` messages
 /// whose id is less than `before` (all, when unset). Always returned oldest
 /// (smallest id) first.
+///
+/// The page is also cut by size: read from the end named above, it stops
+/// before the first message that would take the page's JSON array (as
+/// `/messages` sends it) over `max_bytes`, but always holds at least one.
+/// A store stops reading there rather than load the range and trim it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryQuery {
     pub conversation_id: ConversationId,
     pub before: Option<MessageId>,
     pub after: Option<MessageId>,
     pub limit: usize,
+    pub max_bytes: usize,
+}
+
+impl HistoryQuery {
+    /// Whether the page is read from its newest end (no `after`).
+    pub fn newest_first(&self) -> bool {
+        self.after.is_none()
+    }
+}
+
+/// The answer to a [`HistoryQuery`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// Oldest first.
+    pub messages: Vec<Message>,
+    /// The byte budget ended the page: more messages match in the
+    /// direction it was read (it has fewer than `limit`).
+    pub truncated: bool,
+}
+
+impl HistoryPage {
+    /// Length of `messages` as a JSON array.
+    pub fn json_len(&self) -> usize {
+        2 + self.messages.iter().map(Message::json_len).sum::<usize>()
+            + self.messages.len().saturating_sub(1)
+    }
+}
+
+/// Collects a page in the order a store reads it, applying the query's
+/// count and byte bounds; every store uses it, so they cut alike.
+pub struct PageBuilder {
+    messages: Vec<Message>,
+    /// JSON length of `messages` as an array.
+    bytes: usize,
+    limit: usize,
+    max_bytes: usize,
+    newest_first: bool,
+    truncated: bool,
+}
+
+impl PageBuilder {
+    pub fn new(query: &HistoryQuery) -> PageBuilder {
+        PageBuilder {
+            messages: Vec::new(),
+            bytes: 2,
+            limit: query.limit,
+            max_bytes: query.max_bytes,
+            newest_first: query.newest_first(),
+            truncated: false,
+        }
+    }
+
+    /// Adds the next message in read order; `false` once the page is full
+    /// (the caller stops reading). A message over the budget is not added.
+    pub fn push(&mut self, message: Message) -> bool {
+        if self.messages.len() >= self.limit {
+            return false;
+        }
+        let added = message.json_len() + usize::from(!self.messages.is_empty());
+        if !self.messages.is_empty() && self.bytes.saturating_add(added) > self.max_bytes {
+            self.truncated = true;
+            return false;
+        }
+        self.bytes = self.bytes.saturating_add(added);
+        self.messages.push(message);
+        self.messages.len() < self.limit
+    }
+
+    /// Pushes from `messages` until the page is full; the rest is never
+    /// pulled from the iterator.
+    pub fn fill(&mut self, messages: impl IntoIterator<Item = Message>) {
+        for message in messages {
+            if !self.push(message) {
+                break;
+            }
+        }
+    }
+
+    /// Messages in the page so far.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Records that messages the caller did not offer also match (it cut
+    /// its input short); counts only when the page is under its limit.
+    pub fn more_unread(&mut self) {
+        if self.messages.len() < self.limit {
+            self.truncated = true;
+        }
+    }
+
+    pub fn finish(mut self) -> HistoryPage {
+        if self.newest_first {
+            self.messages.reverse();
+        }
+        HistoryPage {
+            messages: self.messages,
+            truncated: self.truncated,
+        }
+    }
 }
 
 /// One write the writer hands to [`Store::write_batch`].
@@ -122,7 +231,8 @@ pub trait Store: Send + Sync + 'static {
     /// Conversations matching `filter`, oldest first.
     fn conversations(&self, filter: ConversationFilter) -> StoreFuture<'_, Vec<Conversation>>;
 
-    fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, Vec<Message>>;
+    /// One page of history; see [`HistoryQuery`].
+    fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, HistoryPage>;
 
     /// The `client_id`s (with their message ids) of the newest `limit`
     /// messages `sender_id` sent to `conversation_id` with a client id, so a

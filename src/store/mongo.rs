@@ -20,7 +20,10 @@ use crate::config::Config;
 use crate::model::{
     Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, ObjectId, UserId,
 };
-use crate::store::{ConversationFilter, HistoryQuery, Store, StoreError, StoreFuture, WriteOp};
+use crate::store::{
+    ConversationFilter, HistoryPage, HistoryQuery, PageBuilder, Store, StoreError, StoreFuture,
+    WriteOp,
+};
 
 use documents::{bson_date, bson_id, conversation_from, message_from, object_id};
 use errors::{is_duplicate_key, store_error};
@@ -266,9 +269,9 @@ impl MongoStore {
         drain(cursor, "find conversations", conversation_from).await
     }
 
-    async fn history(&self, query: HistoryQuery) -> Result<Vec<Message>, StoreError> {
+    async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, StoreError> {
         if query.limit == 0 {
-            return Ok(Vec::new());
+            return Ok(HistoryPage::default());
         }
         let mut id_range = Document::new();
         if let Some(after) = query.after {
@@ -282,21 +285,31 @@ impl MongoStore {
             filter.insert("_id", id_range);
         }
         // With `after`, the first N after it; otherwise the last N, read
-        // newest first so the index gives them directly, then reversed.
-        let newest_first = query.after.is_none();
-        let cursor = self
+        // newest first so the index gives them directly.
+        let mut cursor = self
             .messages
             .find(filter)
-            .sort(doc! { "_id": if newest_first { -1 } else { 1 } })
+            .sort(doc! { "_id": if query.newest_first() { -1 } else { 1 } })
             .limit(as_limit(query.limit))
-            .batch_size(as_batch(query.limit))
+            .batch_size(as_batch(history_batch(&query)))
             .await
             .map_err(|error| store_error("find messages", error))?;
-        let mut messages = drain(cursor, "find messages", message_from).await?;
-        if newest_first {
-            messages.reverse();
+        let mut page = PageBuilder::new(&query);
+        // Stops consuming the cursor once the page is full: dropping it
+        // kills it on the server, and later batches are never fetched.
+        while cursor
+            .advance()
+            .await
+            .map_err(|error| store_error("find messages", error))?
+        {
+            let document = cursor
+                .deserialize_current()
+                .map_err(|error| store_error("find messages", error))?;
+            if !page.push(message_from(&document)?) {
+                break;
+            }
         }
-        Ok(messages)
+        Ok(page.finish())
     }
 
     async fn client_ids(
@@ -357,6 +370,14 @@ fn as_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
+/// Documents to ask for per batch: no more than a page can hold, since
+/// every message takes at least [`Message::MIN_JSON_LEN`] bytes of the
+/// budget. A reply is still capped at 16 MiB by the server, whatever the
+/// count.
+fn history_batch(query: &HistoryQuery) -> usize {
+    query.limit.min(query.max_bytes / Message::MIN_JSON_LEN + 1)
+}
+
 /// The whole page in the first reply when it fits (the server caps a reply
 /// at 16 MiB), instead of the server's default 101 documents.
 fn as_batch(limit: usize) -> u32 {
@@ -387,7 +408,7 @@ impl Store for MongoStore {
         Box::pin(self.bounded("conversations", self.list_conversations(filter)))
     }
 
-    fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, Vec<Message>> {
+    fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, HistoryPage> {
         Box::pin(self.bounded("messages", self.history(query)))
     }
 

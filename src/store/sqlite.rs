@@ -40,7 +40,8 @@ use self::write_thread::WriteThread;
 use tokio::sync::oneshot;
 
 use super::{
-    ConversationFilter, HistoryQuery, Store, StoreError, StoreFuture, WriteOp, WriteOutcome,
+    ConversationFilter, HistoryPage, HistoryQuery, PageBuilder, Store, StoreError, StoreFuture,
+    WriteOp, WriteOutcome,
 };
 use crate::config::SqliteSync;
 use crate::model::{
@@ -364,7 +365,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, Vec<Message>> {
+    fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, HistoryPage> {
         let tail = Arc::clone(&self.tail);
         self.read(move |conn| {
             // The tail first: see `tail` for why this order misses nothing.
@@ -539,43 +540,50 @@ fn conversation_by_key(
 }
 
 /// See [`HistoryQuery`]: with `after`, the first page after it; otherwise the
-/// last page before `before`, read newest first and reversed.
-fn history(conn: &Connection, query: &HistoryQuery) -> rusqlite::Result<Vec<Message>> {
+/// last page before `before`, read newest first. Rows are stepped one at a
+/// time and reading stops once the page is full, so a long range of large
+/// messages is never loaded to be trimmed.
+fn history(conn: &Connection, query: &HistoryQuery) -> rusqlite::Result<HistoryPage> {
     let conversation = query.conversation_id.bytes();
     let limit = sql_limit(query.limit);
+    let order = if query.newest_first() { "DESC" } else { "ASC" };
     let select = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1");
-    let messages = match (query.after, query.before) {
-        (Some(after), Some(before)) => conn
-            .prepare_cached(&format!(
-                "{select} AND id > ?2 AND id < ?3 ORDER BY id LIMIT ?4"
+    let mut page = PageBuilder::new(query);
+    match (query.after, query.before) {
+        (Some(after), Some(before)) => fill_page(
+            &mut page,
+            conn.prepare_cached(&format!(
+                "{select} AND id > ?2 AND id < ?3 ORDER BY id {order} LIMIT ?4"
             ))?
-            .query_map(
-                (conversation, after.bytes(), before.bytes(), limit),
-                message_from_row,
+            .query((conversation, after.bytes(), before.bytes(), limit))?,
+        )?,
+        (Some(bound), None) | (None, Some(bound)) => {
+            let op = if query.after.is_some() { ">" } else { "<" };
+            fill_page(
+                &mut page,
+                conn.prepare_cached(&format!(
+                    "{select} AND id {op} ?2 ORDER BY id {order} LIMIT ?3"
+                ))?
+                .query((conversation, bound.bytes(), limit))?,
             )?
-            .collect::<rusqlite::Result<Vec<_>>>()?,
-        (Some(after), None) => conn
-            .prepare_cached(&format!("{select} AND id > ?2 ORDER BY id LIMIT ?3"))?
-            .query_map((conversation, after.bytes(), limit), message_from_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?,
-        (None, Some(before)) => {
-            let mut newest_first = conn
-                .prepare_cached(&format!("{select} AND id < ?2 ORDER BY id DESC LIMIT ?3"))?
-                .query_map((conversation, before.bytes(), limit), message_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            newest_first.reverse();
-            newest_first
         }
-        (None, None) => {
-            let mut newest_first = conn
-                .prepare_cached(&format!("{select} ORDER BY id DESC LIMIT ?2"))?
-                .query_map((conversation, limit), message_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            newest_first.reverse();
-            newest_first
+        (None, None) => fill_page(
+            &mut page,
+            conn.prepare_cached(&format!("{select} ORDER BY id {order} LIMIT ?2"))?
+                .query((conversation, limit))?,
+        )?,
+    }
+    Ok(page.finish())
+}
+
+/// Steps `rows` into `page` until it is full.
+fn fill_page(page: &mut PageBuilder, mut rows: rusqlite::Rows<'_>) -> rusqlite::Result<()> {
+    while let Some(row) = rows.next()? {
+        if !page.push(message_from_row(row)?) {
+            break;
         }
-    };
-    Ok(messages)
+    }
+    Ok(())
 }
 
 fn conversation_from_row(row: &Row<'_>) -> rusqlite::Result<Conversation> {

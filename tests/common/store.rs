@@ -8,9 +8,9 @@ use chat_service::config::SqliteSync;
 use chat_service::model::{
     Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, ObjectId, UserId,
 };
-use chat_service::store::sqlite::SqliteStore;
+use chat_service::store::sqlite::{SqliteOptions, SqliteStore};
 use chat_service::store::{
-    ConversationFilter, HistoryQuery, Store, StoreFuture, WriteOp, WriteOutcome,
+    ConversationFilter, HistoryPage, HistoryQuery, Store, StoreFuture, WriteOp, WriteOutcome,
 };
 use tempfile::TempDir;
 
@@ -25,6 +25,12 @@ impl TempSqlite {
     pub fn new() -> TempSqlite {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), SqliteSync::Normal).unwrap();
+        TempSqlite { store, dir }
+    }
+
+    pub fn with_options(options: SqliteOptions) -> TempSqlite {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_with(dir.path(), options).unwrap();
         TempSqlite { store, dir }
     }
 }
@@ -46,7 +52,7 @@ impl Store for TempSqlite {
     fn conversations(&self, filter: ConversationFilter) -> StoreFuture<'_, Vec<Conversation>> {
         self.store.conversations(filter)
     }
-    fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, Vec<Message>> {
+    fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, HistoryPage> {
         self.store.messages(query)
     }
     fn recent_client_ids(
@@ -121,7 +127,9 @@ pub async fn history(store: &dyn Store, conversation_id: ConversationId) -> Vec<
             before: None,
             after: None,
             limit: 1_000_000,
+            max_bytes: usize::MAX,
         })
         .await
         .unwrap()
+        .messages
 }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use crate::model::{ConversationId, Message, MessageId, ObjectId, UserId};
-use crate::store::HistoryQuery;
+use crate::store::{HistoryPage, HistoryQuery, PageBuilder};
 
 type MessageKey = (ConversationId, MessageId);
 /// (conversation, sender, client id): what makes a resend a duplicate.
@@ -150,20 +150,20 @@ impl Tail {
         }
     }
 
-    /// The tail's part of a history page: at most `limit` messages from the
-    /// same end of the range the SQLite query reads, oldest first.
-    pub(super) fn history(&self, query: &HistoryQuery) -> Vec<Message> {
-        let mut found: Vec<Message> = Vec::new();
-        for generation in [&self.merging, &self.active] {
+    /// The tail's part of a history page: each generation's page, read
+    /// from the same end of the range as the SQLite query and cut by the
+    /// same bounds.
+    pub(super) fn history(&self, query: &HistoryQuery) -> [HistoryPage; 2] {
+        [&self.merging, &self.active].map(|generation| {
             let range = generation.range(query.conversation_id, query.after, query.before);
-            if query.after.is_some() {
-                found.extend(range.take(query.limit).cloned());
+            let mut page = PageBuilder::new(query);
+            if query.newest_first() {
+                page.fill(range.rev().cloned());
             } else {
-                found.extend(range.rev().take(query.limit).cloned());
+                page.fill(range.cloned());
             }
-        }
-        found.sort_by_key(|message| message.id);
-        found
+            page.finish()
+        })
     }
 
     /// The tail's part of [`Store::recent_client_ids`], newest first.
@@ -192,29 +192,66 @@ impl Tail {
     }
 }
 
-/// A history page from SQLite's page and the tail's: the union by id (the
-/// SQLite copy wins: a message there may have been viewed since the tail
-/// was read), cut to `limit` from the end the query reads.
+/// A history page from SQLite's page and the tail's (`tail` ordered
+/// oldest generation first): the union by id (a later source's copy wins,
+/// so SQLite's: a message there may have been viewed since the tail was
+/// read), cut again by the query's bounds from the end the query reads.
+///
+/// A source cut by bytes may have left unread messages just past its last
+/// one, so the page never reaches beyond that message: it would skip them.
 pub(super) fn merge_history(
-    stored: Vec<Message>,
-    tail: Vec<Message>,
+    stored: HistoryPage,
+    tail: [HistoryPage; 2],
     query: &HistoryQuery,
-) -> Vec<Message> {
-    if tail.is_empty() {
+) -> HistoryPage {
+    if tail.iter().all(|page| page.messages.is_empty()) {
         return stored;
     }
-    let mut merged: BTreeMap<MessageId, Message> = tail
-        .into_iter()
-        .map(|message| (message.id, message))
-        .collect();
-    merged.extend(stored.into_iter().map(|message| (message.id, message)));
-    let mut page: Vec<Message> = merged.into_values().collect();
-    if query.after.is_some() {
-        page.truncate(query.limit);
-    } else if page.len() > query.limit {
-        page.drain(..page.len() - query.limit);
+    let newest_first = query.newest_first();
+    let [merging, active] = tail;
+    let sources = [merging, active, stored];
+    let any_truncated = sources.iter().any(|page| page.truncated);
+    // The message of a byte-cut source read last: the page stops there.
+    let frontier = sources
+        .iter()
+        .filter(|page| page.truncated)
+        .filter_map(|page| {
+            if newest_first {
+                page.messages.first()
+            } else {
+                page.messages.last()
+            }
+        })
+        .map(|message| message.id)
+        .reduce(|a, b| if newest_first { a.max(b) } else { a.min(b) });
+    let within = |id: MessageId| {
+        frontier.is_none_or(|edge| if newest_first { id >= edge } else { id <= edge })
+    };
+    let mut merged: BTreeMap<MessageId, Message> = BTreeMap::new();
+    for source in sources {
+        merged.extend(
+            source
+                .messages
+                .into_iter()
+                .map(|message| (message.id, message)),
+        );
     }
-    page
+    let offered = merged.len();
+    let in_read_order: Box<dyn Iterator<Item = Message>> = if newest_first {
+        Box::new(merged.into_values().rev())
+    } else {
+        Box::new(merged.into_values())
+    };
+    let mut page = PageBuilder::new(query);
+    for message in in_read_order {
+        if !within(message.id) || !page.push(message) {
+            break;
+        }
+    }
+    if any_truncated || page.len() < offered {
+        page.more_unread();
+    }
+    page.finish()
 }
 
 /// [`Tail::recent_client_ids`] and SQLite's answer, newest first, deduplicated.
@@ -237,4 +274,87 @@ pub(super) fn merge_client_ids(
         .take(limit)
         .map(|(id, client_id)| (client_id, id))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Millis;
+
+    fn message(id: u8, text_len: usize) -> Message {
+        Message {
+            id: ObjectId::from_bytes([id; 12]),
+            conversation_id: ObjectId::from_bytes([0; 12]),
+            sender_id: 1,
+            text: "x".repeat(text_len),
+            created_at: Millis(0),
+            client_id: None,
+            viewed_by: None,
+            viewed_at: None,
+        }
+    }
+
+    fn query(newest_first: bool, max_bytes: usize) -> HistoryQuery {
+        HistoryQuery {
+            conversation_id: ObjectId::from_bytes([0; 12]),
+            before: None,
+            after: (!newest_first).then(|| ObjectId::from_bytes([0; 12])),
+            limit: 100,
+            max_bytes,
+        }
+    }
+
+    fn page(messages: Vec<Message>, truncated: bool) -> HistoryPage {
+        HistoryPage {
+            messages,
+            truncated,
+        }
+    }
+
+    fn ids(page: &HistoryPage) -> Vec<u8> {
+        page.messages.iter().map(|m| m.id.bytes()[0]).collect()
+    }
+
+    /// SQLite holds 1 (unread: the budget stopped at 2) and 2; the tail
+    /// holds 0, older than both (ids from another process). Taking 0 would
+    /// skip 1 for good, since the client continues before 0.
+    #[test]
+    fn a_merged_page_stops_at_the_last_message_a_cut_source_read() {
+        let budget = 2 * message(2, 100).json_len() + 3;
+        let stored = page(vec![message(2, 100)], true);
+        let tail = [page(vec![message(0, 10)], false), HistoryPage::default()];
+        let merged = merge_history(stored, tail, &query(true, budget));
+        assert_eq!(ids(&merged), [2]);
+        assert!(merged.truncated);
+
+        // Read with `after`: the mirror image.
+        let stored = page(vec![message(1, 100)], true);
+        let tail = [HistoryPage::default(), page(vec![message(3, 10)], false)];
+        let merged = merge_history(stored, tail, &query(false, budget));
+        assert_eq!(ids(&merged), [1]);
+        assert!(merged.truncated);
+    }
+
+    #[test]
+    fn a_merged_page_is_cut_by_bytes_and_prefers_the_sqlite_copy() {
+        let one = message(5, 10).json_len();
+        let viewed = Message {
+            viewed_by: Some(2),
+            ..message(5, 10)
+        };
+        let stored = page(vec![message(4, 10), viewed.clone()], false);
+        let tail = [
+            page(vec![message(5, 10)], false),
+            page(vec![message(6, 10), message(7, 10)], false),
+        ];
+        // Room for three messages of `one` bytes (the viewed copy is larger).
+        let budget = 2 + 3 * one + 2 + 4;
+        let merged = merge_history(stored.clone(), tail.clone(), &query(true, budget));
+        assert_eq!(ids(&merged), [6, 7]);
+        assert!(merged.truncated, "5 did not fit");
+        let merged = merge_history(stored, tail, &query(true, usize::MAX));
+        assert_eq!(ids(&merged), [4, 5, 6, 7]);
+        assert_eq!(merged.messages[1], viewed);
+        assert!(!merged.truncated);
+    }
 }
