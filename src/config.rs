@@ -152,7 +152,7 @@ pub struct Config {
 
     /// Bytes of others' events one connection may have queued before it
     /// counts as a slow consumer and is closed with 1013.
-    #[arg(long, env = "CHAT_OUTBOUND_QUEUE_BYTES", value_name = "CHAT_OUTBOUND_QUEUE_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(4096..=1_073_741_824))]
+    #[arg(long, env = "CHAT_OUTBOUND_QUEUE_BYTES", value_name = "CHAT_OUTBOUND_QUEUE_BYTES", default_value_t = 4 << 20, value_parser = clap::value_parser!(u32).range(4096..=1_073_741_824))]
     pub outbound_queue_bytes: u32,
 
     /// Messages per second one connection may send on average (0: no limit).

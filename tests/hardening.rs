@@ -520,5 +520,8 @@ async fn idle_keep_alive_connections_are_bounded_too() {
             closed += 1;
         }
     }
-    assert!(closed >= 45, "only {closed} of 50 idle keep-alive connections were closed");
+    assert!(
+        closed >= 45,
+        "only {closed} of 50 idle keep-alive connections were closed"
+    );
 }
