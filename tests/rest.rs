@@ -193,6 +193,7 @@ async fn history_pages_with_limit_before_and_after() {
     );
     for bad in [
         "limit=0",
+        "limit=1001",
         "limit=10001",
         "limit=-1",
         "limit=x",
@@ -203,8 +204,9 @@ async fn history_pages_with_limit_before_and_after() {
         assert_eq!(reply.status, 400, "{bad}");
         assert_eq!(reply.json["error"]["code"], "bad_request");
     }
-    // `limit` reaches CHAT_MAX_HISTORY (10,000 by default), the default.
-    for good in ["limit=1000", "limit=1001", "limit=10000"] {
+    // `limit` is 1–1000 (CONTRACT §4); without it the page is
+    // CHAT_MAX_HISTORY (10,000 by default), byte-capped either way.
+    for good in ["limit=5", "limit=1000", ""] {
         let reply = get(good.into()).await;
         assert_eq!(reply.status, 200, "{good}");
         assert_eq!(texts(&reply.json), ["m0", "m1", "m2", "m3", "m4"]);
@@ -212,8 +214,8 @@ async fn history_pages_with_limit_before_and_after() {
     }
 }
 
-/// `limit` runs from 1 to CHAT_MAX_HISTORY, the default page: with
-/// CHAT_MAX_HISTORY=1000 that is exactly the contract's 1–1000.
+/// No page holds more than CHAT_MAX_HISTORY messages, whatever `limit`
+/// asks (within its 1–1000).
 #[tokio::test]
 async fn limit_ranges_up_to_the_configured_max_history() {
     let django = DjangoStandin::start().await;
@@ -229,11 +231,13 @@ async fn limit_ranges_up_to_the_configured_max_history() {
     assert_eq!(texts(&get("").await.json), ["b", "c"]);
     assert_eq!(texts(&get("&limit=2").await.json), ["b", "c"]);
     assert_eq!(texts(&get("&limit=1").await.json), ["c"]);
-    let over = get("&limit=3").await;
+    assert_eq!(texts(&get("&limit=3").await.json), ["b", "c"]);
+    assert_eq!(texts(&get("&limit=1000").await.json), ["b", "c"]);
+    let over = get("&limit=1001").await;
     assert_eq!(over.status, 400);
     assert_eq!(
         over.json["error"]["message"],
-        "limit must be an integer from 1 to 2"
+        "limit must be an integer from 1 to 1000"
     );
 }
 

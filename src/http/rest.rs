@@ -15,6 +15,8 @@ use crate::auth::{access, caller};
 use crate::model::{ObjectId, UserId};
 use crate::store::{HistoryPage, HistoryQuery};
 
+/// Largest page `limit` a client may ask for (CONTRACT §4).
+const MAX_PAGE: i64 = 1000;
 /// How long `/readyz` waits for the store and Django.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -77,25 +79,28 @@ pub async fn conversation<B>(
 
 /// `GET /messages?conversation_id=[&limit=][&before=][&after=]`
 ///
-/// `limit` is 1 to `CHAT_MAX_HISTORY`, which is also the default; the page
-/// is cut at `CHAT_MAX_HISTORY_BYTES` of JSON too, and a page cut that way
-/// says so in [`TRUNCATED`] with the cursor to continue from.
+/// `limit` is 1 to 1000 (CONTRACT §4) and the default is
+/// `CHAT_MAX_HISTORY`; no page holds more than `CHAT_MAX_HISTORY` messages.
+/// Either way the page is cut at `CHAT_MAX_HISTORY_BYTES` of JSON too, and a
+/// page cut that way says so in [`TRUNCATED`] with the cursor to continue
+/// from, so memory is bounded whatever the page's count.
 pub async fn messages<B>(app: &App, request: &Request<B>) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(request.uri().query());
     let conversation_id = query
         .object_id("conversation_id")?
         .ok_or_else(|| ApiError::bad_request("conversation_id is required"))?;
-    let max_page = i64::from(app.config.max_history);
+    let max_history = app.config.max_history as usize;
     let limit = match query.get("limit") {
-        None => max_page,
+        None => max_history,
         Some(text) => text
             .parse::<i64>()
             .ok()
-            .filter(|n| (1..=max_page).contains(n))
+            .filter(|n| (1..=MAX_PAGE).contains(n))
             .ok_or_else(|| {
-                ApiError::bad_request(format!("limit must be an integer from 1 to {max_page}"))
-            })?,
-    } as usize;
+                ApiError::bad_request(format!("limit must be an integer from 1 to {MAX_PAGE}"))
+            })? as usize,
+    }
+    .min(max_history);
     let before = query.object_id("before")?;
     let after = query.object_id("after")?;
     let caller = authenticate(app, request).await?;
