@@ -66,6 +66,15 @@ macro_rules! store_conformance {
 
 store_conformance!(sqlite, async { Some(common::temp_sqlite()) });
 
+// Every batch merged before its ack: the SQL paths instead of the tail's.
+store_conformance!(sqlite_without_journal, async {
+    Some(Arc::new(common::TempSqlite::without_journal()) as Arc<dyn Store>)
+});
+
+store_conformance!(memory, async {
+    Some(Arc::new(chat_service::store::memory::MemoryStore::new()) as Arc<dyn Store>)
+});
+
 // MongoDB: one shared database per run; the suite's random ids keep tests apart.
 store_conformance!(mongodb, async {
     let Ok(uri) = std::env::var("MONGO_URI") else {

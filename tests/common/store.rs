@@ -8,7 +8,7 @@ use chat_service::config::SqliteSync;
 use chat_service::model::{
     Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, ObjectId, UserId,
 };
-use chat_service::store::sqlite::SqliteStore;
+use chat_service::store::sqlite::{SqliteOptions, SqliteStore};
 use chat_service::store::{
     ConversationFilter, HistoryQuery, Store, StoreFuture, WriteOp, WriteOutcome,
 };
@@ -25,6 +25,18 @@ impl TempSqlite {
     pub fn new() -> TempSqlite {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), SqliteSync::Normal).unwrap();
+        TempSqlite { store, dir }
+    }
+
+    /// Without the journal: every batch is merged into SQLite before its
+    /// ack, so reads and views meet SQLite, not the in-memory tail.
+    pub fn without_journal() -> TempSqlite {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions {
+            journal_max: 0,
+            ..SqliteOptions::new(SqliteSync::Normal)
+        };
+        let store = SqliteStore::open_with(dir.path(), options).unwrap();
         TempSqlite { store, dir }
     }
 }
