@@ -321,6 +321,11 @@ async fn a_batch_is_one_unordered_insert_then_one_update_with_the_write_concern(
             "_id": oid(first.id),
             "conversation_id": oid(conversation),
             "sender_id": { "$ne": Bson::Int64(15) },
+            // Not already viewed by 15, unless by this very view (a retry).
+            "$or": [
+                { "viewed_by": { "$ne": Bson::Int64(15) } },
+                { "viewed_at": bson::DateTime::from_millis(1_735_725_601_000) },
+            ],
         }
     );
     assert_eq!(
@@ -465,18 +470,28 @@ async fn a_dropped_connection_mid_batch_is_unavailable_and_the_store_recovers() 
 }
 
 #[tokio::test]
-async fn a_view_that_matches_nothing_is_read_back_as_missing() {
+async fn a_view_that_matches_nothing_is_read_back_as_missing_or_already_viewed() {
     let (server, store) = connected().await;
     let conversation = ObjectId::new();
     let present = ObjectId::new();
     let absent = ObjectId::new();
+    let seen = ObjectId::new();
+    let seed_seen = ObjectId::new();
     server.script(move |command| match command_name(command) {
+        // Only `present` matched: the others are missing or viewed already.
         "update" => Reply::Document(doc! { "n": 1, "nModified": 1, "ok": 1.0 }),
         "find" => Reply::Document(cursor_reply(
             command,
-            vec![doc! {
-                "_id": oid(present), "conversation_id": oid(conversation), "sender_id": 10_i64,
-            }],
+            vec![
+                // As the update left it: viewed by this very op.
+                doc! { "_id": oid(present), "conversation_id": oid(conversation), "sender_id": 10_i64,
+                       "viewed_by": 15_i64, "viewed_at": bson::DateTime::from_millis(1) },
+                doc! { "_id": oid(seen), "conversation_id": oid(conversation), "sender_id": 10_i64,
+                       "viewed_by": 15_i64, "viewed_at": bson::DateTime::from_millis(0) },
+                // The seed stored viewed_by (an int32 here) without a time.
+                doc! { "_id": oid(seed_seen), "conversation_id": oid(conversation), "sender_id": 10_i64,
+                       "viewed_by": Bson::Int32(15) },
+            ],
         )),
         _ => Reply::Default,
     });
@@ -488,13 +503,23 @@ async fn a_view_that_matches_nothing_is_read_back_as_missing() {
     };
 
     let outcomes = store
-        .write_batch(vec![view(absent), view(present)])
+        .write_batch(vec![
+            view(absent),
+            view(present),
+            view(seen),
+            view(seed_seen),
+        ])
         .await
         .unwrap();
 
     assert_eq!(
         outcomes,
-        [WriteOutcome::ViewTargetMissing, WriteOutcome::Viewed]
+        [
+            WriteOutcome::ViewTargetMissing,
+            WriteOutcome::Viewed,
+            WriteOutcome::AlreadyViewed,
+            WriteOutcome::AlreadyViewed
+        ]
     );
     let names: Vec<String> = server
         .commands()
@@ -502,6 +527,11 @@ async fn a_view_that_matches_nothing_is_read_back_as_missing() {
         .map(|c| command_name(c).to_string())
         .collect();
     assert_eq!(names, ["update", "find"]);
+    let find = &server.commands_named("find")[0];
+    assert_eq!(
+        find.get_document("projection").unwrap(),
+        &doc! { "_id": 1, "conversation_id": 1, "sender_id": 1, "viewed_by": 1, "viewed_at": 1 }
+    );
 }
 
 #[tokio::test]

@@ -68,17 +68,10 @@ impl State {
                 message_id,
                 viewer_id,
                 at,
-            } => {
-                let viewed = self
-                    .messages
-                    .get_mut(&(conversation_id, message_id))
-                    .is_some_and(|message| message.mark_viewed(viewer_id, at));
-                if viewed {
-                    WriteOutcome::Viewed
-                } else {
-                    WriteOutcome::ViewTargetMissing
-                }
-            }
+            } => match self.messages.get_mut(&(conversation_id, message_id)) {
+                Some(message) => message.mark_viewed(viewer_id, at).into(),
+                None => WriteOutcome::ViewTargetMissing,
+            },
         }
     }
 }

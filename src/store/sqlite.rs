@@ -118,7 +118,13 @@ const INSERT_MESSAGE: &str = "INSERT INTO messages
         SET viewed_by = excluded.viewed_by, viewed_at = excluded.viewed_at
         WHERE excluded.viewed_by IS NOT NULL
     ON CONFLICT DO NOTHING";
+/// `ViewEffect::of` in SQL: a view by someone other than the sender, and
+/// once per viewer (the same view again, a retry, rewrites the same values).
 const VIEW_MESSAGE: &str = "UPDATE messages SET viewed_by = ?3, viewed_at = ?4
+    WHERE conversation_id = ?1 AND id = ?2 AND sender_id <> ?3
+        AND (viewed_by IS NOT ?3 OR viewed_at = ?4)";
+/// Whether a view that changed nothing had a target (then it was a repeat).
+const VIEW_TARGET: &str = "SELECT 1 FROM messages
     WHERE conversation_id = ?1 AND id = ?2 AND sender_id <> ?3";
 /// A sender's newest client ids; planned onto `messages_recent_client_ids`
 /// (a test checks the plan).
