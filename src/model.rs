@@ -340,21 +340,54 @@ impl Message {
         len
     }
 
-    /// A view counts only from someone other than the sender (the rule the
-    /// stores' view updates spell in SQL and BSON too).
-    pub fn viewable_by(&self, viewer: UserId) -> bool {
-        self.sender_id != viewer
+    /// What `viewer`'s view at `at` does to this message; see [`ViewEffect::of`].
+    pub fn view_effect(&self, viewer: UserId, at: Millis) -> ViewEffect {
+        ViewEffect::of(self.sender_id, self.viewed_by, self.viewed_at, viewer, at)
     }
 
-    /// Records `viewer`'s view at `at`; false, changing nothing, when
-    /// `viewer` sent the message.
-    pub fn mark_viewed(&mut self, viewer: UserId, at: Millis) -> bool {
-        if !self.viewable_by(viewer) {
-            return false;
+    /// Records `viewer`'s view at `at` when it is [`ViewEffect::Recorded`];
+    /// otherwise changes nothing.
+    pub fn mark_viewed(&mut self, viewer: UserId, at: Millis) -> ViewEffect {
+        let effect = self.view_effect(viewer, at);
+        if effect == ViewEffect::Recorded {
+            self.viewed_by = Some(viewer);
+            self.viewed_at = Some(at);
         }
-        self.viewed_by = Some(viewer);
-        self.viewed_at = Some(at);
-        true
+        effect
+    }
+}
+
+/// What a view does to a message: the one rule of every store (SQLite and
+/// MongoDB spell it in their view updates' filters too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViewEffect {
+    /// The view is stored: `viewed_by` and `viewed_at` are set.
+    Recorded,
+    /// The viewer had viewed it already; the first `viewed_at` is kept.
+    AlreadyViewed,
+    /// The viewer sent it: a view counts only from someone else.
+    OwnMessage,
+}
+
+impl ViewEffect {
+    /// The rule on a message's parts. A view by the viewer already recorded
+    /// changes nothing, unless it is that same view (same `at`) again: a
+    /// retried batch must report what its first try did, or a view it
+    /// stored would never be relayed.
+    pub fn of(
+        sender: UserId,
+        viewed_by: Option<UserId>,
+        viewed_at: Option<Millis>,
+        viewer: UserId,
+        at: Millis,
+    ) -> ViewEffect {
+        if sender == viewer {
+            ViewEffect::OwnMessage
+        } else if viewed_by == Some(viewer) && viewed_at != Some(at) {
+            ViewEffect::AlreadyViewed
+        } else {
+            ViewEffect::Recorded
+        }
     }
 }
 

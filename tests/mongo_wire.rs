@@ -82,7 +82,7 @@ async fn connect_pings_and_creates_the_contract_indexes() {
                 .map(move |spec| (collection.clone(), spec))
         })
         .collect();
-    assert_eq!(created.len(), 3, "{created:?}");
+    assert_eq!(created.len(), 4, "{created:?}");
 
     let (collection, seed) = &created[0];
     assert_eq!(collection, "conversations");
@@ -117,6 +117,24 @@ async fn connect_pings_and_creates_the_contract_indexes() {
     assert_eq!(resend.get("unique"), Some(&Bson::Boolean(true)));
     assert_eq!(
         resend.get_document("partialFilterExpression").unwrap(),
+        &doc! { "client_id": { "$type": "string" } }
+    );
+
+    // Serves `recent_client_ids` newest first without reading the messages
+    // that have no client id (seed clients send none).
+    let (collection, recent) = &created[3];
+    assert_eq!(collection, "messages");
+    assert_eq!(
+        recent.get_document("key").unwrap(),
+        &doc! { "conversation_id": 1, "sender_id": 1, "_id": -1 }
+    );
+    assert_eq!(
+        recent.get_str("name").unwrap(),
+        "conversation_id_1_sender_id_1__id_-1_with_client_id"
+    );
+    assert!(recent.get("unique").is_none());
+    assert_eq!(
+        recent.get_document("partialFilterExpression").unwrap(),
         &doc! { "client_id": { "$type": "string" } }
     );
 }
@@ -161,7 +179,7 @@ async fn an_index_that_cannot_be_built_is_logged_and_connect_succeeds() {
     let store = MongoStore::connect(&settings(&server)).await;
 
     assert!(store.is_ok(), "{:?}", store.err());
-    assert_eq!(server.commands_named("createIndexes").len(), 3);
+    assert_eq!(server.commands_named("createIndexes").len(), 4);
     let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(logged.contains("ERROR"), "{logged}");
     assert!(logged.contains("MONGODB INDEX NOT CREATED"), "{logged}");
@@ -191,7 +209,7 @@ async fn a_slow_index_build_does_not_hold_up_the_start() {
     assert!(store.is_ok(), "{:?}", store.err());
     assert_eq!(
         server.commands_named("createIndexes").len(),
-        3,
+        4,
         "the other indexes are still created"
     );
 }
@@ -303,6 +321,11 @@ async fn a_batch_is_one_unordered_insert_then_one_update_with_the_write_concern(
             "_id": oid(first.id),
             "conversation_id": oid(conversation),
             "sender_id": { "$ne": Bson::Int64(15) },
+            // Not already viewed by 15, unless by this very view (a retry).
+            "$or": [
+                { "viewed_by": { "$ne": Bson::Int64(15) } },
+                { "viewed_at": bson::DateTime::from_millis(1_735_725_601_000) },
+            ],
         }
     );
     assert_eq!(
@@ -447,18 +470,28 @@ async fn a_dropped_connection_mid_batch_is_unavailable_and_the_store_recovers() 
 }
 
 #[tokio::test]
-async fn a_view_that_matches_nothing_is_read_back_as_missing() {
+async fn a_view_that_matches_nothing_is_read_back_as_missing_or_already_viewed() {
     let (server, store) = connected().await;
     let conversation = ObjectId::new();
     let present = ObjectId::new();
     let absent = ObjectId::new();
+    let seen = ObjectId::new();
+    let seed_seen = ObjectId::new();
     server.script(move |command| match command_name(command) {
+        // Only `present` matched: the others are missing or viewed already.
         "update" => Reply::Document(doc! { "n": 1, "nModified": 1, "ok": 1.0 }),
         "find" => Reply::Document(cursor_reply(
             command,
-            vec![doc! {
-                "_id": oid(present), "conversation_id": oid(conversation), "sender_id": 10_i64,
-            }],
+            vec![
+                // As the update left it: viewed by this very op.
+                doc! { "_id": oid(present), "conversation_id": oid(conversation), "sender_id": 10_i64,
+                       "viewed_by": 15_i64, "viewed_at": bson::DateTime::from_millis(1) },
+                doc! { "_id": oid(seen), "conversation_id": oid(conversation), "sender_id": 10_i64,
+                       "viewed_by": 15_i64, "viewed_at": bson::DateTime::from_millis(0) },
+                // The seed stored viewed_by (an int32 here) without a time.
+                doc! { "_id": oid(seed_seen), "conversation_id": oid(conversation), "sender_id": 10_i64,
+                       "viewed_by": Bson::Int32(15) },
+            ],
         )),
         _ => Reply::Default,
     });
@@ -470,13 +503,23 @@ async fn a_view_that_matches_nothing_is_read_back_as_missing() {
     };
 
     let outcomes = store
-        .write_batch(vec![view(absent), view(present)])
+        .write_batch(vec![
+            view(absent),
+            view(present),
+            view(seen),
+            view(seed_seen),
+        ])
         .await
         .unwrap();
 
     assert_eq!(
         outcomes,
-        [WriteOutcome::ViewTargetMissing, WriteOutcome::Viewed]
+        [
+            WriteOutcome::ViewTargetMissing,
+            WriteOutcome::Viewed,
+            WriteOutcome::AlreadyViewed,
+            WriteOutcome::AlreadyViewed
+        ]
     );
     let names: Vec<String> = server
         .commands()
@@ -484,6 +527,56 @@ async fn a_view_that_matches_nothing_is_read_back_as_missing() {
         .map(|c| command_name(c).to_string())
         .collect();
     assert_eq!(names, ["update", "find"]);
+    let find = &server.commands_named("find")[0];
+    assert_eq!(
+        find.get_document("projection").unwrap(),
+        &doc! { "_id": 1, "conversation_id": 1, "sender_id": 1, "viewed_by": 1, "viewed_at": 1 }
+    );
+}
+
+#[tokio::test]
+async fn recent_client_ids_ask_for_the_newest_with_a_client_id_only() {
+    let (server, store) = connected().await;
+    let conversation = ObjectId::new();
+    let (older, newer) = (ObjectId::new(), ObjectId::new());
+    server.script(move |command| match command_name(command) {
+        "find" => Reply::Document(cursor_reply(
+            command,
+            vec![
+                doc! { "_id": oid(newer), "client_id": "c-2" },
+                doc! { "_id": oid(older), "client_id": "c-1" },
+            ],
+        )),
+        _ => Reply::Default,
+    });
+
+    let recent = store
+        .recent_client_ids(conversation, 25, 1024)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        recent,
+        [("c-2".to_string(), newer), ("c-1".to_string(), older)]
+    );
+    let find = &server.commands_named("find")[0];
+    assert_eq!(find.get_str("find").unwrap(), "messages");
+    // Equality on the index's prefix, its partial filter, its order: the
+    // server reads at most `limit` entries of the partial index.
+    assert_eq!(
+        find.get_document("filter").unwrap(),
+        &doc! {
+            "conversation_id": oid(conversation),
+            "sender_id": Bson::Int64(25),
+            "client_id": { "$type": "string" },
+        }
+    );
+    assert_eq!(find.get_document("sort").unwrap(), &doc! { "_id": -1 });
+    assert_eq!(
+        find.get_document("projection").unwrap(),
+        &doc! { "_id": 1, "client_id": 1 }
+    );
+    assert_eq!(find.get("limit").and_then(Bson::as_i64), Some(1024));
 }
 
 #[tokio::test]

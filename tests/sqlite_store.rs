@@ -426,8 +426,9 @@ async fn reinserting_a_merged_message_stores_it_once() {
 #[test]
 fn a_store_that_cannot_open_names_its_directory() {
     let dir = tempfile::tempdir().unwrap();
-    // A directory where the database file should be.
-    std::fs::create_dir(dir.path().join("chat.sqlite3")).unwrap();
+    // A directory where a journal segment should be: the error comes from
+    // the journal, whose messages name no file ("Is a directory").
+    std::fs::create_dir(dir.path().join("chat.journal.00000000000000000001")).unwrap();
     let error = match SqliteStore::open_with(dir.path(), with_journal_max(0)) {
         Ok(_) => panic!("opened a directory as a database"),
         Err(error) => error.to_string(),

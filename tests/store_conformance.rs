@@ -38,6 +38,7 @@ macro_rules! store_conformance {
                 view_applies_to_another_senders_message,
                 view_is_refused_for_wrong_targets,
                 view_after_insert_in_the_same_batch,
+                a_repeated_view_is_already_viewed_and_keeps_the_first,
                 text_round_trips_byte_exact,
                 recent_client_ids_newest_first,
                 ping_succeeds,
@@ -67,14 +68,9 @@ macro_rules! store_conformance {
 
 store_conformance!(sqlite, async { Some(common::temp_sqlite()) });
 
-// No journal: every batch is merged before its ack, so reads come from
-// SQLite itself rather than the journal's in-memory tail.
-store_conformance!(sqlite_merged, async {
-    let options = chat_service::store::sqlite::SqliteOptions {
-        journal_max: 0,
-        ..chat_service::store::sqlite::SqliteOptions::new(chat_service::config::SqliteSync::Normal)
-    };
-    Some(Arc::new(common::TempSqlite::with_options(options)) as Arc<dyn Store>)
+// Every batch merged before its ack: the SQL paths instead of the tail's.
+store_conformance!(sqlite_without_journal, async {
+    Some(Arc::new(common::TempSqlite::without_journal()) as Arc<dyn Store>)
 });
 
 store_conformance!(memory, async {
@@ -734,6 +730,77 @@ mod checks {
         let stored = history(&*store, conversation.id).await;
         assert_eq!(stored[0].viewed_by, Some(key.mentor_id));
         assert_eq!(stored[0].viewed_at, Some(Millis(77)));
+    }
+
+    pub async fn a_repeated_view_is_already_viewed_and_keeps_the_first(store: Arc<dyn Store>) {
+        let key = random_key();
+        let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
+        let [first, second, third] = ids(3).try_into().unwrap();
+        let sent = |id| message(id, conversation.id, key.mentor_id, "read me", None);
+        write(
+            &*store,
+            vec![WriteOp::Insert(sent(first)), WriteOp::Insert(sent(second))],
+        )
+        .await;
+        let view = |message_id, at| WriteOp::View {
+            conversation_id: conversation.id,
+            message_id,
+            viewer_id: key.student_id,
+            at: Millis(at),
+        };
+
+        // Batch by batch.
+        assert_eq!(
+            write(&*store, vec![view(first, 1_000)]).await,
+            [WriteOutcome::Viewed]
+        );
+        assert_eq!(
+            write(&*store, vec![view(first, 2_000)]).await,
+            [WriteOutcome::AlreadyViewed]
+        );
+        // In one batch, of a message stored by an earlier one.
+        assert_eq!(
+            write(
+                &*store,
+                vec![view(second, 3_000), view(second, 4_000), view(first, 5_000)]
+            )
+            .await,
+            [
+                WriteOutcome::Viewed,
+                WriteOutcome::AlreadyViewed,
+                WriteOutcome::AlreadyViewed
+            ]
+        );
+        // In the batch that inserts it.
+        let outcomes = write(
+            &*store,
+            vec![
+                WriteOp::Insert(sent(third)),
+                view(third, 6_000),
+                view(third, 7_000),
+            ],
+        )
+        .await;
+        assert_eq!(
+            outcomes,
+            [
+                WriteOutcome::Inserted,
+                WriteOutcome::Viewed,
+                WriteOutcome::AlreadyViewed
+            ]
+        );
+
+        let viewed_at: Vec<_> = history(&*store, conversation.id)
+            .await
+            .iter()
+            .map(|m| (m.viewed_by, m.viewed_at))
+            .collect();
+        let by_student = |at| (Some(key.student_id), Some(Millis(at)));
+        assert_eq!(
+            viewed_at,
+            [by_student(1_000), by_student(3_000), by_student(6_000)],
+            "the first view's time is kept"
+        );
     }
 
     pub async fn text_round_trips_byte_exact(store: Arc<dyn Store>) {

@@ -271,6 +271,72 @@ async fn viewed_is_stored_and_relayed_to_others_only() {
     assert_eq!(history.json[0]["viewed_by"], 10);
 }
 
+/// Sends `repeats` copies of the same `viewed`, then a `viewed` of an
+/// unknown id: it goes through the same ordered writer, so its error shows
+/// that every repeat before it was handled.
+async fn view_repeatedly(viewer: &mut Client, message_id: &Value, repeats: usize) {
+    for _ in 0..repeats {
+        viewer
+            .send(json!({"type": "viewed", "message_id": message_id}))
+            .await;
+    }
+    viewer
+        .send(json!({"type": "viewed", "message_id": "663af8129dde123456789def"}))
+        .await;
+    let after = viewer.event().await;
+    assert_eq!(
+        (after["type"].as_str(), after["code"].as_str()),
+        (Some("error"), Some("message_not_found")),
+        "a repeated viewed got an answer: {after}"
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_viewed_is_accepted_but_relayed_and_stored_once() {
+    let chat = chat(&[]).await;
+    let (mut student, mut mentor) = chat.pair().await;
+    student
+        .send(json!({"type": "message", "text": "read me"}))
+        .await;
+    let message = mentor.expect("message").await;
+    student.expect("message").await;
+    student.expect("ack").await;
+    let conversation = message["conversation_id"].as_str().unwrap();
+    let viewed_at = || async {
+        let history = chat
+            .server
+            .get(
+                &format!("/messages?conversation_id={conversation}"),
+                Some("tok-s25"),
+                Some(25),
+            )
+            .await;
+        assert_eq!(history.json[0]["viewed_by"], 10);
+        history.json[0]["viewed_at"].clone()
+    };
+
+    // 200 at once: most reach the writer before the first is stored.
+    view_repeatedly(&mut mentor, &message["id"], 200).await;
+    assert_eq!(student.expect("viewed").await["message_id"], message["id"]);
+    student.expect_silence().await;
+    let first = viewed_at().await;
+    assert!(first.is_string(), "{first}");
+
+    // Later repeats leave the first time. More of them than the requests a
+    // connection may have in flight (256): each repeat is answered, so the
+    // mentor's reader never stops for good.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    view_repeatedly(&mut mentor, &message["id"], 1000).await;
+    student.expect_silence().await;
+    mentor.expect_silence().await;
+    assert_eq!(viewed_at().await, first);
+    mentor
+        .send(json!({"type": "message", "text": "still here"}))
+        .await;
+    assert_eq!(mentor.expect("message").await["text"], "still here");
+    mentor.expect("ack").await;
+}
+
 #[tokio::test]
 async fn viewed_of_an_own_unknown_or_foreign_message_is_refused() {
     let chat = chat(&[]).await;

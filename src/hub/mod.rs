@@ -7,6 +7,7 @@ mod dedupe;
 pub mod presence;
 mod room;
 mod shard;
+mod viewed;
 
 use std::sync::Arc;
 

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::conn::ConnHandle;
 use super::dedupe::RecentClientIds;
+use super::viewed::RecentViews;
 use crate::model::{Conversation, UserId};
 use crate::ws::protocol;
 
@@ -20,6 +21,8 @@ pub struct Room {
     pub conversation: Conversation,
     members: Vec<ConnHandle>,
     pub recent: RecentClientIds,
+    /// Views stored lately: a repeat of one is dropped before the writer.
+    pub viewed: RecentViews,
     /// When the last member left; the room lingers a while so a reconnect
     /// still finds its recent client ids.
     pub emptied_at: Option<Instant>,
@@ -45,6 +48,7 @@ impl Room {
             conversation,
             members: Vec::new(),
             recent: RecentClientIds::default(),
+            viewed: RecentViews::default(),
             emptied_at: None,
             typing: Vec::new(),
         }

@@ -229,6 +229,12 @@ impl Shard {
         let Some(room) = self.rooms.get_mut(&conversation_id) else {
             return;
         };
+        // A repeat: the store would answer `AlreadyViewed`, which sends nothing.
+        if room.viewed.contains(viewer_id, message_id) {
+            // Answered (with nothing): the reader may send more.
+            room.settle(conn_id);
+            return;
+        }
         let done_tx = self.done_tx.clone();
         let op = WriteOp::View {
             conversation_id,
@@ -309,9 +315,12 @@ impl Shard {
                 room.settle(conn_id);
                 match outcome {
                     Ok(WriteOutcome::Viewed) => {
+                        room.viewed.insert(viewer_id, message_id);
                         let frame = protocol::viewed_event(&conversation_id, &message_id, viewer_id);
                         room.broadcast(&frame, Some(conn_id));
                     }
+                    // A repeat: accepted, and the first one was relayed.
+                    Ok(WriteOutcome::AlreadyViewed) => room.viewed.insert(viewer_id, message_id),
                     Ok(WriteOutcome::ViewTargetMissing) => room.send_to(
                         conn_id,
                         protocol::error_event(

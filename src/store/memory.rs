@@ -2,7 +2,7 @@
 //! contract, for unit tests and benches that must not touch a disk.
 //! Nothing survives the process.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use parking_lot::Mutex;
 
@@ -26,6 +26,9 @@ struct State {
     by_key: HashMap<ConversationKey, ConversationId>,
     messages: BTreeMap<(ConversationId, MessageId), Message>,
     client_ids: HashMap<(ConversationId, UserId, String), MessageId>,
+    /// The messages with a client id, by sender and id: `recent_client_ids`
+    /// reads the newest without visiting anyone else's.
+    with_client_id: BTreeSet<(ConversationId, UserId, MessageId)>,
 }
 
 impl MemoryStore {
@@ -54,6 +57,11 @@ impl State {
                         };
                     }
                     self.client_ids.insert(dedupe, message.id);
+                    self.with_client_id.insert((
+                        message.conversation_id,
+                        message.sender_id,
+                        message.id,
+                    ));
                 }
                 self.messages.insert(key, message);
                 WriteOutcome::Inserted
@@ -63,17 +71,10 @@ impl State {
                 message_id,
                 viewer_id,
                 at,
-            } => {
-                let viewed = self
-                    .messages
-                    .get_mut(&(conversation_id, message_id))
-                    .is_some_and(|message| message.mark_viewed(viewer_id, at));
-                if viewed {
-                    WriteOutcome::Viewed
-                } else {
-                    WriteOutcome::ViewTargetMissing
-                }
-            }
+            } => match self.messages.get_mut(&(conversation_id, message_id)) {
+                Some(message) => message.mark_viewed(viewer_id, at).into(),
+                None => WriteOutcome::ViewTargetMissing,
+            },
         }
     }
 }
@@ -156,14 +157,18 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> StoreFuture<'_, Vec<(String, MessageId)>> {
         let state = self.state.lock();
-        let mut ids: Vec<(String, MessageId)> = state
-            .client_ids
-            .iter()
-            .filter(|((c, s, _), _)| *c == conversation_id && *s == sender_id)
-            .map(|((_, _, client_id), id)| (client_id.clone(), *id))
+        let lowest = (conversation_id, sender_id, ObjectId::from_bytes([0; 12]));
+        let highest = (conversation_id, sender_id, ObjectId::from_bytes([0xff; 12]));
+        let ids: Vec<(String, MessageId)> = state
+            .with_client_id
+            .range(lowest..=highest)
+            .rev()
+            .take(limit)
+            .filter_map(|&(conversation, _, id)| {
+                let client_id = state.messages.get(&(conversation, id))?.client_id.clone()?;
+                Some((client_id, id))
+            })
             .collect();
-        ids.sort_by_key(|(_, id)| std::cmp::Reverse(*id));
-        ids.truncate(limit);
         Box::pin(async move { Ok(ids) })
     }
 

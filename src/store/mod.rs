@@ -15,7 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::model::{
-    Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, UserId,
+    Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, UserId, ViewEffect,
 };
 
 /// A boxed future, so `Store` can be a trait object shared by REST, the
@@ -178,7 +178,9 @@ pub enum WriteOp {
     Insert(Message),
     /// Mark a message viewed: sets `viewed_by` and `viewed_at` only on the
     /// message `message_id` of `conversation_id` whose sender is not
-    /// `viewer_id`. Idempotent.
+    /// `viewer_id`, and only once per viewer (the rule:
+    /// [`ViewEffect::of`](crate::model::ViewEffect::of)). The same op
+    /// again (a retried batch) is [`WriteOutcome::Viewed`] again.
     View {
         conversation_id: ConversationId,
         message_id: MessageId,
@@ -197,10 +199,24 @@ pub enum WriteOutcome {
     Duplicate { existing: MessageId },
     /// The view was recorded.
     Viewed,
+    /// The message was viewed by this viewer before (another `View` op):
+    /// nothing was written, the first `viewed_at` stays. Not an error; the
+    /// hub relays nothing.
+    AlreadyViewed,
     /// No message of that conversation with that id and another sender.
     ViewTargetMissing,
     /// This op can never succeed (e.g. a constraint); the others may have.
     Rejected(String),
+}
+
+impl From<ViewEffect> for WriteOutcome {
+    fn from(effect: ViewEffect) -> WriteOutcome {
+        match effect {
+            ViewEffect::Recorded => WriteOutcome::Viewed,
+            ViewEffect::AlreadyViewed => WriteOutcome::AlreadyViewed,
+            ViewEffect::OwnMessage => WriteOutcome::ViewTargetMissing,
+        }
+    }
 }
 
 /// A database for conversations and messages.

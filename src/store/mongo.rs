@@ -321,6 +321,9 @@ impl MongoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        // The filter names the partial filter of the index
+        // `conversation_id_1_sender_id_1__id_-1_with_client_id` exactly, so
+        // the planner may use it: at most `limit` entries read, newest first.
         let cursor = self
             .messages
             .find(doc! {

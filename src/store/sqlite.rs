@@ -62,8 +62,14 @@ const READERS: usize = 3;
 /// retries such batches, so this need not cover long locks.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The schema version this code writes (`PRAGMA user_version`).
+/// The schema version this code writes (`PRAGMA user_version`). Adding an
+/// index does not change it: `CREATE INDEX IF NOT EXISTS` adds it to an
+/// existing database at open, and an older build still reads and writes a
+/// database that has it (SQLite maintains it), so a rollback keeps working.
 const SCHEMA_VERSION: i64 = 1;
+
+/// See `SCHEMA`; its creation on an existing database is logged.
+const RECENT_CLIENT_IDS_INDEX: &str = "messages_recent_client_ids";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS conversations (
@@ -91,6 +97,11 @@ CREATE TABLE IF NOT EXISTS messages (
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
     ON messages (conversation_id, sender_id, client_id) WHERE client_id IS NOT NULL;
+-- `RECENT_CLIENT_IDS` (every WebSocket connect) reads it newest first and
+-- stops at its limit, never visiting the messages without a client id (seed
+-- clients send none); `client_id` last makes it covering.
+CREATE INDEX IF NOT EXISTS messages_recent_client_ids
+    ON messages (conversation_id, sender_id, id, client_id) WHERE client_id IS NOT NULL;
 ";
 
 const CONVERSATION_COLUMNS: &str = "id, lesson_id, mentor_id, student_id, created_at";
@@ -108,8 +119,19 @@ const INSERT_MESSAGE: &str = "INSERT INTO messages
         SET viewed_by = excluded.viewed_by, viewed_at = excluded.viewed_at
         WHERE excluded.viewed_by IS NOT NULL
     ON CONFLICT DO NOTHING";
+/// `ViewEffect::of` in SQL: a view by someone other than the sender, and
+/// once per viewer (the same view again, a retry, rewrites the same values).
 const VIEW_MESSAGE: &str = "UPDATE messages SET viewed_by = ?3, viewed_at = ?4
+    WHERE conversation_id = ?1 AND id = ?2 AND sender_id <> ?3
+        AND (viewed_by IS NOT ?3 OR viewed_at = ?4)";
+/// Whether a view that changed nothing had a target (then it was a repeat).
+const VIEW_TARGET: &str = "SELECT 1 FROM messages
     WHERE conversation_id = ?1 AND id = ?2 AND sender_id <> ?3";
+/// A sender's newest client ids; planned onto `messages_recent_client_ids`
+/// (a test checks the plan).
+const RECENT_CLIENT_IDS: &str = "SELECT client_id, id FROM messages
+    WHERE conversation_id = ?1 AND sender_id = ?2 AND client_id IS NOT NULL
+    ORDER BY id DESC LIMIT ?3";
 const INSERT_CONVERSATION: &str = "INSERT INTO conversations
     (id, lesson_id, mentor_id, student_id, created_at)
     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING";
@@ -386,11 +408,7 @@ impl Store for SqliteStore {
             let unmerged = tail
                 .read()
                 .recent_client_ids(conversation_id, sender_id, limit);
-            let mut stmt = conn.prepare_cached(
-                "SELECT client_id, id FROM messages
-                 WHERE conversation_id = ?1 AND sender_id = ?2 AND client_id IS NOT NULL
-                 ORDER BY id DESC LIMIT ?3",
-            )?;
+            let mut stmt = conn.prepare_cached(RECENT_CLIENT_IDS)?;
             let rows = stmt.query_map(
                 (conversation_id.bytes(), sender_id, sql_limit(limit)),
                 |row| Ok((row.get(0)?, ObjectId::from_bytes(row.get(1)?))),
@@ -477,9 +495,29 @@ fn create_schema(conn: &Connection) -> Result<(), StoreError> {
             "database schema version {version} is newer than this build's {SCHEMA_VERSION}"
         )));
     }
+    // A database from before the index gets it now: one pass over the
+    // messages, logged since it delays the start on a large one.
+    let building = version > 0 && !index_exists(conn, RECENT_CLIENT_IDS_INDEX)?;
+    let started = std::time::Instant::now();
     conn.execute_batch(SCHEMA).map_err(store_error)?;
+    if building {
+        tracing::info!(
+            index = RECENT_CLIENT_IDS_INDEX,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "SQLite index added to the existing database"
+        );
+    }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(store_error)
+}
+
+fn index_exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1)",
+        [name],
+        |row| row.get(0),
+    )
+    .map_err(store_error)
 }
 
 /// Delivery comes before durability: when the cores are busy, the threads
@@ -679,5 +717,46 @@ mod tests {
         };
         assert_eq!(cache(&writer), -40 * 1024, "KiB, negative");
         assert_eq!(cache(&reader), -10 * 1024);
+    }
+
+    /// The plan's detail lines, e.g. `SEARCH messages USING ...`.
+    fn plan(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = explain.query_map([1, 2, 3], |row| row.get::<_, String>(3));
+        rows.unwrap().collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    #[test]
+    fn recent_client_ids_read_only_their_index_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        create_schema(&conn).unwrap();
+        // A walk of the primary key shows as SEARCH too: only the index
+        // bounds the rows read to the sender's messages with a client id,
+        // and only its order lets LIMIT stop the read (no sort).
+        assert_eq!(
+            plan(&conn, RECENT_CLIENT_IDS),
+            [format!(
+                "SEARCH messages USING COVERING INDEX {RECENT_CLIENT_IDS_INDEX} \
+                 (conversation_id=? AND sender_id=?)"
+            )]
+        );
+    }
+
+    #[test]
+    fn an_existing_database_gets_the_index_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        create_schema(&conn).unwrap();
+        conn.execute_batch(&format!("DROP INDEX {RECENT_CLIENT_IDS_INDEX}"))
+            .unwrap();
+        assert!(!index_exists(&conn, RECENT_CLIENT_IDS_INDEX).unwrap());
+
+        create_schema(&conn).unwrap();
+        assert!(index_exists(&conn, RECENT_CLIENT_IDS_INDEX).unwrap());
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 }

@@ -33,6 +33,15 @@ impl TempSqlite {
         let store = SqliteStore::open_with(dir.path(), options).unwrap();
         TempSqlite { store, dir }
     }
+
+    /// Without the journal: every batch is merged into SQLite before its
+    /// ack, so reads and views meet SQLite, not the in-memory tail.
+    pub fn without_journal() -> TempSqlite {
+        Self::with_options(SqliteOptions {
+            journal_max: 0,
+            ..SqliteOptions::new(SqliteSync::Normal)
+        })
+    }
 }
 
 impl Store for TempSqlite {

@@ -12,10 +12,10 @@ use std::collections::HashMap;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::{ErrorKind, IndexedWriteError, InsertManyError};
 
-use super::documents::{bson_date, bson_id, int, message_document, object_id};
+use super::documents::{bson_date, bson_id, int, message_document, object_id, optional_date};
 use super::errors::{is_duplicate_key_code, is_permanent_write_code, store_error};
 use super::{MongoStore, MESSAGES};
-use crate::model::{ConversationId, Message, MessageId, Millis, UserId};
+use crate::model::{ConversationId, Message, MessageId, Millis, UserId, ViewEffect};
 use crate::store::{StoreError, WriteOp, WriteOutcome};
 
 /// A `WriteOp::View`'s fields, with the op's position in the batch.
@@ -195,6 +195,8 @@ impl MongoStore {
 
     /// Sets `viewed_by`/`viewed_at` on each target, one `update` statement
     /// per view, in one round trip (more only if a statement is refused).
+    /// When fewer matched than were sent (a missing target or a repeat), one
+    /// `find` tells which.
     async fn apply_views(
         &self,
         views: &[View],
@@ -247,11 +249,17 @@ impl MongoStore {
         let statements: Vec<Document> = views
             .iter()
             .map(|view| {
+                // `ViewEffect::of` in BSON; the `viewed_at` clause lets a
+                // retried batch match the view its first try stored.
                 doc! {
                     "q": {
                         "_id": bson_id(view.message_id),
                         "conversation_id": bson_id(view.conversation_id),
                         "sender_id": { "$ne": Bson::Int64(view.viewer_id) },
+                        "$or": [
+                            { "viewed_by": { "$ne": Bson::Int64(view.viewer_id) } },
+                            { "viewed_at": bson_date(view.at) },
+                        ],
                     },
                     "u": { "$set": {
                         "viewed_by": Bson::Int64(view.viewer_id),
@@ -275,8 +283,10 @@ impl MongoStore {
             .map_err(|error| store_error("update views", error))
     }
 
-    /// Some view matched nothing: find out which targets exist and qualify
-    /// (the `update` reply only counts matches).
+    /// Some view matched nothing: find out which targets exist, qualify and
+    /// were viewed already (the `update` reply only counts matches). Read
+    /// after the update, a target shows this batch's views: its first view
+    /// of a message has that view's time, a later repeat another.
     async fn resolve_view_targets(
         &self,
         views: &[&View],
@@ -293,33 +303,53 @@ impl MongoStore {
         let cursor = self
             .messages
             .find(doc! { "_id": { "$in": ids } })
-            .projection(doc! { "_id": 1, "conversation_id": 1, "sender_id": 1 })
+            .projection(doc! {
+                "_id": 1, "conversation_id": 1, "sender_id": 1, "viewed_by": 1, "viewed_at": 1,
+            })
             .limit(super::as_limit(limit))
             .batch_size(super::as_batch(limit))
             .await
             .map_err(|error| store_error("read back view targets", error))?;
         let targets = super::drain(cursor, "read back view targets", |document| {
-            Ok((
-                object_id(document, "_id", "message")?,
-                object_id(document, "conversation_id", "message").ok(),
-                int(document, "sender_id"),
-            ))
+            Ok(ViewTarget {
+                id: object_id(document, "_id", "message")?,
+                conversation_id: object_id(document, "conversation_id", "message").ok(),
+                sender_id: int(document, "sender_id"),
+                viewed_by: int(document, "viewed_by"),
+                viewed_at: optional_date(document, "viewed_at"),
+            })
         })
         .await?;
         for view in views {
-            let qualifies = targets.iter().any(|(id, conversation, sender)| {
-                *id == view.message_id
-                    && *conversation == Some(view.conversation_id)
-                    && *sender != Some(view.viewer_id)
+            let target = targets.iter().find(|target| {
+                target.id == view.message_id && target.conversation_id == Some(view.conversation_id)
             });
-            outcomes[view.position] = Some(if qualifies {
-                WriteOutcome::Viewed
-            } else {
-                WriteOutcome::ViewTargetMissing
-            });
+            let outcome = match target {
+                // No sender_id is nobody (user ids are positive), as the
+                // update's `$ne` has it.
+                Some(target) => ViewEffect::of(
+                    target.sender_id.unwrap_or_default(),
+                    target.viewed_by,
+                    target.viewed_at,
+                    view.viewer_id,
+                    view.at,
+                )
+                .into(),
+                None => WriteOutcome::ViewTargetMissing,
+            };
+            outcomes[view.position] = Some(outcome);
         }
         Ok(())
     }
+}
+
+/// What decides a view's outcome, as read back after its update.
+struct ViewTarget {
+    id: MessageId,
+    conversation_id: Option<ConversationId>,
+    sender_id: Option<UserId>,
+    viewed_by: Option<UserId>,
+    viewed_at: Option<Millis>,
 }
 
 /// The unique keys of a stored message, as read back after a duplicate.

@@ -69,11 +69,16 @@ pub(crate) fn message_from(document: &Document) -> Result<Message, StoreError> {
         },
         // User ids are positive; a 0 is a Go zero value, i.e. "nobody".
         viewed_by: int(document, "viewed_by").filter(|viewer: &UserId| *viewer > 0),
-        viewed_at: match document.get("viewed_at") {
-            Some(Bson::DateTime(at)) => Some(Millis(at.timestamp_millis())),
-            _ => None,
-        },
+        viewed_at: optional_date(document, "viewed_at"),
     })
+}
+
+/// A BSON date field; absent or of another type is `None`.
+pub(crate) fn optional_date(document: &Document, field: &str) -> Option<Millis> {
+    match document.get(field) {
+        Some(Bson::DateTime(at)) => Some(Millis(at.timestamp_millis())),
+        _ => None,
+    }
 }
 
 pub(crate) fn object_id(

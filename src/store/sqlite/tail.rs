@@ -8,7 +8,7 @@
 //! so a message is always in at least one of the two (a reader keeps the
 //! SQLite copy when it sees both).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use crate::model::{ConversationId, Message, MessageId, ObjectId, UserId};
@@ -28,6 +28,10 @@ pub(super) struct Tail {
 struct Generation {
     messages: BTreeMap<MessageKey, Message>,
     client_ids: HashMap<ClientKey, MessageId, foldhash::fast::RandomState>,
+    /// The messages with a client id, by sender and id, so every connect's
+    /// `recent_client_ids` reads only those: a conversation's run in the
+    /// tail may be 262,144 messages without one (seed clients).
+    with_client_id: BTreeSet<(ConversationId, UserId, MessageId)>,
     /// When the first message of this generation arrived.
     since: Option<Instant>,
 }
@@ -43,6 +47,8 @@ impl Generation {
                 ),
                 message.id,
             );
+            self.with_client_id
+                .insert((message.conversation_id, message.sender_id, message.id));
         }
         self.since.get_or_insert_with(Instant::now);
         self.messages
@@ -54,6 +60,11 @@ impl Generation {
             if let Some(client_id) = message.client_id {
                 self.client_ids
                     .remove(&(message.conversation_id, message.sender_id, client_id));
+                self.with_client_id.remove(&(
+                    message.conversation_id,
+                    message.sender_id,
+                    message.id,
+                ));
             }
         }
         if self.messages.is_empty() {
@@ -175,15 +186,20 @@ impl Tail {
         sender: UserId,
         limit: usize,
     ) -> Vec<(String, MessageId)> {
+        let lowest = (conversation, sender, ObjectId::from_bytes([0; 12]));
+        let highest = (conversation, sender, ObjectId::from_bytes([0xff; 12]));
         let mut found: Vec<(String, MessageId)> = Vec::new();
         for generation in [&self.merging, &self.active] {
             found.extend(
                 generation
-                    .range(conversation, None, None)
+                    .with_client_id
+                    .range(lowest..=highest)
                     .rev()
-                    .filter(|message| message.sender_id == sender)
-                    .filter_map(|message| Some((message.client_id.clone()?, message.id)))
-                    .take(limit),
+                    .take(limit)
+                    .filter_map(|&(conversation, _, id)| {
+                        let message = generation.messages.get(&(conversation, id))?;
+                        Some((message.client_id.clone()?, id))
+                    }),
             );
         }
         found.sort_by_key(|&(_, id)| std::cmp::Reverse(id));
@@ -294,6 +310,23 @@ mod tests {
         }
     }
 
+    fn message_from(
+        conversation: ConversationId,
+        sender: UserId,
+        client_id: Option<&str>,
+    ) -> Message {
+        Message {
+            id: ObjectId::new(),
+            conversation_id: conversation,
+            sender_id: sender,
+            text: "t".into(),
+            created_at: Millis(0),
+            client_id: client_id.map(str::to_string),
+            viewed_by: None,
+            viewed_at: None,
+        }
+    }
+
     fn query(newest_first: bool, max_bytes: usize) -> HistoryQuery {
         HistoryQuery {
             conversation_id: ObjectId::from_bytes([0; 12]),
@@ -356,5 +389,47 @@ mod tests {
         assert_eq!(ids(&merged), [4, 5, 6, 7]);
         assert_eq!(merged.messages[1], viewed);
         assert!(!merged.truncated);
+    }
+
+    fn client_ids(found: Vec<(String, MessageId)>) -> Vec<String> {
+        found.into_iter().map(|(client_id, _)| client_id).collect()
+    }
+
+    #[test]
+    fn recent_client_ids_span_both_generations_and_forget_merged_messages() {
+        let (conversation, other) = (ObjectId::new(), ObjectId::new());
+        let mut tail = Tail::default();
+        let mut merged = Vec::new();
+        for n in 0..3 {
+            let sent = message_from(conversation, 25, Some(&format!("c{n}")));
+            merged.push(sent.clone());
+            tail.insert(sent);
+            tail.insert(message_from(conversation, 25, None));
+        }
+        tail.freeze();
+        tail.insert(message_from(conversation, 25, Some("c3")));
+        tail.insert(message_from(conversation, 10, Some("mentor")));
+        tail.insert(message_from(other, 25, Some("elsewhere")));
+        tail.insert(message_from(conversation, 25, None));
+
+        assert_eq!(
+            client_ids(tail.recent_client_ids(conversation, 25, 10)),
+            ["c3", "c2", "c1", "c0"]
+        );
+        assert_eq!(
+            client_ids(tail.recent_client_ids(conversation, 25, 2)),
+            ["c3", "c2"]
+        );
+        assert_eq!(
+            client_ids(tail.recent_client_ids(conversation, 10, 10)),
+            ["mentor"]
+        );
+
+        tail.remove_merged(&merged[..2]);
+        assert_eq!(
+            client_ids(tail.recent_client_ids(conversation, 25, 10)),
+            ["c3", "c2"]
+        );
+        assert_eq!(tail.merging.with_client_id.len(), 1);
     }
 }

@@ -23,9 +23,9 @@ use super::journal::{self, Segment};
 use super::tail::{ClientKey, Tail};
 use super::{
     get_or_create, lower_priority, refuses_only_this_op, store_error, WriteJob, INSERT_MESSAGE,
-    VIEW_MESSAGE,
+    VIEW_MESSAGE, VIEW_TARGET,
 };
-use crate::model::{ConversationId, Message, MessageId, Millis, ObjectId, UserId};
+use crate::model::{ConversationId, Message, MessageId, Millis, ObjectId, UserId, ViewEffect};
 use crate::store::{StoreError, WriteOp, WriteOutcome};
 
 /// A merge starts when this many messages wait in the tail...
@@ -229,10 +229,24 @@ impl WriteThread {
                         at,
                     } => {
                         if let Some(message) = staged.insert_mut(conversation_id, message_id) {
-                            view_outcome(message.mark_viewed(viewer_id, at))
+                            message.mark_viewed(viewer_id, at).into()
                         } else if let Some(message) = tail.get(conversation_id, message_id) {
-                            let applies = message.viewable_by(viewer_id);
-                            if applies {
+                            // The tail gets this batch's views only after the
+                            // append: an earlier one of the batch counts first.
+                            let key = (conversation_id, message_id);
+                            let (viewed_by, viewed_at) = match staged.tail_views.get(&key) {
+                                Some(&(viewer, at)) => (Some(viewer), Some(at)),
+                                None => (message.viewed_by, message.viewed_at),
+                            };
+                            let effect = ViewEffect::of(
+                                message.sender_id,
+                                viewed_by,
+                                viewed_at,
+                                viewer_id,
+                                at,
+                            );
+                            if effect == ViewEffect::Recorded {
+                                staged.tail_views.insert(key, (viewer_id, at));
                                 staged.records.push(WriteOp::View {
                                     conversation_id,
                                     message_id,
@@ -240,7 +254,7 @@ impl WriteThread {
                                     at,
                                 });
                             }
-                            view_outcome(applies)
+                            effect.into()
                         } else {
                             stored_views.push((
                                 staged.outcomes.len(),
@@ -265,14 +279,20 @@ impl WriteThread {
     }
 
     /// Views of merged messages go straight to SQLite, in one transaction.
+    /// A view that changed nothing is looked up: the message exists (viewed
+    /// already) or not.
     fn view_stored(&self, views: &[(usize, StoredView)]) -> Result<Vec<WriteOutcome>, StoreError> {
         in_transaction(&self.conn, "BEGIN IMMEDIATE", |conn| {
             let mut view = conn.prepare_cached(VIEW_MESSAGE)?;
+            let mut target = conn.prepare_cached(VIEW_TARGET)?;
             views
                 .iter()
                 .map(|(_, (conversation, message, viewer, at))| {
-                    match view.execute((conversation.bytes(), message.bytes(), viewer, at.0)) {
-                        Ok(changed) => Ok(view_outcome(changed > 0)),
+                    let keys = (conversation.bytes(), message.bytes(), viewer);
+                    match view.execute((keys.0, keys.1, keys.2, at.0)) {
+                        Ok(0) if target.exists(keys)? => Ok(WriteOutcome::AlreadyViewed),
+                        Ok(0) => Ok(WriteOutcome::ViewTargetMissing),
+                        Ok(_) => Ok(WriteOutcome::Viewed),
                         Err(e) if refuses_only_this_op(&e) => {
                             Ok(WriteOutcome::Rejected(e.to_string()))
                         }
@@ -362,6 +382,8 @@ struct Staged {
     /// Index in `records` of each new message.
     by_id: HashMap<(ConversationId, MessageId), usize, FastHash>,
     by_client_id: HashMap<ClientKey, MessageId, FastHash>,
+    /// The last view this batch records of each tail message: (viewer, at).
+    tail_views: HashMap<(ConversationId, MessageId), (UserId, Millis), FastHash>,
 }
 
 impl Staged {
@@ -417,14 +439,6 @@ fn conflict_outcome(message: &Message, existing: MessageId) -> WriteOutcome {
         WriteOutcome::Inserted
     } else {
         WriteOutcome::Duplicate { existing }
-    }
-}
-
-fn view_outcome(applied: bool) -> WriteOutcome {
-    if applied {
-        WriteOutcome::Viewed
-    } else {
-        WriteOutcome::ViewTargetMissing
     }
 }
 
