@@ -91,7 +91,8 @@ async fn room(size: usize) -> (Hub, mpsc::Sender<Command>, Vec<Receiver>, Object
     let shard = hub.shard_for(&conversation.id);
     let mut receivers = Vec::with_capacity(size);
     for i in 0..size {
-        let (conn, mut rx) = ConnHandle::new(i as u64 + 1, 2 + i as i64, BATCH * 2);
+        // The queue is bounded in bytes: room for two batches of these frames.
+        let (conn, mut rx) = ConnHandle::new(i as u64 + 1, 2 + i as i64, BATCH * 2 * 1024);
         shard
             .send(Command::Join {
                 conversation: conversation.clone(),
