@@ -100,9 +100,14 @@ pub async fn run(
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
                 }
-                // Still silent when newer connections needed its place.
+                // Silent when newer connections needed its place.
                 _ = head.evicted() => {
-                    tracing::debug!("closed a connection that sent no request head");
+                    if head.is_received() {
+                        // Its head arrived just as it was chosen: serve it.
+                        let _ = connection.await;
+                    } else {
+                        tracing::debug!("closed a connection that sent no request head");
+                    }
                 }
             }
         });

@@ -323,7 +323,7 @@ async fn a_repeated_viewed_is_accepted_but_relayed_and_stored_once() {
     assert!(first.is_string(), "{first}");
 
     // Later repeats leave the first time. More of them than the requests a
-    // connection may have in flight (256): each repeat is answered, so the
+    // connection may have in flight (64): each repeat is answered, so the
     // mentor's reader never stops for good.
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     view_repeatedly(&mut mentor, &message["id"], 1000).await;

@@ -10,9 +10,8 @@
 //! whose heads are not parsed yet) is never cut. When `accept` runs out of
 //! descriptors, the oldest silent connection is closed too, to free one.
 //!
-//! A keep-alive connection waiting for its *next* request is pending again:
-//! hyper starts its header timer only at the next request's first byte, so
-//! without this, idle keep-alive connections would be unbounded.
+//! Idle keep-alive connections need nothing here: hyper (1.12) runs the
+//! header timeout while a kept-alive connection waits for its next request.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,6 +58,18 @@ impl PendingHeads {
     pub fn admit(self: &Arc<Self>, now: Instant) -> PendingHead {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let evict = CancellationToken::new();
+        self.enqueue(id, now, evict.clone());
+        PendingHead {
+            heads: Arc::clone(self),
+            id,
+            evict,
+            received: AtomicBool::new(false),
+        }
+    }
+
+    /// Appends a waiting connection, first evicting the oldest when the list
+    /// is full and that one is old enough.
+    fn enqueue(&self, id: u64, now: Instant, evict: CancellationToken) {
         let oldest = {
             let mut waiting = self.waiting.lock();
             let oldest = if waiting.len() >= self.max {
@@ -66,18 +77,12 @@ impl PendingHeads {
             } else {
                 None
             };
-            waiting.push_back((id, now, evict.clone()));
+            waiting.push_back((id, now, evict));
             oldest
         };
         if let Some(token) = oldest {
             self.evicted.fetch_add(1, Ordering::Relaxed);
             token.cancel();
-        }
-        PendingHead {
-            heads: Arc::clone(self),
-            id,
-            evict,
-            received: AtomicBool::new(false),
         }
     }
 
@@ -138,25 +143,10 @@ impl PendingHead {
         }
     }
 
-    /// A response is done and the connection waits for its next request
-    /// head: it is pending again (an idle keep-alive connection).
-    pub fn waiting_again(&self, now: Instant) {
-        if self.received.swap(false, Ordering::AcqRel) {
-            let oldest = {
-                let mut waiting = self.heads.waiting.lock();
-                let oldest = if waiting.len() >= self.heads.max {
-                    PendingHeads::pop_aged(&mut waiting, now)
-                } else {
-                    None
-                };
-                waiting.push_back((self.id, now, self.evict.clone()));
-                oldest
-            };
-            if let Some(token) = oldest {
-                self.heads.evicted.fetch_add(1, Ordering::Relaxed);
-                token.cancel();
-            }
-        }
+    /// Whether the request head arrived (an eviction racing with it must
+    /// not drop the request).
+    pub fn is_received(&self) -> bool {
+        self.received.load(Ordering::Acquire)
     }
 
     /// Resolves if the connection is evicted while still waiting.
@@ -216,20 +206,6 @@ mod tests {
         assert!(heads.evict_oldest(start + MIN_AGE));
         assert!(old.evict.is_cancelled());
         assert!(!heads.evict_oldest(start + MIN_AGE), "none left");
-    }
-
-    #[test]
-    fn an_idle_keep_alive_connection_is_pending_again() {
-        let heads = PendingHeads::new(1);
-        let start = Instant::now();
-        let kept = heads.admit(start);
-        kept.head_received();
-        kept.waiting_again(start);
-        assert_eq!(heads.len(), 1);
-        let _newer = heads.admit(start + MIN_AGE);
-        assert!(kept.evict.is_cancelled(), "the idle one made room");
-        drop(kept);
-        assert_eq!(heads.len(), 1);
     }
 
     #[test]

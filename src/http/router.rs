@@ -50,15 +50,7 @@ impl Service<Request<Incoming>> for Router {
             head.head_received();
         }
         let app = Arc::clone(&self.app);
-        let head = self.head.clone();
-        Box::pin(async move {
-            let response = cors::decorate(route(&app, request).await);
-            // Until its next request the connection is idle keep-alive.
-            if let Some(head) = head {
-                head.waiting_again(tokio::time::Instant::now());
-            }
-            Ok(response)
-        })
+        Box::pin(async move { Ok(cors::decorate(route(&app, request).await)) })
     }
 }
 

@@ -32,7 +32,7 @@ use crate::ws::close::Close;
 const FRAME_OVERHEAD: usize = 64;
 /// Requests (messages, views) the reader may have handed to the hub whose
 /// answer has not been queued yet; beyond it the reader waits.
-pub const MAX_IN_FLIGHT: usize = 256;
+pub const MAX_IN_FLIGHT: usize = 64;
 
 /// Why a frame could not be queued.
 #[derive(Debug, PartialEq, Eq)]
@@ -81,8 +81,12 @@ struct ConnInner {
 
 struct Outbound {
     frames: VecDeque<Bytes>,
+    /// Per frame of `frames`: a reply to the connection's own frame.
+    own: VecDeque<bool>,
     /// Bytes charged for `frames`.
     bytes: usize,
+    /// Bytes charged for the frames caused by others: the slow-consumer bound.
+    others: usize,
     /// The writer, parked until a frame arrives.
     writer: Option<Waker>,
     /// False once the session's [`Receiver`] is dropped.
@@ -109,7 +113,9 @@ impl ConnHandle {
             user_id,
             outbound: Mutex::new(Outbound {
                 frames: VecDeque::new(),
+                own: VecDeque::new(),
                 bytes: 0,
+                others: 0,
                 writer: None,
                 open: true,
             }),
@@ -160,13 +166,19 @@ impl ConnHandle {
                 return Err(SendError::Gone);
             }
             let cost = cost(&frame);
-            if bounded && outbound.bytes + cost > self.inner.capacity {
-                drop(outbound);
-                self.close(Close::SlowConsumer);
-                return Err(SendError::SlowConsumer);
+            if bounded {
+                // Only others' frames count: the own replies are bounded by
+                // the reader's backpressure instead.
+                if outbound.others + cost > self.inner.capacity {
+                    drop(outbound);
+                    self.close(Close::SlowConsumer);
+                    return Err(SendError::SlowConsumer);
+                }
+                outbound.others += cost;
             }
             outbound.bytes += cost;
             outbound.frames.push_back(frame);
+            outbound.own.push_back(!bounded);
             outbound.writer.take()
         };
         // Woken outside the lock, so the writer never waits for it.
@@ -193,7 +205,8 @@ impl ConnHandle {
         }
     }
 
-    fn reader_must_wait(&self) -> bool {
+    /// Whether [`ConnHandle::room_for_reader`] would wait now.
+    pub fn reader_must_wait(&self) -> bool {
         self.inner.in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT
             || self.inner.outbound.lock().bytes > self.inner.high_water
     }
@@ -217,6 +230,9 @@ impl ConnHandle {
             notified.await;
         }
         self.inner.reader_paused.store(false, Ordering::Release);
+        // The pause was the server's: the client's silence during it does
+        // not count toward the idle timeout.
+        self.touch();
     }
 
     /// Whether the reader is waiting for room (the idle timeout does not
@@ -281,12 +297,13 @@ impl ConnHandle {
 impl Receiver {
     /// The next queued frame, if any, without waiting.
     pub fn try_recv(&mut self) -> Result<Bytes, Empty> {
-        let frame = {
-            let mut outbound = self.inner.outbound.lock();
-            let frame = outbound.frames.pop_front().ok_or(Empty)?;
-            outbound.bytes -= cost(&frame);
-            frame
-        };
+        let mut outbound = self.inner.outbound.lock();
+        let frame = outbound.frames.pop_front().ok_or(Empty)?;
+        let own = outbound.own.pop_front().unwrap_or(true);
+        outbound.bytes -= cost(&frame);
+        if !own {
+            outbound.others -= cost(&frame);
+        }
         Ok(frame)
     }
 
@@ -313,15 +330,29 @@ impl Receiver {
                 }
                 return Poll::Pending;
             }
-            let batch = if outbound.frames.len() <= max {
+            let (batch, own) = if outbound.frames.len() <= max {
                 // The whole queue, and its allocation with it: an idle
                 // connection's queue holds no memory after a burst.
-                std::mem::take(&mut outbound.frames)
+                (
+                    std::mem::take(&mut outbound.frames),
+                    std::mem::take(&mut outbound.own),
+                )
             } else {
-                outbound.frames.drain(..max).collect()
+                (
+                    outbound.frames.drain(..max).collect(),
+                    outbound.own.drain(..max).collect(),
+                )
             };
             let before = outbound.bytes;
-            outbound.bytes -= batch.iter().map(cost).sum::<usize>();
+            let (mut taken, mut taken_others) = (0, 0);
+            for (frame, own) in batch.iter().zip(&own) {
+                taken += cost(frame);
+                if !own {
+                    taken_others += cost(frame);
+                }
+            }
+            outbound.bytes -= taken;
+            outbound.others -= taken_others;
             let crossed = before > self.inner.high_water && outbound.bytes <= self.inner.high_water;
             drop(outbound);
             if crossed {
@@ -340,6 +371,8 @@ impl Drop for Receiver {
             outbound.open = false;
             outbound.writer = None;
             outbound.bytes = 0;
+            outbound.others = 0;
+            outbound.own = VecDeque::new();
             std::mem::take(&mut outbound.frames)
         };
         // Freed outside the lock.
@@ -410,6 +443,7 @@ mod tests {
         let batch = rx.recv_many(64).await;
         assert_eq!(batch, [&b"a"[..], &b"b"[..]]);
         assert_eq!(queued_capacity(&conn), 0, "the writer took the allocation");
+        assert_eq!(conn.inner.outbound.lock().own.capacity(), 0);
     }
 
     #[tokio::test]
@@ -465,12 +499,14 @@ mod tests {
             assert_eq!(conn.send_own(Bytes::from_static(b"a")), Ok(()));
         }
         assert_eq!(conn.close_requested(), None);
-        // But others' frames find the queue full.
+        // Nor do they take others' room: two of theirs still fit.
+        assert_eq!(conn.send(Bytes::from_static(b"b")), Ok(()));
+        assert_eq!(conn.send(Bytes::from_static(b"c")), Ok(()));
         assert_eq!(
-            conn.send(Bytes::from_static(b"b")),
+            conn.send(Bytes::from_static(b"d")),
             Err(SendError::SlowConsumer)
         );
-        assert_eq!(rx.recv_many(1000).await.len(), 100);
+        assert_eq!(rx.recv_many(1000).await.len(), 102);
     }
 
     #[tokio::test]

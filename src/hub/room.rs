@@ -16,6 +16,10 @@ use crate::ws::protocol;
 /// At most one typing relay per participant per this interval (4 a
 /// second): a flood of typing frames costs the others nothing.
 pub const TYPING_INTERVAL: Duration = Duration::from_millis(250);
+/// A repeated `is_typing: true` is relayed again after this long: clients
+/// (the demo's among them) re-send it as a heartbeat and hide a peer's
+/// indicator when it stops.
+pub const TYPING_REFRESH: Duration = Duration::from_secs(2);
 
 pub struct Room {
     pub conversation: Conversation,
@@ -57,7 +61,8 @@ impl Room {
     /// A participant's `typing` from connection `conn_id`: relayed to every
     /// other connection when it changes the state last relayed, at most once
     /// per [`TYPING_INTERVAL`]; a change inside the interval is held (the
-    /// latest wins). Returns true when a change is held and
+    /// latest wins). A repeated `true` is relayed again after
+    /// [`TYPING_REFRESH`]. Returns true when a change is held and
     /// [`Room::flush_typing`] must run later.
     pub fn typing(&mut self, user: UserId, conn_id: u64, is_typing: bool, now: Instant) -> bool {
         let index = match self.typing.iter().position(|slot| slot.user == user) {
@@ -77,7 +82,9 @@ impl Room {
             slot.held = Some((is_typing, conn_id));
             return true;
         }
-        if slot.relayed == Some(is_typing) {
+        if slot.relayed == Some(is_typing)
+            && !(is_typing && now >= slot.relayed_at + TYPING_REFRESH)
+        {
             return false;
         }
         if slot.relayed.is_some() && now < slot.relayed_at + TYPING_INTERVAL {
@@ -162,6 +169,9 @@ impl Room {
         };
         let user = self.members.swap_remove(index).user_id();
         if !self.is_here(user) {
+            // Nothing held is relayed after the user is gone, and their
+            // first `typing` after a return is news again.
+            self.typing.retain(|slot| slot.user != user);
             self.broadcast_to_others_of(user, &protocol::presence_event(user, false));
         }
         if self.members.is_empty() {
@@ -378,6 +388,24 @@ mod tests {
         let events = drain(&mut mentor_rx);
         assert_eq!(events.len(), 1);
         assert_eq!(events[0]["is_typing"], false);
+
+        // A heartbeat of `true` is relayed again after TYPING_REFRESH only.
+        let typing_at = later + TYPING_INTERVAL * 2;
+        assert!(!room.typing(20, 2, true, typing_at));
+        assert_eq!(drain(&mut mentor_rx).len(), 1);
+        assert!(!room.typing(20, 2, true, typing_at + TYPING_REFRESH / 2));
+        assert!(drain(&mut mentor_rx).is_empty());
+        assert!(!room.typing(20, 2, true, typing_at + TYPING_REFRESH));
+        assert_eq!(drain(&mut mentor_rx).len(), 1, "the heartbeat");
+
+        // Leaving forgets the state: a return's first typing is news.
+        room.leave(2);
+        drain(&mut mentor_rx);
+        let (back, _back_rx) = ConnHandle::new(3, 20, 65536);
+        room.join(back);
+        drain(&mut mentor_rx);
+        assert!(!room.typing(20, 3, true, typing_at + TYPING_REFRESH));
+        assert_eq!(drain(&mut mentor_rx).len(), 1);
     }
 
     #[test]

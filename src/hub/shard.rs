@@ -83,6 +83,10 @@ impl Shard {
                         self.on_done(item);
                     }
                 }
+                // Timers before commands: a flood of commands must not
+                // starve them (ticks are rare and cheap).
+                _ = typing_tick.tick(), if !self.typing_held.is_empty() => self.flush_typing(),
+                _ = sweep.tick() => self.drop_lingering_rooms(),
                 n = self.commands.recv_many(&mut commands, BATCH) => {
                     if n == 0 {
                         break;
@@ -91,8 +95,6 @@ impl Shard {
                         self.on_command(command);
                     }
                 }
-                _ = sweep.tick() => self.drop_lingering_rooms(),
-                _ = typing_tick.tick(), if !self.typing_held.is_empty() => self.flush_typing(),
             }
         }
     }

@@ -30,8 +30,9 @@ use crate::model::{Conversation, MessageId, UserId};
 
 /// How long we wait for the peer's Close after sending ours.
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
-/// A write that cannot finish in this time means the client stopped reading:
-/// the connection is closed (1013 if the socket still takes a close frame).
+/// A socket that takes no byte for this long means the client stopped
+/// reading: the connection is closed (1013 if the socket still takes a close
+/// frame).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the close frame after a write timeout may take.
 const CLOSE_ATTEMPT: Duration = Duration::from_secs(1);
@@ -108,6 +109,7 @@ impl Session {
             max_text_bytes: self.limits.max_text_bytes,
             message_rate: self.limits.message_rate,
             bucket: TokenBucket::new(self.limits.message_rate, tokio::time::Instant::now()),
+            others: None,
         };
         let mut write = write;
         // The task's future is memory per connection, and every future
@@ -141,6 +143,55 @@ struct Reader {
     max_text_bytes: usize,
     message_rate: RateLimit,
     bucket: TokenBucket,
+    /// The limits of `typing` and `viewed`, made at the first of them:
+    /// most connections never send one, and every byte of the session's
+    /// future is memory per connection.
+    others: Option<Box<OtherLimits>>,
+}
+
+struct OtherLimits {
+    /// `viewed` frames: each may cost the store a write.
+    view_bucket: TokenBucket,
+    /// `typing` changes forwarded to the shard: the shard's queue is shared
+    /// by every connection on it, so a flood must stop here.
+    typing_bucket: TokenBucket,
+    /// The last `typing` forwarded, and when.
+    last_typing: Option<(bool, tokio::time::Instant)>,
+    /// A typing change over the rate, forwarded when its timer fires (the
+    /// latest wins), so the final state always arrives.
+    held_typing: Option<(bool, Pin<Box<tokio::time::Sleep>>)>,
+}
+
+impl OtherLimits {
+    fn new(messages: RateLimit) -> Box<Self> {
+        let now = tokio::time::Instant::now();
+        Box::new(OtherLimits {
+            view_bucket: TokenBucket::new(view_rate(messages), now),
+            typing_bucket: TokenBucket::new(TYPING_RATE, now),
+            last_typing: None,
+            held_typing: None,
+        })
+    }
+}
+
+/// Typing changes a connection may forward: a person changes state a few
+/// times a second at most; beyond it changes are held and only the latest
+/// is forwarded when the bucket has a token again.
+const TYPING_RATE: RateLimit = RateLimit {
+    rate: 10.0,
+    burst: 20.0,
+};
+/// A repeated typing state is forwarded at most this often (the room
+/// relays a repeated `true` as a heartbeat every 2 s).
+const TYPING_REPEAT: Duration = Duration::from_secs(1);
+
+/// `viewed` is cheaper than a message and a client catching up sends many:
+/// ten times the message rate, the same burst.
+fn view_rate(messages: RateLimit) -> RateLimit {
+    RateLimit {
+        rate: messages.rate * 10.0,
+        burst: messages.burst,
+    }
 }
 
 impl Reader {
@@ -152,6 +203,12 @@ impl Reader {
         };
         tokio::pin!(linger);
         loop {
+            let held = async {
+                match self.others.as_mut().and_then(|o| o.held_typing.as_mut()) {
+                    Some((_, timer)) => timer.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            };
             // Backpressure: while this connection's own answers pile up
             // (the queue above its high-water mark, or too many requests in
             // flight), its socket is not read, so a client that bursts is
@@ -160,10 +217,18 @@ impl Reader {
             // and waiting for room consumes nothing.
             let received = tokio::select! {
                 received = async {
-                    self.conn.room_for_reader().await;
+                    // Boxed: rarely taken, and its waiter would otherwise
+                    // be part of every idle connection's future.
+                    if conn.reader_must_wait() {
+                        Box::pin(conn.room_for_reader()).await;
+                    }
                     frames.next().await
                 } => received,
                 _ = &mut linger => return,
+                () = held => {
+                    self.forward_held_typing().await;
+                    continue;
+                }
             };
             let received = match received {
                 Ok(received) => received,
@@ -228,13 +293,43 @@ impl Reader {
                     client_id,
                 }
             }
-            Ok(Inbound::Typing { is_typing }) => Command::Typing {
-                conversation_id: self.conversation_id,
-                conn_id: self.conn.id(),
-                sender_id: self.conn.user_id(),
-                is_typing,
-            },
+            Ok(Inbound::Typing { is_typing }) => {
+                let now = tokio::time::Instant::now();
+                let others = self
+                    .others
+                    .get_or_insert_with(|| OtherLimits::new(self.message_rate));
+                if let Some((held, _)) = &mut others.held_typing {
+                    *held = is_typing;
+                    return;
+                }
+                let repeat = matches!(others.last_typing,
+                    Some((last, at)) if last == is_typing && now < at + TYPING_REPEAT);
+                if repeat {
+                    return;
+                }
+                if others.typing_bucket.take(TYPING_RATE, now) != Verdict::Allowed {
+                    let retry = now + Duration::from_secs_f64(1.0 / TYPING_RATE.rate);
+                    others.held_typing =
+                        Some((is_typing, Box::pin(tokio::time::sleep_until(retry))));
+                    return;
+                }
+                others.last_typing = Some((is_typing, now));
+                self.typing_command(is_typing)
+            }
             Ok(Inbound::Viewed { message_id }) => {
+                let limit = view_rate(self.message_rate);
+                let others = self
+                    .others
+                    .get_or_insert_with(|| OtherLimits::new(self.message_rate));
+                if others.view_bucket.take(limit, tokio::time::Instant::now()) != Verdict::Allowed {
+                    let refusal = protocol::error_event(
+                        ErrorCode::RateLimited,
+                        "too many viewed events; send the newest again later",
+                        None,
+                    );
+                    let _ = self.conn.send_own(refusal);
+                    return;
+                }
                 self.conn.request_sent();
                 Command::View {
                     conversation_id: self.conversation_id,
@@ -244,6 +339,37 @@ impl Reader {
                 }
             }
         };
+        self.forward(command).await;
+    }
+
+    fn typing_command(&self, is_typing: bool) -> Command {
+        Command::Typing {
+            conversation_id: self.conversation_id,
+            conn_id: self.conn.id(),
+            sender_id: self.conn.user_id(),
+            is_typing,
+        }
+    }
+
+    /// Forwards the held typing change, unless it repeats the last one.
+    async fn forward_held_typing(&mut self) {
+        let Some(others) = self.others.as_mut() else {
+            return;
+        };
+        let Some((is_typing, _)) = others.held_typing.take() else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        // The timer waited for a token; take it (a refusal cannot happen
+        // but would only skip a hint).
+        let _ = others.typing_bucket.take(TYPING_RATE, now);
+        if others.last_typing.map(|(last, _)| last) != Some(is_typing) {
+            others.last_typing = Some((is_typing, now));
+            self.forward(self.typing_command(is_typing)).await;
+        }
+    }
+
+    async fn forward(&self, command: Command) {
         // Waiting for room in the shard's queue is backpressure: a busy
         // shard slows this reader only. That wait is boxed, so its state is
         // not part of every idle connection's future.
@@ -322,7 +448,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 
 /// Why a write did not complete.
 enum WriteFailure {
-    /// The socket stopped taking bytes for [`WRITE_TIMEOUT`]; `rest` is the
+    /// The socket took no byte for [`WRITE_TIMEOUT`]; `rest` is the
     /// unwritten part of the frame the write stopped in, if it stopped
     /// inside one.
     TimedOut { rest: Option<Bytes> },
@@ -350,11 +476,7 @@ async fn end_after_failed_write<W: AsyncWrite + Unpin>(
             let mut last: Vec<Bytes> = rest.into_iter().collect();
             last.push(frame::close(why));
             let mut written = 0;
-            let _ = tokio::time::timeout(
-                CLOSE_ATTEMPT,
-                write_all_vectored(write, &last, &mut written),
-            )
-            .await;
+            let _ = write_all_vectored(write, &last, &mut written, CLOSE_ATTEMPT).await;
             why
         }
     }
@@ -367,17 +489,19 @@ async fn timed_write<W: AsyncWrite + Unpin>(
     let mut written = 0;
     // Boxed: the write and its timer exist only during a write, and one
     // small allocation per batch costs less than a system call.
-    let result = Box::pin(tokio::time::timeout(
+    let result = Box::pin(write_all_vectored(
+        write,
+        frames,
+        &mut written,
         WRITE_TIMEOUT,
-        write_all_vectored(write, frames, &mut written),
     ))
     .await;
     match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(WriteFailure::Failed),
-        Err(_) => Err(WriteFailure::TimedOut {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::TimedOut => Err(WriteFailure::TimedOut {
             rest: rest_of_frame(frames, written),
         }),
+        Err(_) => Err(WriteFailure::Failed),
     }
 }
 
@@ -396,23 +520,31 @@ fn rest_of_frame(frames: &[Bytes], written: usize) -> Option<Bytes> {
 }
 
 /// Writes every frame; `written` counts the bytes the socket took, so a
-/// caller that gives up knows where the stream stopped.
+/// caller that gives up knows where the stream stopped. A socket that takes
+/// nothing for `stall` is a `TimedOut` error: the bound is on progress, not
+/// on the whole batch, so a slow but reading client is never cut.
 async fn write_all_vectored<W: AsyncWrite + Unpin>(
     write: &mut W,
     frames: &[Bytes],
     written: &mut usize,
+    stall: Duration,
 ) -> std::io::Result<()> {
+    let stalled = || std::io::Error::from(std::io::ErrorKind::TimedOut);
     let mut storage: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
     let mut slices = &mut storage[..];
     while !slices.is_empty() {
-        let n = write.write_vectored(slices).await?;
+        let n = tokio::time::timeout(stall, write.write_vectored(slices))
+            .await
+            .map_err(|_| stalled())??;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         *written += n;
         IoSlice::advance_slices(&mut slices, n);
     }
-    write.flush().await
+    tokio::time::timeout(stall, write.flush())
+        .await
+        .map_err(|_| stalled())?
 }
 
 /// A reader that first yields bytes hyper had already read past the
@@ -503,8 +635,10 @@ mod tests {
         let future = session.serve(Prefixed::new(Bytes::new(), read), write);
         let size = std::mem::size_of_val(&future);
         eprintln!("session future: {size} bytes");
-        // 1.6 KiB in a debug build when this bound was set; release builds
-        // are smaller.
-        assert!(size <= 2048, "the session future grew to {size} bytes");
+        // 1.6 KiB in a debug build when the first bound (2048) was set; the
+        // per-connection limits of issue 11 (rate buckets, the held typing
+        // timer's branch) took it to 2104. Release builds are smaller; the
+        // idle scenario of scripts/bench.sh measures what counts.
+        assert!(size <= 2176, "the session future grew to {size} bytes");
     }
 }

@@ -35,22 +35,7 @@ pub struct Reply {
 impl Server {
     /// Starts the binary with `env` on top of test defaults.
     pub fn start(django_url: &str, env: &[(&str, &str)]) -> Server {
-        let temp = tempfile::tempdir().expect("temp dir");
-        let data_dir = temp.path().join("data");
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let mut server = Server {
-            child: None,
-            addr: String::new(),
-            data_dir,
-            _temp: Some(temp),
-            logs: Default::default(),
-            django_url: django_url.to_string(),
-            env,
-            open_files: None,
-        };
+        let mut server = Server::start_stopped(django_url, env);
         server.spawn();
         server
     }
