@@ -104,7 +104,11 @@ impl App {
             idle_timeout: config.idle_timeout(),
             message_rate: RateLimit::new(config.msg_rate, config.msg_burst),
         };
-        let history = HistoryGate::new(config.history_concurrency as usize, config.history_wait());
+        let history = HistoryGate::new(
+            config.history_concurrency as usize,
+            config.history_per_user,
+            config.history_wait(),
+        );
         let app = App {
             config,
             store,

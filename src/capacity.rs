@@ -100,27 +100,88 @@ impl Drop for ConnectionSlot {
 pub struct HistoryGate {
     permits: Arc<Semaphore>,
     wait: Duration,
+    /// Answers each caller holds now: one user cannot take every permit.
+    per_user: Arc<parking_lot::Mutex<std::collections::HashMap<crate::model::UserId, u32>>>,
+    max_per_user: u32,
 }
 
-/// Every permit stayed taken for the whole wait.
+/// Why a history request got no permit.
 #[derive(Debug, thiserror::Error)]
-#[error("every history permit stayed taken for {0:?}")]
-pub struct HistoryBusy(pub Duration);
+pub enum HistoryBusy {
+    /// Every permit stayed taken for the whole wait.
+    #[error("every history permit stayed taken for {0:?}")]
+    Full(Duration),
+    /// The caller already holds `CHAT_HISTORY_PER_USER` answers.
+    #[error("the caller already holds its share of history answers")]
+    PerUser,
+}
+
+/// The caller's count while it waits for a permit (a cancelled or refused
+/// wait undoes it).
+struct HistoryCount {
+    user: crate::model::UserId,
+    per_user: Arc<parking_lot::Mutex<std::collections::HashMap<crate::model::UserId, u32>>>,
+}
+
+impl Drop for HistoryCount {
+    fn drop(&mut self) {
+        uncount(&self.per_user, self.user);
+    }
+}
+
+fn uncount(
+    per_user: &parking_lot::Mutex<std::collections::HashMap<crate::model::UserId, u32>>,
+    user: crate::model::UserId,
+) {
+    let mut counts = per_user.lock();
+    if let Some(count) = counts.get_mut(&user) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(&user);
+        }
+    }
+}
+
+/// A history answer's turn: a permit of the gate and the caller's count,
+/// both given back when it is dropped.
+pub struct HistoryPermit {
+    _permit: OwnedSemaphorePermit,
+    _count: HistoryCount,
+}
 
 impl HistoryGate {
-    pub fn new(permits: usize, wait: Duration) -> Self {
+    pub fn new(permits: usize, per_user: u32, wait: Duration) -> Self {
         HistoryGate {
             permits: Arc::new(Semaphore::new(permits)),
             wait,
+            max_per_user: per_user.max(1),
+            per_user: Default::default(),
         }
     }
 
-    /// A permit, waiting for one at most the gate's wait.
-    pub async fn enter(&self) -> Result<OwnedSemaphorePermit, HistoryBusy> {
+    /// A permit for `user`, waiting for one at most the gate's wait; at once
+    /// `PerUser` when the caller already holds its share.
+    pub async fn enter(&self, user: crate::model::UserId) -> Result<HistoryPermit, HistoryBusy> {
+        {
+            let mut counts = self.per_user.lock();
+            let count = counts.entry(user).or_insert(0);
+            if *count >= self.max_per_user {
+                return Err(HistoryBusy::PerUser);
+            }
+            *count += 1;
+        }
+        // Undone when the permit is dropped, or now if none comes.
+        let count = HistoryCount {
+            user,
+            per_user: Arc::clone(&self.per_user),
+        };
         match tokio::time::timeout(self.wait, Arc::clone(&self.permits).acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
+            Ok(Ok(permit)) => Ok(HistoryPermit {
+                _permit: permit,
+                _count: count,
+            }),
             // The semaphore is never closed; treat it like a full gate anyway.
-            Ok(Err(_)) | Err(_) => Err(HistoryBusy(self.wait)),
+            Ok(Err(_)) | Err(_) => Err(HistoryBusy::Full(self.wait)),
         }
     }
 }
@@ -130,15 +191,42 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn the_history_gate_waits_then_gives_up() {
-        let gate = HistoryGate::new(1, Duration::from_secs(5));
-        let held = gate.enter().await.unwrap();
+    async fn one_caller_holds_at_most_its_share() {
+        let gate = HistoryGate::new(8, 2, Duration::from_secs(5));
+        let a = gate.enter(1).await.unwrap();
+        let _b = gate.enter(1).await.unwrap();
         let started = tokio::time::Instant::now();
-        assert!(gate.enter().await.is_err());
+        assert!(matches!(gate.enter(1).await, Err(HistoryBusy::PerUser)));
+        assert_eq!(started.elapsed(), Duration::ZERO, "refused at once");
+        assert!(gate.enter(2).await.is_ok(), "others are unaffected");
+        drop(a);
+        assert!(
+            gate.enter(1).await.is_ok(),
+            "a finished answer frees the share"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_wait_gives_the_share_back() {
+        let gate = HistoryGate::new(1, 1, Duration::from_secs(1));
+        let _held = gate.enter(1).await.unwrap();
+        assert!(matches!(gate.enter(2).await, Err(HistoryBusy::Full(_))));
+        assert!(
+            matches!(gate.enter(2).await, Err(HistoryBusy::Full(_))),
+            "user 2's first, refused wait left no count behind"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_history_gate_waits_then_gives_up() {
+        let gate = HistoryGate::new(1, 2, Duration::from_secs(5));
+        let held = gate.enter(1).await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(gate.enter(2).await.is_err());
         assert_eq!(started.elapsed(), Duration::from_secs(5));
         let waiting = tokio::spawn(async move {
             let gate = gate;
-            gate.enter().await.map(drop)
+            gate.enter(3).await.map(drop)
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
         drop(held);

@@ -92,6 +92,11 @@ pub struct Config {
     #[arg(long, env = "CHAT_HISTORY_WAIT_MS", value_name = "CHAT_HISTORY_WAIT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub history_wait_ms: u64,
 
+    /// `/messages` answers one caller may have built or being sent at once;
+    /// beyond it 429, so one user cannot hold every turn.
+    #[arg(long, env = "CHAT_HISTORY_PER_USER", value_name = "CHAT_HISTORY_PER_USER", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub history_per_user: u32,
+
     /// Comma-separated allowed `Origin`s for `/ws` (unset: any).
     #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_name = "CHAT_ALLOWED_ORIGINS", value_parser = origin_list)]
     pub allowed_origins: Option<OriginList>,

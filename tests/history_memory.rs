@@ -143,6 +143,8 @@ async fn slow_history_readers_hold_bounded_memory() {
             ("CHAT_MAX_HISTORY_BYTES", &MAX_HISTORY_BYTES.to_string()),
             ("CHAT_HISTORY_CONCURRENCY", &CONCURRENCY.to_string()),
             ("CHAT_HISTORY_WAIT_MS", &WAIT.as_millis().to_string()),
+            // One user plays every reader here.
+            ("CHAT_HISTORY_PER_USER", "100"),
         ],
     );
     let addr = server.addr.clone();

@@ -7,7 +7,6 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use hyper::body::{Frame, SizeHint};
-use tokio::sync::OwnedSemaphorePermit;
 
 /// Largest frame handed to hyper at once. hyper takes the next frame only
 /// when its write buffer (64 KiB, see `server.rs`) has room, so a body read
@@ -16,12 +15,22 @@ use tokio::sync::OwnedSemaphorePermit;
 /// keep the whole buffer alive in hyper's queue after the permit is gone.
 const FRAME_BYTES: usize = 16 * 1024;
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Body {
     rest: Bytes,
     /// `rest` was larger than one frame: hand it over in copies.
     copied: bool,
-    permit: Option<OwnedSemaphorePermit>,
+    /// Held until the body is written: a history permit.
+    permit: Option<Box<dyn Send + Sync>>,
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body")
+            .field("rest", &self.rest.len())
+            .field("permit", &self.permit.is_some())
+            .finish()
+    }
 }
 
 impl Body {
@@ -36,9 +45,9 @@ impl Body {
 
     /// `bytes`, holding `permit` until the last frame is taken or the body
     /// is dropped (the client went away).
-    pub fn with_permit(bytes: impl Into<Bytes>, permit: OwnedSemaphorePermit) -> Body {
+    pub fn with_permit(bytes: impl Into<Bytes>, permit: impl Send + Sync + 'static) -> Body {
         Body {
-            permit: Some(permit),
+            permit: Some(Box::new(permit)),
             ..Body::new(bytes)
         }
     }

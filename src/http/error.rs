@@ -99,7 +99,14 @@ impl From<AuthError> for ApiError {
 impl From<HistoryBusy> for ApiError {
     fn from(error: HistoryBusy) -> Self {
         tracing::warn!(%error, "history request refused");
-        ApiError::unavailable("too many history requests at once; retry shortly")
+        match error {
+            HistoryBusy::Full(_) => {
+                ApiError::unavailable("too many history requests at once; retry shortly")
+            }
+            HistoryBusy::PerUser => ApiError::too_many_requests(
+                "you already have history answers being sent; finish reading them first",
+            ),
+        }
     }
 }
 
@@ -155,10 +162,15 @@ mod tests {
             ApiError::from(AuthError::Outage("down".into())).status,
             StatusCode::SERVICE_UNAVAILABLE
         );
-        let busy = ApiError::from(HistoryBusy(std::time::Duration::from_secs(5)));
+        let busy = ApiError::from(HistoryBusy::Full(std::time::Duration::from_secs(5)));
         assert_eq!(
             (busy.status, busy.code),
             (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        );
+        let share = ApiError::from(HistoryBusy::PerUser);
+        assert_eq!(
+            (share.status, share.code),
+            (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
         );
     }
 }

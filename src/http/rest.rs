@@ -110,7 +110,7 @@ pub async fn messages<B>(app: &App, request: &Request<B>) -> Result<Response<Bod
     }
     // Taken before the read: the permit covers the rows, the encoding and
     // the body until it is written.
-    let permit = app.history.enter().await?;
+    let permit = app.history.enter(caller).await?;
     let history = HistoryQuery {
         conversation_id,
         before,
