@@ -64,6 +64,9 @@ struct ConnInner {
     capacity: usize,
     /// Above this many queued bytes the reader stops reading the socket.
     high_water: usize,
+    /// A copy of `Outbound::bytes`, written under the lock, so the reader's
+    /// check before every frame takes no lock.
+    queued_bytes: AtomicUsize,
     /// Requests handed to the hub and not yet answered.
     in_flight: AtomicUsize,
     /// Wakes a reader waiting for room (see [`ConnHandle::room_for_reader`]).
@@ -123,6 +126,7 @@ impl ConnHandle {
             // A quarter: own replies past it (answers to requests already in
             // flight) still leave most of the queue to others' frames.
             high_water: capacity / 4,
+            queued_bytes: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             reader_room: Notify::new(),
             reader_paused: AtomicBool::new(false),
@@ -177,6 +181,9 @@ impl ConnHandle {
                 outbound.others += cost;
             }
             outbound.bytes += cost;
+            self.inner
+                .queued_bytes
+                .store(outbound.bytes, Ordering::Release);
             outbound.frames.push_back(frame);
             outbound.own.push_back(!bounded);
             outbound.writer.take()
@@ -208,7 +215,7 @@ impl ConnHandle {
     /// Whether [`ConnHandle::room_for_reader`] would wait now.
     pub fn reader_must_wait(&self) -> bool {
         self.inner.in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT
-            || self.inner.outbound.lock().bytes > self.inner.high_water
+            || self.inner.queued_bytes.load(Ordering::Acquire) > self.inner.high_water
     }
 
     /// Resolves when the reader may read the next frame: the queue is below
@@ -301,6 +308,9 @@ impl Receiver {
         let frame = outbound.frames.pop_front().ok_or(Empty)?;
         let own = outbound.own.pop_front().unwrap_or(true);
         outbound.bytes -= cost(&frame);
+        self.inner
+            .queued_bytes
+            .store(outbound.bytes, Ordering::Release);
         if !own {
             outbound.others -= cost(&frame);
         }
@@ -352,6 +362,9 @@ impl Receiver {
                 }
             }
             outbound.bytes -= taken;
+            self.inner
+                .queued_bytes
+                .store(outbound.bytes, Ordering::Release);
             outbound.others -= taken_others;
             let crossed = before > self.inner.high_water && outbound.bytes <= self.inner.high_water;
             drop(outbound);
@@ -371,6 +384,7 @@ impl Drop for Receiver {
             outbound.open = false;
             outbound.writer = None;
             outbound.bytes = 0;
+            self.inner.queued_bytes.store(0, Ordering::Release);
             outbound.others = 0;
             outbound.own = VecDeque::new();
             std::mem::take(&mut outbound.frames)
