@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::user_counts::{UserCountGuard, UserCounts};
+
 /// Descriptors kept for everything that is not a WebSocket: the listener,
 /// REST connections, the store's files, Django and MongoDB pools.
 fn reserve(limit: u64) -> u64 {
@@ -101,7 +103,7 @@ pub struct HistoryGate {
     permits: Arc<Semaphore>,
     wait: Duration,
     /// Answers each caller holds now: one user cannot take every permit.
-    per_user: Arc<parking_lot::Mutex<std::collections::HashMap<crate::model::UserId, u32>>>,
+    per_user: Arc<UserCounts>,
     max_per_user: u32,
 }
 
@@ -116,37 +118,11 @@ pub enum HistoryBusy {
     PerUser,
 }
 
-/// The caller's count while it waits for a permit (a cancelled or refused
-/// wait undoes it).
-struct HistoryCount {
-    user: crate::model::UserId,
-    per_user: Arc<parking_lot::Mutex<std::collections::HashMap<crate::model::UserId, u32>>>,
-}
-
-impl Drop for HistoryCount {
-    fn drop(&mut self) {
-        uncount(&self.per_user, self.user);
-    }
-}
-
-fn uncount(
-    per_user: &parking_lot::Mutex<std::collections::HashMap<crate::model::UserId, u32>>,
-    user: crate::model::UserId,
-) {
-    let mut counts = per_user.lock();
-    if let Some(count) = counts.get_mut(&user) {
-        *count -= 1;
-        if *count == 0 {
-            counts.remove(&user);
-        }
-    }
-}
-
 /// A history answer's turn: a permit of the gate and the caller's count,
 /// both given back when it is dropped.
 pub struct HistoryPermit {
     _permit: OwnedSemaphorePermit,
-    _count: HistoryCount,
+    _count: UserCountGuard,
 }
 
 impl HistoryGate {
@@ -162,19 +138,11 @@ impl HistoryGate {
     /// A permit for `user`, waiting for one at most the gate's wait; at once
     /// `PerUser` when the caller already holds its share.
     pub async fn enter(&self, user: crate::model::UserId) -> Result<HistoryPermit, HistoryBusy> {
-        {
-            let mut counts = self.per_user.lock();
-            let count = counts.entry(user).or_insert(0);
-            if *count >= self.max_per_user {
-                return Err(HistoryBusy::PerUser);
-            }
-            *count += 1;
-        }
         // Undone when the permit is dropped, or now if none comes.
-        let count = HistoryCount {
-            user,
-            per_user: Arc::clone(&self.per_user),
-        };
+        let count = self
+            .per_user
+            .try_add(user, self.max_per_user)
+            .ok_or(HistoryBusy::PerUser)?;
         match tokio::time::timeout(self.wait, Arc::clone(&self.permits).acquire_owned()).await {
             Ok(Ok(permit)) => Ok(HistoryPermit {
                 _permit: permit,

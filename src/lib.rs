@@ -22,4 +22,5 @@ pub mod hub;
 pub mod model;
 pub mod server;
 pub mod store;
+pub mod user_counts;
 pub mod ws;
