@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::conn::ConnHandle;
+use super::conn::{ConnHandle, SendError};
 use super::dedupe::RecentClientIds;
 use super::viewed::RecentViews;
 use crate::model::{Conversation, UserId};
@@ -182,22 +182,13 @@ impl Room {
     /// Relays a message to every member; for its sender's connection it is
     /// the echo of its own frame.
     pub fn relay(&mut self, frame: &Bytes, sender_conn: u64) {
-        let dropped: Vec<u64> = self
-            .members
-            .iter()
-            .filter(|member| {
-                let sent = if member.id() == sender_conn {
-                    member.send_own(frame.clone())
-                } else {
-                    member.send(frame.clone())
-                };
-                sent.is_err()
+        self.send_each(|member| {
+            Some(if member.id() == sender_conn {
+                member.send_own(frame.clone())
+            } else {
+                member.send(frame.clone())
             })
-            .map(ConnHandle::id)
-            .collect();
-        for conn_id in dropped {
-            self.leave(conn_id);
-        }
+        });
     }
 
     /// Queues `frame` to every member except connection `except`. Members
@@ -211,13 +202,18 @@ impl Room {
         self.send_where(frame, |member| member.user_id() != user);
     }
 
-    /// Queues `frame` to the members `to` picks; drops from the room those
-    /// whose queue is full or gone.
+    /// Queues `frame`, as others' traffic, to the members `to` picks.
     fn send_where(&mut self, frame: &Bytes, to: impl Fn(&ConnHandle) -> bool) {
+        self.send_each(|member| to(member).then(|| member.send(frame.clone())));
+    }
+
+    /// Runs `send` for every member (`None`: not addressed); drops from the
+    /// room those whose queue was full or gone.
+    fn send_each(&mut self, send: impl Fn(&ConnHandle) -> Option<Result<(), SendError>>) {
         let dropped: Vec<u64> = self
             .members
             .iter()
-            .filter(|member| to(member) && member.send(frame.clone()).is_err())
+            .filter(|member| matches!(send(member), Some(Err(_))))
             .map(ConnHandle::id)
             .collect();
         for conn_id in dropped {
