@@ -64,8 +64,9 @@ struct ConnInner {
     capacity: usize,
     /// Above this many queued bytes the reader stops reading the socket.
     high_water: usize,
-    /// A copy of `Outbound::bytes`, written under the lock, so the reader's
-    /// check before every frame takes no lock.
+    /// Bytes charged for the queued frames. Written only under the
+    /// `outbound` lock; an atomic so the reader's check before every frame
+    /// takes no lock.
     queued_bytes: AtomicUsize,
     /// Requests handed to the hub and not yet answered.
     in_flight: AtomicUsize,
@@ -86,8 +87,6 @@ struct Outbound {
     frames: VecDeque<Bytes>,
     /// Per frame of `frames`: a reply to the connection's own frame.
     own: VecDeque<bool>,
-    /// Bytes charged for `frames`.
-    bytes: usize,
     /// Bytes charged for the frames caused by others: the slow-consumer bound.
     others: usize,
     /// The writer, parked until a frame arrives.
@@ -117,7 +116,6 @@ impl ConnHandle {
             outbound: Mutex::new(Outbound {
                 frames: VecDeque::new(),
                 own: VecDeque::new(),
-                bytes: 0,
                 others: 0,
                 writer: None,
                 open: true,
@@ -180,10 +178,7 @@ impl ConnHandle {
                 }
                 outbound.others += cost;
             }
-            outbound.bytes += cost;
-            self.inner
-                .queued_bytes
-                .store(outbound.bytes, Ordering::Release);
+            self.inner.queued_bytes.fetch_add(cost, Ordering::Release);
             outbound.frames.push_back(frame);
             outbound.own.push_back(!bounded);
             outbound.writer.take()
@@ -302,17 +297,25 @@ impl ConnHandle {
 }
 
 impl Receiver {
+    /// Takes `taken` bytes (`others` of them others' frames) off the charge
+    /// of frames just removed, under the `outbound` lock; true when the
+    /// queue fell to the high-water mark, so a waiting reader must be woken.
+    fn uncharge(&self, outbound: &mut Outbound, taken: usize, others: usize) -> bool {
+        outbound.others -= others;
+        let before = self.inner.queued_bytes.fetch_sub(taken, Ordering::Release);
+        before > self.inner.high_water && before - taken <= self.inner.high_water
+    }
+
     /// The next queued frame, if any, without waiting.
     pub fn try_recv(&mut self) -> Result<Bytes, Empty> {
         let mut outbound = self.inner.outbound.lock();
         let frame = outbound.frames.pop_front().ok_or(Empty)?;
         let own = outbound.own.pop_front().unwrap_or(true);
-        outbound.bytes -= cost(&frame);
-        self.inner
-            .queued_bytes
-            .store(outbound.bytes, Ordering::Release);
-        if !own {
-            outbound.others -= cost(&frame);
+        let others = if own { 0 } else { cost(&frame) };
+        let crossed = self.uncharge(&mut outbound, cost(&frame), others);
+        drop(outbound);
+        if crossed {
+            self.inner.reader_room.notify_one();
         }
         Ok(frame)
     }
@@ -353,7 +356,6 @@ impl Receiver {
                     outbound.own.drain(..max).collect(),
                 )
             };
-            let before = outbound.bytes;
             let (mut taken, mut taken_others) = (0, 0);
             for (frame, own) in batch.iter().zip(&own) {
                 taken += cost(frame);
@@ -361,12 +363,7 @@ impl Receiver {
                     taken_others += cost(frame);
                 }
             }
-            outbound.bytes -= taken;
-            self.inner
-                .queued_bytes
-                .store(outbound.bytes, Ordering::Release);
-            outbound.others -= taken_others;
-            let crossed = before > self.inner.high_water && outbound.bytes <= self.inner.high_water;
+            let crossed = self.uncharge(&mut outbound, taken, taken_others);
             drop(outbound);
             if crossed {
                 self.inner.reader_room.notify_one();
@@ -383,7 +380,6 @@ impl Drop for Receiver {
             let mut outbound = self.inner.outbound.lock();
             outbound.open = false;
             outbound.writer = None;
-            outbound.bytes = 0;
             self.inner.queued_bytes.store(0, Ordering::Release);
             outbound.others = 0;
             outbound.own = VecDeque::new();
