@@ -53,6 +53,7 @@ pub enum Verdict {
 /// One connection's bucket.
 #[derive(Debug)]
 pub struct TokenBucket {
+    limit: RateLimit,
     tokens: f64,
     refilled_at: Instant,
     refusals: u32,
@@ -63,6 +64,7 @@ impl TokenBucket {
     /// A full bucket.
     pub fn new(limit: RateLimit, now: Instant) -> Self {
         TokenBucket {
+            limit,
             tokens: limit.burst,
             refilled_at: now,
             refusals: 0,
@@ -71,7 +73,8 @@ impl TokenBucket {
     }
 
     /// Takes a token for one message at `now`.
-    pub fn take(&mut self, limit: RateLimit, now: Instant) -> Verdict {
+    pub fn take(&mut self, now: Instant) -> Verdict {
+        let limit = self.limit;
         if limit.is_off() {
             return Verdict::Allowed;
         }
@@ -107,9 +110,9 @@ mod tests {
         let now = Instant::now();
         let mut bucket = TokenBucket::new(limit, now);
         for _ in 0..50 {
-            assert_eq!(bucket.take(limit, now), Verdict::Allowed);
+            assert_eq!(bucket.take(now), Verdict::Allowed);
         }
-        assert_eq!(bucket.take(limit, now), Verdict::Refused);
+        assert_eq!(bucket.take(now), Verdict::Refused);
     }
 
     #[test]
@@ -118,19 +121,19 @@ mod tests {
         let start = Instant::now();
         let mut bucket = TokenBucket::new(limit, start);
         for _ in 0..5 {
-            bucket.take(limit, start);
+            bucket.take(start);
         }
-        assert_eq!(bucket.take(limit, start), Verdict::Refused);
+        assert_eq!(bucket.take(start), Verdict::Refused);
         // 20 a second: one token every 50 ms.
         let later = start + Duration::from_millis(50);
-        assert_eq!(bucket.take(limit, later), Verdict::Allowed);
-        assert_eq!(bucket.take(limit, later), Verdict::Refused);
+        assert_eq!(bucket.take(later), Verdict::Allowed);
+        assert_eq!(bucket.take(later), Verdict::Refused);
         // Never more than the burst, however long the pause.
         let much_later = later + Duration::from_secs(3600);
         for _ in 0..5 {
-            assert_eq!(bucket.take(limit, much_later), Verdict::Allowed);
+            assert_eq!(bucket.take(much_later), Verdict::Allowed);
         }
-        assert_eq!(bucket.take(limit, much_later), Verdict::Refused);
+        assert_eq!(bucket.take(much_later), Verdict::Refused);
     }
 
     #[test]
@@ -138,23 +141,23 @@ mod tests {
         let limit = RateLimit::new(1, 1);
         let start = Instant::now();
         let mut bucket = TokenBucket::new(limit, start);
-        assert_eq!(bucket.take(limit, start), Verdict::Allowed);
+        assert_eq!(bucket.take(start), Verdict::Allowed);
         for _ in 0..MAX_REFUSALS {
-            assert_eq!(bucket.take(limit, start), Verdict::Refused);
+            assert_eq!(bucket.take(start), Verdict::Refused);
         }
-        assert_eq!(bucket.take(limit, start), Verdict::Abusive);
+        assert_eq!(bucket.take(start), Verdict::Abusive);
 
         let mut bucket = TokenBucket::new(limit, start);
-        bucket.take(limit, start);
+        bucket.take(start);
         for _ in 0..MAX_REFUSALS {
-            bucket.take(limit, start);
+            bucket.take(start);
         }
         // The next window starts counting afresh (its first message is
         // still refused: 0.x tokens refilled).
         let next = start + REFUSAL_WINDOW + Duration::from_millis(1);
         bucket.tokens = 0.0;
         bucket.refilled_at = next;
-        assert_eq!(bucket.take(limit, next), Verdict::Refused);
+        assert_eq!(bucket.take(next), Verdict::Refused);
     }
 
     #[test]
@@ -163,7 +166,7 @@ mod tests {
         let now = Instant::now();
         let mut bucket = TokenBucket::new(limit, now);
         for _ in 0..10_000 {
-            assert_eq!(bucket.take(limit, now), Verdict::Allowed);
+            assert_eq!(bucket.take(now), Verdict::Allowed);
         }
     }
 }

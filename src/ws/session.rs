@@ -265,10 +265,7 @@ impl Reader {
                 return;
             }
             Ok(Inbound::Message { text, client_id }) => {
-                match self
-                    .bucket
-                    .take(self.message_rate, tokio::time::Instant::now())
-                {
+                match self.bucket.take(tokio::time::Instant::now()) {
                     Verdict::Allowed => {}
                     Verdict::Refused => {
                         let refusal = protocol::error_event(
@@ -307,7 +304,7 @@ impl Reader {
                 if repeat {
                     return;
                 }
-                if others.typing_bucket.take(TYPING_RATE, now) != Verdict::Allowed {
+                if others.typing_bucket.take(now) != Verdict::Allowed {
                     let retry = now + Duration::from_secs_f64(1.0 / TYPING_RATE.rate);
                     others.held_typing =
                         Some((is_typing, Box::pin(tokio::time::sleep_until(retry))));
@@ -317,11 +314,10 @@ impl Reader {
                 self.typing_command(is_typing)
             }
             Ok(Inbound::Viewed { message_id }) => {
-                let limit = view_rate(self.message_rate);
                 let others = self
                     .others
                     .get_or_insert_with(|| OtherLimits::new(self.message_rate));
-                if others.view_bucket.take(limit, tokio::time::Instant::now()) != Verdict::Allowed {
+                if others.view_bucket.take(tokio::time::Instant::now()) != Verdict::Allowed {
                     let refusal = protocol::error_event(
                         ErrorCode::RateLimited,
                         "too many viewed events; send the newest again later",
@@ -362,7 +358,7 @@ impl Reader {
         let now = tokio::time::Instant::now();
         // The timer waited for a token; take it (a refusal cannot happen
         // but would only skip a hint).
-        let _ = others.typing_bucket.take(TYPING_RATE, now);
+        let _ = others.typing_bucket.take(now);
         if others.last_typing.map(|(last, _)| last) != Some(is_typing) {
             others.last_typing = Some((is_typing, now));
             self.forward(self.typing_command(is_typing)).await;
