@@ -80,7 +80,7 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let head = Arc::new(pending_heads.admit(tokio::time::Instant::now()));
-        let service = Router::for_connection(Arc::clone(&app), Arc::clone(&head));
+        let service = Router::new(Arc::clone(&app), Arc::clone(&head));
         let builder = Arc::clone(&builder);
         let http_shutdown = http_shutdown.clone();
         connections.spawn(async move {

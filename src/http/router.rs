@@ -22,21 +22,14 @@ use crate::ws;
 pub struct Router {
     app: Arc<App>,
     /// The connection's place among those still sending their first head.
-    head: Option<Arc<PendingHead>>,
+    head: Arc<PendingHead>,
 }
 
 impl Router {
-    pub fn new(app: Arc<App>) -> Self {
-        Router { app, head: None }
-    }
-
     /// A router for one accepted connection, which is pending until hyper
     /// hands it its first request.
-    pub fn for_connection(app: Arc<App>, head: Arc<PendingHead>) -> Self {
-        Router {
-            app,
-            head: Some(head),
-        }
+    pub fn new(app: Arc<App>, head: Arc<PendingHead>) -> Self {
+        Router { app, head }
     }
 }
 
@@ -46,9 +39,7 @@ impl Service<Request<Incoming>> for Router {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        if let Some(head) = &self.head {
-            head.head_received();
-        }
+        self.head.head_received();
         let app = Arc::clone(&self.app);
         Box::pin(async move { Ok(cors::decorate(route(&app, request).await)) })
     }
