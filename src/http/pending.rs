@@ -58,7 +58,19 @@ impl PendingHeads {
     pub fn admit(self: &Arc<Self>, now: Instant) -> PendingHead {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let evict = CancellationToken::new();
-        self.enqueue(id, now, evict.clone());
+        let oldest = {
+            let mut waiting = self.waiting.lock();
+            let oldest = if waiting.len() >= self.max {
+                Self::pop_aged(&mut waiting, now)
+            } else {
+                None
+            };
+            waiting.push_back((id, now, evict.clone()));
+            oldest
+        };
+        if let Some(token) = oldest {
+            self.evict(token);
+        }
         PendingHead {
             heads: Arc::clone(self),
             id,
@@ -67,37 +79,17 @@ impl PendingHeads {
         }
     }
 
-    /// Appends a waiting connection, first evicting the oldest when the list
-    /// is full and that one is old enough.
-    fn enqueue(&self, id: u64, now: Instant, evict: CancellationToken) {
-        let oldest = {
-            let mut waiting = self.waiting.lock();
-            let oldest = if waiting.len() >= self.max {
-                Self::pop_aged(&mut waiting, now)
-            } else {
-                None
-            };
-            waiting.push_back((id, now, evict));
-            oldest
-        };
-        if let Some(token) = oldest {
-            self.evicted.fetch_add(1, Ordering::Relaxed);
-            token.cancel();
-        }
-    }
-
     /// Closes the oldest waiting connection if it is old enough (the
     /// process is out of descriptors); returns whether one was closed.
     pub fn evict_oldest(&self, now: Instant) -> bool {
         let oldest = Self::pop_aged(&mut self.waiting.lock(), now);
-        match oldest {
-            Some(token) => {
-                self.evicted.fetch_add(1, Ordering::Relaxed);
-                token.cancel();
-                true
-            }
-            None => false,
-        }
+        oldest.map(|token| self.evict(token)).is_some()
+    }
+
+    /// Tells a connection taken off the list to close (outside the lock).
+    fn evict(&self, token: CancellationToken) {
+        self.evicted.fetch_add(1, Ordering::Relaxed);
+        token.cancel();
     }
 
     fn pop_aged(
