@@ -36,6 +36,13 @@ impl Chat {
         Client::connect(&self.server.ws_url(query)).await
     }
 
+    /// REST history, as student 25, of the conversation `event` belongs to.
+    async fn student_history(&self, event: &Value) -> Value {
+        let conversation = event["conversation_id"].as_str().unwrap();
+        let path = format!("/messages?conversation_id={conversation}");
+        self.server.get(&path, Some("tok-s25"), Some(25)).await.json
+    }
+
     /// Student then mentor, with the presence events of joining consumed.
     async fn pair(&self) -> (Client, Client) {
         let mut student = self.connect(STUDENT).await;
@@ -170,16 +177,8 @@ async fn a_resend_with_the_same_client_id_is_neither_stored_nor_delivered_again(
     assert_eq!(student.expect("ack").await["id"], first["id"]);
     mentor.expect_silence().await;
 
-    let conversation = first["conversation_id"].as_str().unwrap();
-    let history = chat
-        .server
-        .get(
-            &format!("/messages?conversation_id={conversation}"),
-            Some("tok-s25"),
-            Some(25),
-        )
-        .await;
-    assert_eq!(history.json.as_array().unwrap().len(), 1);
+    let history = chat.student_history(&first).await;
+    assert_eq!(history.as_array().unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -192,16 +191,8 @@ async fn text_is_relayed_and_stored_byte_exact() {
     assert_eq!(event["text"], text);
     student.expect("message").await;
     student.expect("ack").await;
-    let conversation = event["conversation_id"].as_str().unwrap();
-    let history = chat
-        .server
-        .get(
-            &format!("/messages?conversation_id={conversation}"),
-            Some("tok-s25"),
-            Some(25),
-        )
-        .await;
-    assert_eq!(history.json[0]["text"], text);
+    let history = chat.student_history(&event).await;
+    assert_eq!(history[0]["text"], text);
 }
 
 #[tokio::test]
@@ -259,16 +250,8 @@ async fn viewed_is_stored_and_relayed_to_others_only() {
     );
     mentor.expect_silence().await;
 
-    let conversation = message["conversation_id"].as_str().unwrap();
-    let history = chat
-        .server
-        .get(
-            &format!("/messages?conversation_id={conversation}"),
-            Some("tok-s25"),
-            Some(25),
-        )
-        .await;
-    assert_eq!(history.json[0]["viewed_by"], 10);
+    let history = chat.student_history(&message).await;
+    assert_eq!(history[0]["viewed_by"], 10);
 }
 
 /// Sends `repeats` copies of the same `viewed`, then a `viewed` of an
@@ -301,18 +284,10 @@ async fn a_repeated_viewed_is_accepted_but_relayed_and_stored_once() {
     let message = mentor.expect("message").await;
     student.expect("message").await;
     student.expect("ack").await;
-    let conversation = message["conversation_id"].as_str().unwrap();
     let viewed_at = || async {
-        let history = chat
-            .server
-            .get(
-                &format!("/messages?conversation_id={conversation}"),
-                Some("tok-s25"),
-                Some(25),
-            )
-            .await;
-        assert_eq!(history.json[0]["viewed_by"], 10);
-        history.json[0]["viewed_at"].clone()
+        let history = chat.student_history(&message).await;
+        assert_eq!(history[0]["viewed_by"], 10);
+        history[0]["viewed_at"].clone()
     };
 
     // 200 at once: most reach the writer before the first is stored.
@@ -519,22 +494,9 @@ async fn deep_nesting_and_lone_surrogates_are_bad_json_and_the_connection_stays_
     assert_eq!(event["text"], "ab😀");
     student.expect("message").await;
     assert_eq!(student.expect("ack").await["client_id"], "after");
-    let conversation = event["conversation_id"].as_str().unwrap();
-    let history = chat
-        .server
-        .get(
-            &format!("/messages?conversation_id={conversation}"),
-            Some("tok-s25"),
-            Some(25),
-        )
-        .await;
-    assert_eq!(
-        history.json.as_array().map(Vec::len),
-        Some(1),
-        "{}",
-        history.json
-    );
-    assert_eq!(history.json[0]["text"], "ab😀");
+    let history = chat.student_history(&event).await;
+    assert_eq!(history.as_array().map(Vec::len), Some(1), "{}", history);
+    assert_eq!(history[0]["text"], "ab😀");
 }
 
 #[tokio::test]
