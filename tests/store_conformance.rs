@@ -51,6 +51,7 @@ macro_rules! store_conformance {
                 get_or_create_returns_one_conversation_per_key,
                 conversation_lookup_by_id,
                 conversation_filters_and_order,
+                conversations_are_ordered_by_created_at,
                 insert_then_history_oldest_first,
                 history_pagination,
                 history_is_cut_by_bytes,
@@ -344,6 +345,36 @@ mod checks {
         );
         assert_eq!(list(None, None, Some(mentor), 2).await, [a, b]);
         assert_eq!(list(Some(random_id()), None, None, 10).await, []);
+    }
+
+    /// "Oldest first" is by `created_at` (the caller's), then id: not the
+    /// order the conversations were created in.
+    pub async fn conversations_are_ordered_by_created_at(store: Arc<dyn Store>) {
+        let mentor = random_id();
+        let create = |at| {
+            let store = Arc::clone(&store);
+            async move {
+                let key = ConversationKey {
+                    mentor_id: mentor,
+                    ..random_key()
+                };
+                store.conversation_for(key, Millis(at)).await.unwrap()
+            }
+        };
+        let late = create(3_000).await;
+        let mut tied = [create(1_000).await, create(1_000).await];
+        let middle = create(2_000).await;
+        tied.sort_by_key(|conversation| conversation.id);
+        let [first, second] = tied;
+        let listed = store
+            .conversations(ConversationFilter {
+                mentor_id: Some(mentor),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(listed, [first, second, middle, late]);
     }
 
     pub async fn insert_then_history_oldest_first(store: Arc<dyn Store>) {
