@@ -6,6 +6,14 @@
 //! loud `SKIPPED: …` line naming what is missing). The checks use random
 //! user and lesson ids, so a store shared by all tests (one MongoDB
 //! database) works as well as a fresh one per test.
+//!
+//! Every variant runs every check: a check left out of the macro's list is
+//! dead code, which `clippy -D warnings` refuses. The variants: SQLite as
+//! configured by default (the journal's tail serves most reads), SQLite
+//! without the journal (every batch merged before its ack), SQLite with
+//! forced merges (a tail of two messages: the merge runs inside the checks,
+//! proven against the database file), the in-memory reference store, and
+//! MongoDB when `MONGO_URI` is set.
 
 mod common;
 
@@ -17,17 +25,33 @@ use common::{history, ids, message, random_id, random_key};
 
 macro_rules! store_conformance {
     ($module:ident, $factory:expr) => {
+        store_conformance!($module, $factory, after_each = |_| async {});
+    };
+    // `after_each` gets the factory's store once a check passed on it.
+    ($module:ident, $factory:expr, after_each = $after:expr) => {
         mod $module {
             use super::*;
 
-            async fn store() -> Option<Arc<dyn Store>> {
-                $factory.await
+            /// Runs `check` on a fresh store from the factory.
+            async fn run<Check, Done>(name: &str, check: Check)
+            where
+                Check: FnOnce(Arc<dyn Store>) -> Done,
+                Done: std::future::Future<Output = ()>,
+            {
+                match $factory.await {
+                    Some(store) => {
+                        check(store.clone()).await;
+                        ($after)(&*store).await;
+                    }
+                    None => eprintln!("SKIPPED: {}::{name} conformance check", module_path!()),
+                }
             }
 
             store_conformance!(@tests
                 get_or_create_returns_one_conversation_per_key,
                 conversation_lookup_by_id,
                 conversation_filters_and_order,
+                conversations_are_ordered_by_created_at,
                 insert_then_history_oldest_first,
                 history_pagination,
                 history_is_cut_by_bytes,
@@ -46,10 +70,8 @@ macro_rules! store_conformance {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_get_or_create_yields_one_id() {
-                match store().await {
-                    Some(store) => super::checks::concurrent_get_or_create_yields_one_id(store).await,
-                    None => eprintln!("SKIPPED: {} conformance check", module_path!()),
-                }
+                let check = super::checks::concurrent_get_or_create_yields_one_id;
+                run("concurrent_get_or_create_yields_one_id", check).await
             }
         }
     };
@@ -57,10 +79,7 @@ macro_rules! store_conformance {
         $(
             #[tokio::test]
             async fn $check() {
-                match store().await {
-                    Some(store) => super::checks::$check(store).await,
-                    None => eprintln!("SKIPPED: {}::{} conformance check", module_path!(), stringify!($check)),
-                }
+                run(stringify!($check), super::checks::$check).await
             }
         )*
     };
@@ -72,6 +91,14 @@ store_conformance!(sqlite, async { Some(common::temp_sqlite()) });
 store_conformance!(sqlite_without_journal, async {
     Some(Arc::new(common::TempSqlite::without_journal()) as Arc<dyn Store>)
 });
+
+// Most batches end in a merge and reads meet SQLite and the tail together;
+// after each check the database file shows the merges happened.
+store_conformance!(
+    sqlite_with_forced_merges,
+    async { Some(Arc::new(forced_merges::open())) },
+    after_each = forced_merges::assert_merged
+);
 
 store_conformance!(memory, async {
     Some(Arc::new(chat_service::store::memory::MemoryStore::new()) as Arc<dyn Store>)
@@ -90,6 +117,86 @@ store_conformance!(mongodb, async {
         .expect("MONGO_URI is set but MongoDB cannot be reached");
     Some(Arc::new(store) as Arc<dyn Store>)
 });
+
+/// The forced-merges variant: a SQLite store whose journal may hold only
+/// [`forced_merges::TAIL_MAX`] unmerged messages, so a batch's ack waits for
+/// the merge (the path that otherwise runs only past 65,536 messages or
+/// after 5 s) once the tail would exceed it.
+mod forced_merges {
+    use chat_service::config::SqliteSync;
+    use chat_service::model::{ConversationId, Millis, ObjectId};
+    use chat_service::store::sqlite::{SqliteOptions, DATABASE_FILE};
+    use chat_service::store::{Store, WriteOp, WriteOutcome};
+    use rusqlite::{Connection, OpenFlags};
+
+    use super::common::{history, ids, message, random_key, TempSqlite};
+
+    /// Unmerged messages the journal may hold after an ack.
+    pub const TAIL_MAX: usize = 2;
+
+    pub fn open() -> TempSqlite {
+        TempSqlite::with_options(SqliteOptions {
+            journal_max: TAIL_MAX,
+            ..SqliteOptions::new(SqliteSync::Normal)
+        })
+    }
+
+    /// At most `TAIL_MAX` of the messages the store serves are missing from
+    /// the database file, read on a connection of its own: a check that
+    /// stored more than that cannot pass without a merge. Each check has a
+    /// fresh store, so the file's conversations are all the check made.
+    pub async fn assert_merged(sqlite: &TempSqlite) {
+        let file = Connection::open_with_flags(
+            sqlite.dir.path().join(DATABASE_FILE),
+            OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let conversations: Vec<[u8; 12]> = file
+            .prepare("SELECT id FROM conversations")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let mut unmerged = 0;
+        for id in conversations {
+            let conversation: ConversationId = ObjectId::from_bytes(id);
+            let in_file: usize = file
+                .query_row(
+                    "SELECT COUNT(*) FROM messages WHERE conversation_id = ?1",
+                    [id],
+                    |row| row.get(0),
+                )
+                .unwrap();
+            let served = history(sqlite, conversation).await.len();
+            assert!(
+                in_file <= served,
+                "the file holds messages the store does not serve"
+            );
+            unmerged += served - in_file;
+        }
+        assert!(
+            unmerged <= TAIL_MAX,
+            "{unmerged} served messages are not in SQLite; the tail may hold {TAIL_MAX}"
+        );
+    }
+
+    /// The probe on its own: a batch beyond the tail's room reaches the
+    /// file while the store is open (not only at its closing merge).
+    #[tokio::test]
+    async fn a_batch_beyond_the_tail_reaches_the_database_file() {
+        let sqlite = open();
+        let key = random_key();
+        let conversation = sqlite.conversation_for(key, Millis(0)).await.unwrap();
+        let ops: Vec<_> = ids(TAIL_MAX + 1)
+            .into_iter()
+            .map(|id| WriteOp::Insert(message(id, conversation.id, key.mentor_id, "m", None)))
+            .collect();
+        let outcomes = sqlite.write_batch(ops).await.unwrap();
+        assert_eq!(outcomes, vec![WriteOutcome::Inserted; TAIL_MAX + 1]);
+        assert_merged(&sqlite).await;
+    }
+}
 
 mod checks {
     use super::*;
@@ -238,6 +345,36 @@ mod checks {
         );
         assert_eq!(list(None, None, Some(mentor), 2).await, [a, b]);
         assert_eq!(list(Some(random_id()), None, None, 10).await, []);
+    }
+
+    /// "Oldest first" is by `created_at` (the caller's), then id: not the
+    /// order the conversations were created in.
+    pub async fn conversations_are_ordered_by_created_at(store: Arc<dyn Store>) {
+        let mentor = random_id();
+        let create = |at| {
+            let store = Arc::clone(&store);
+            async move {
+                let key = ConversationKey {
+                    mentor_id: mentor,
+                    ..random_key()
+                };
+                store.conversation_for(key, Millis(at)).await.unwrap()
+            }
+        };
+        let late = create(3_000).await;
+        let mut tied = [create(1_000).await, create(1_000).await];
+        let middle = create(2_000).await;
+        tied.sort_by_key(|conversation| conversation.id);
+        let [first, second] = tied;
+        let listed = store
+            .conversations(ConversationFilter {
+                mentor_id: Some(mentor),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(listed, [first, second, middle, late]);
     }
 
     pub async fn insert_then_history_oldest_first(store: Arc<dyn Store>) {

@@ -1,6 +1,8 @@
 //! An in-memory `Store`: the reference implementation of the trait's
-//! contract, for unit tests and benches that must not touch a disk.
-//! Nothing survives the process.
+//! contract, the plainest code that passes the conformance suite
+//! (`tests/store_conformance.rs` runs it like every other store), for
+//! benches and tests that must not touch a disk. Nothing survives the
+//! process.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -116,7 +118,7 @@ impl Store for MemoryStore {
     }
 
     fn conversations(&self, filter: ConversationFilter) -> StoreFuture<'_, Vec<Conversation>> {
-        let list: Vec<Conversation> = self
+        let mut list: Vec<Conversation> = self
             .state
             .lock()
             .conversations
@@ -124,9 +126,12 @@ impl Store for MemoryStore {
             .filter(|c| filter.mentor_id.is_none_or(|m| c.mentor_id == m))
             .filter(|c| filter.student_id.is_none_or(|s| c.student_id == s))
             .filter(|c| filter.participant.is_none_or(|p| c.has_participant(p)))
-            .take(filter.limit)
             .cloned()
             .collect();
+        // Oldest by the caller's `created_at`, which need not follow the
+        // id (creation) order the map keeps.
+        list.sort_by_key(|c| (c.created_at, c.id));
+        list.truncate(filter.limit);
         Box::pin(async move { Ok(list) })
     }
 

@@ -1,6 +1,7 @@
 //! The append-only journal in front of SQLite: write batches are appended
 //! to a flat file and acknowledged, and merged into SQLite later in large
-//! runs. This module is only the file format and the file handling.
+//! runs. This module is the file format and the file handling; [`replay`]
+//! applies what an earlier process left to SQLite.
 //!
 //! # Files
 //!
@@ -32,6 +33,8 @@
 //! first records; those were never acknowledged, and replaying them is the
 //! same as the batch having finished just before the crash.
 
+mod replay;
+
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -39,6 +42,8 @@ use std::path::{Path, PathBuf};
 
 use crate::model::{Message, Millis, ObjectId};
 use crate::store::WriteOp;
+
+pub(super) use replay::replay;
 
 const MAGIC: &[u8; 8] = b"CHATJNL\0";
 const VERSION: u32 = 1;
@@ -78,6 +83,16 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     }
     segments.sort_unstable_by_key(|&(number, _)| number);
     Ok(segments)
+}
+
+/// Removes a merged segment. It is only garbage then: failing to remove it
+/// costs a replay, so it is logged, not an error.
+pub fn remove_segment(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), "cannot remove a merged journal segment: {e}");
+        }
+    }
 }
 
 /// An open segment being appended to.

@@ -1,0 +1,19 @@
+//! The write thread's scheduling priority.
+//!
+//! Delivery comes before durability: when the cores are busy, the threads
+//! that relay messages run first and the SQLite writer takes what is left.
+
+/// Lowers the calling thread's priority; failing only costs that ordering,
+/// so it is not an error.
+pub(super) fn lower_priority() {
+    const WRITER_NICE: libc::c_int = 10;
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id
+    // changes only this thread's nice value.
+    let result = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, WRITER_NICE)
+    };
+    if result != 0 {
+        tracing::debug!("could not lower the SQLite writer thread's priority");
+    }
+}

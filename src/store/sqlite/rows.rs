@@ -1,0 +1,49 @@
+//! The row shape of conversations and messages, both ways: the column
+//! lists every SELECT names, and the values an INSERT binds.
+
+use rusqlite::Row;
+
+use crate::model::{Conversation, Message, Millis, ObjectId};
+
+/// The columns `conversation_from_row` reads, in its order.
+pub(super) const CONVERSATION_COLUMNS: &str = "id, lesson_id, mentor_id, student_id, created_at";
+/// The columns `message_from_row` reads, in its order.
+pub(super) const MESSAGE_COLUMNS: &str =
+    "id, conversation_id, sender_id, text, created_at, client_id, viewed_by, viewed_at";
+
+pub(super) fn conversation_from_row(row: &Row<'_>) -> rusqlite::Result<Conversation> {
+    Ok(Conversation {
+        id: ObjectId::from_bytes(row.get(0)?),
+        lesson_id: row.get(1)?,
+        mentor_id: row.get(2)?,
+        student_id: row.get(3)?,
+        created_at: Millis(row.get(4)?),
+    })
+}
+
+pub(super) fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        id: ObjectId::from_bytes(row.get(0)?),
+        conversation_id: ObjectId::from_bytes(row.get(1)?),
+        sender_id: row.get(2)?,
+        text: row.get(3)?,
+        created_at: Millis(row.get(4)?),
+        client_id: row.get(5)?,
+        viewed_by: row.get(6)?,
+        viewed_at: row.get::<_, Option<i64>>(7)?.map(Millis),
+    })
+}
+
+/// A message as `INSERT_MESSAGE`'s parameters ?1..?8.
+pub(super) fn message_params(message: &Message) -> impl rusqlite::Params + '_ {
+    (
+        message.conversation_id.bytes(),
+        message.id.bytes(),
+        message.sender_id,
+        message.text.as_str(),
+        message.created_at.0,
+        message.client_id.as_deref(),
+        message.viewed_by,
+        message.viewed_at.map(|at| at.0),
+    )
+}

@@ -1,0 +1,112 @@
+//! The tables and indexes, created (or completed) when the store opens.
+//!
+//! Ids are the 12 ObjectId bytes as BLOBs, so SQLite's memcmp order is id
+//! order; times are INTEGER milliseconds (`Millis`). `messages` is a
+//! WITHOUT ROWID table keyed by (conversation_id, id): a history page is one
+//! primary-key range scan, and every write names its conversation.
+
+use rusqlite::Connection;
+
+use super::errors::store_error;
+use crate::store::StoreError;
+
+/// The schema version this code writes (`PRAGMA user_version`). Adding an
+/// index does not change it: `CREATE INDEX IF NOT EXISTS` adds it to an
+/// existing database at open, and an older build still reads and writes a
+/// database that has it (SQLite maintains it), so a rollback keeps working.
+const SCHEMA_VERSION: i64 = 1;
+
+/// See `SCHEMA`; its creation on an existing database is logged.
+pub(super) const RECENT_CLIENT_IDS_INDEX: &str = "messages_recent_client_ids";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS conversations (
+    id         BLOB    NOT NULL PRIMARY KEY,
+    lesson_id  INTEGER NOT NULL,
+    mentor_id  INTEGER NOT NULL,
+    student_id INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    UNIQUE (lesson_id, mentor_id, student_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conversations_by_mentor
+    ON conversations (mentor_id, created_at, id);
+CREATE INDEX IF NOT EXISTS conversations_by_student
+    ON conversations (student_id, created_at, id);
+CREATE TABLE IF NOT EXISTS messages (
+    conversation_id BLOB    NOT NULL,
+    id              BLOB    NOT NULL,
+    sender_id       INTEGER NOT NULL,
+    text            TEXT    NOT NULL,
+    created_at      INTEGER NOT NULL,
+    client_id       TEXT,
+    viewed_by       INTEGER,
+    viewed_at       INTEGER,
+    PRIMARY KEY (conversation_id, id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
+    ON messages (conversation_id, sender_id, client_id) WHERE client_id IS NOT NULL;
+-- `RECENT_CLIENT_IDS` (every WebSocket connect) reads it newest first and
+-- stops at its limit, never visiting the messages without a client id (seed
+-- clients send none); `client_id` last makes it covering.
+CREATE INDEX IF NOT EXISTS messages_recent_client_ids
+    ON messages (conversation_id, sender_id, id, client_id) WHERE client_id IS NOT NULL;
+";
+
+/// Creates what is missing and records the version; refuses a database a
+/// newer build wrote.
+pub(super) fn create_schema(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(store_error)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Internal(format!(
+            "database schema version {version} is newer than this build's {SCHEMA_VERSION}"
+        )));
+    }
+    // A database from before the index gets it now: one pass over the
+    // messages, logged since it delays the start on a large one.
+    let building = version > 0 && !index_exists(conn, RECENT_CLIENT_IDS_INDEX)?;
+    let started = std::time::Instant::now();
+    conn.execute_batch(SCHEMA).map_err(store_error)?;
+    if building {
+        tracing::info!(
+            index = RECENT_CLIENT_IDS_INDEX,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "SQLite index added to the existing database"
+        );
+    }
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(store_error)
+}
+
+fn index_exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1)",
+        [name],
+        |row| row.get(0),
+    )
+    .map_err(store_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::DATABASE_FILE;
+
+    #[test]
+    fn an_existing_database_gets_the_index_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        create_schema(&conn).unwrap();
+        conn.execute_batch(&format!("DROP INDEX {RECENT_CLIENT_IDS_INDEX}"))
+            .unwrap();
+        assert!(!index_exists(&conn, RECENT_CLIENT_IDS_INDEX).unwrap());
+
+        create_schema(&conn).unwrap();
+        assert!(index_exists(&conn, RECENT_CLIENT_IDS_INDEX).unwrap());
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+}

@@ -1,0 +1,266 @@
+//! Every statement the store runs, and the functions that run them on a
+//! given connection: reads on a reader's, writes on the write thread's.
+
+use rusqlite::{Connection, OptionalExtension, Statement};
+
+use super::errors::store_error;
+use super::rows::{
+    conversation_from_row, message_from_row, message_params, CONVERSATION_COLUMNS, MESSAGE_COLUMNS,
+};
+use crate::model::{
+    Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, ObjectId, UserId,
+};
+use crate::store::{ConversationFilter, HistoryPage, HistoryQuery, PageBuilder, StoreError};
+
+/// Merges a journaled message. It may be stored already (journaled again by
+/// a retry, or replayed after a crash during a merge): then only a view the
+/// journaled copy carries is kept. Any other conflict (a resend's client id
+/// the write path let through) stores nothing.
+pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages
+    (conversation_id, id, sender_id, text, created_at, client_id, viewed_by, viewed_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+    ON CONFLICT (conversation_id, id) DO UPDATE
+        SET viewed_by = excluded.viewed_by, viewed_at = excluded.viewed_at
+        WHERE excluded.viewed_by IS NOT NULL
+    ON CONFLICT DO NOTHING";
+/// `ViewEffect::of` in SQL: a view by someone other than the sender, and
+/// once per viewer (the same view again, a retry, rewrites the same values).
+pub(super) const VIEW_MESSAGE: &str = "UPDATE messages SET viewed_by = ?3, viewed_at = ?4
+    WHERE conversation_id = ?1 AND id = ?2 AND sender_id <> ?3
+        AND (viewed_by IS NOT ?3 OR viewed_at = ?4)";
+/// Whether a view that changed nothing had a target (then it was a repeat).
+pub(super) const VIEW_TARGET: &str = "SELECT 1 FROM messages
+    WHERE conversation_id = ?1 AND id = ?2 AND sender_id <> ?3";
+/// An earlier message with this client id (a resend). The message's own id
+/// is not looked up: a retried message SQLite already holds is journaled
+/// again, reported `Inserted`, and its second insert does nothing at merge.
+pub(super) const STORED_CLIENT_ID: &str = "SELECT id FROM messages
+    WHERE conversation_id = ?1 AND sender_id = ?2 AND client_id = ?3";
+/// A sender's newest client ids; planned onto `messages_recent_client_ids`
+/// (a test checks the plan).
+const RECENT_CLIENT_IDS: &str = "SELECT client_id, id FROM messages
+    WHERE conversation_id = ?1 AND sender_id = ?2 AND client_id IS NOT NULL
+    ORDER BY id DESC LIMIT ?3";
+const INSERT_CONVERSATION: &str = "INSERT INTO conversations
+    (id, lesson_id, mentor_id, student_id, created_at)
+    VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING";
+
+/// Runs `body` between `begin` and `COMMIT`, rolling back on failure.
+pub(super) fn in_transaction<T>(
+    conn: &Connection,
+    begin: &str,
+    body: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> Result<T, StoreError> {
+    let result = conn
+        .prepare_cached(begin)
+        .and_then(|mut begin| begin.execute([]))
+        .and_then(|_| body(conn))
+        .and_then(|value| {
+            conn.prepare_cached("COMMIT")?.execute([])?;
+            Ok(value)
+        });
+    result.map_err(|e| {
+        // A failed COMMIT (e.g. SQLITE_BUSY) leaves the transaction open.
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        store_error(e)
+    })
+}
+
+/// Runs a prepared [`INSERT_MESSAGE`] for `message`.
+pub(super) fn insert_message(
+    insert: &mut Statement<'_>,
+    message: &Message,
+) -> rusqlite::Result<()> {
+    insert.execute(message_params(message))?;
+    Ok(())
+}
+
+/// Runs a prepared [`STORED_CLIENT_ID`]: the id of the stored message with
+/// `message`'s client id, if it has one.
+pub(super) fn stored_client_id(
+    by_client_id: &mut Statement<'_>,
+    message: &Message,
+) -> rusqlite::Result<Option<MessageId>> {
+    let Some(client_id) = message.client_id.as_deref() else {
+        return Ok(None);
+    };
+    let stored = by_client_id
+        .query_row(
+            (
+                message.conversation_id.bytes(),
+                message.sender_id,
+                client_id,
+            ),
+            |row| row.get::<_, [u8; 12]>(0),
+        )
+        .optional()?;
+    Ok(stored.map(ObjectId::from_bytes))
+}
+
+pub(super) fn get_or_create(
+    conn: &Connection,
+    key: &ConversationKey,
+    created_at: Millis,
+) -> rusqlite::Result<Conversation> {
+    conn.prepare_cached(INSERT_CONVERSATION)?.execute((
+        ObjectId::new().bytes(),
+        key.lesson_id,
+        key.mentor_id,
+        key.student_id,
+        created_at.0,
+    ))?;
+    conversation_by_key(conn, key)?.ok_or(rusqlite::Error::QueryReturnedNoRows)
+}
+
+pub(super) fn conversation_by_key(
+    conn: &Connection,
+    key: &ConversationKey,
+) -> rusqlite::Result<Option<Conversation>> {
+    conn.prepare_cached(&format!(
+        "SELECT {CONVERSATION_COLUMNS} FROM conversations
+         WHERE lesson_id = ?1 AND mentor_id = ?2 AND student_id = ?3"
+    ))?
+    .query_row(
+        (key.lesson_id, key.mentor_id, key.student_id),
+        conversation_from_row,
+    )
+    .optional()
+}
+
+pub(super) fn conversation_by_id(
+    conn: &Connection,
+    id: ConversationId,
+) -> rusqlite::Result<Option<Conversation>> {
+    conn.prepare_cached(&format!(
+        "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?1"
+    ))?
+    .query_row([id.bytes()], conversation_from_row)
+    .optional()
+}
+
+/// See [`ConversationFilter`]: one statement per combination of set
+/// fields, oldest first.
+pub(super) fn conversations(
+    conn: &Connection,
+    filter: &ConversationFilter,
+) -> rusqlite::Result<Vec<Conversation>> {
+    let mut sql = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE 1 = 1");
+    let mut args: Vec<i64> = Vec::with_capacity(5);
+    if let Some(mentor) = filter.mentor_id {
+        sql.push_str(" AND mentor_id = ?");
+        args.push(mentor);
+    }
+    if let Some(student) = filter.student_id {
+        sql.push_str(" AND student_id = ?");
+        args.push(student);
+    }
+    if let Some(user) = filter.participant {
+        sql.push_str(" AND (mentor_id = ? OR student_id = ?)");
+        args.extend([user, user]);
+    }
+    sql.push_str(" ORDER BY created_at, id LIMIT ?");
+    args.push(sql_limit(filter.limit));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), conversation_from_row)?;
+    rows.collect()
+}
+
+/// The stored part of `Store::recent_client_ids`: newest first.
+pub(super) fn recent_client_ids(
+    conn: &Connection,
+    conversation_id: ConversationId,
+    sender_id: UserId,
+    limit: usize,
+) -> rusqlite::Result<Vec<(String, MessageId)>> {
+    let mut stmt = conn.prepare_cached(RECENT_CLIENT_IDS)?;
+    let rows = stmt.query_map(
+        (conversation_id.bytes(), sender_id, sql_limit(limit)),
+        |row| Ok((row.get(0)?, ObjectId::from_bytes(row.get(1)?))),
+    )?;
+    rows.collect()
+}
+
+/// See [`HistoryQuery`]: with `after`, the first page after it; otherwise the
+/// last page before `before`, read newest first. Rows are stepped one at a
+/// time and reading stops once the page is full, so a long range of large
+/// messages is never loaded to be trimmed.
+pub(super) fn history(conn: &Connection, query: &HistoryQuery) -> rusqlite::Result<HistoryPage> {
+    let conversation = query.conversation_id.bytes();
+    let limit = sql_limit(query.limit);
+    let order = if query.newest_first() { "DESC" } else { "ASC" };
+    let select = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1");
+    let mut page = PageBuilder::new(query);
+    match (query.after, query.before) {
+        (Some(after), Some(before)) => fill_page(
+            &mut page,
+            conn.prepare_cached(&format!(
+                "{select} AND id > ?2 AND id < ?3 ORDER BY id {order} LIMIT ?4"
+            ))?
+            .query((conversation, after.bytes(), before.bytes(), limit))?,
+        )?,
+        (Some(bound), None) | (None, Some(bound)) => {
+            let op = if query.after.is_some() { ">" } else { "<" };
+            fill_page(
+                &mut page,
+                conn.prepare_cached(&format!(
+                    "{select} AND id {op} ?2 ORDER BY id {order} LIMIT ?3"
+                ))?
+                .query((conversation, bound.bytes(), limit))?,
+            )?
+        }
+        (None, None) => fill_page(
+            &mut page,
+            conn.prepare_cached(&format!("{select} ORDER BY id {order} LIMIT ?2"))?
+                .query((conversation, limit))?,
+        )?,
+    }
+    Ok(page.finish())
+}
+
+/// Steps `rows` into `page` until it is full.
+fn fill_page(page: &mut PageBuilder, mut rows: rusqlite::Rows<'_>) -> rusqlite::Result<()> {
+    while let Some(row) = rows.next()? {
+        if !page.push(message_from_row(row)?) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// SQLite's LIMIT is an i64; a larger `usize` means "no limit".
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::schema::{create_schema, RECENT_CLIENT_IDS_INDEX};
+    use crate::store::sqlite::DATABASE_FILE;
+
+    /// The plan's detail lines, e.g. `SEARCH messages USING ...`.
+    fn plan(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = explain.query_map([1, 2, 3], |row| row.get::<_, String>(3));
+        rows.unwrap().collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    #[test]
+    fn recent_client_ids_read_only_their_index_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        create_schema(&conn).unwrap();
+        // A walk of the primary key shows as SEARCH too: only the index
+        // bounds the rows read to the sender's messages with a client id,
+        // and only its order lets LIMIT stop the read (no sort).
+        assert_eq!(
+            plan(&conn, RECENT_CLIENT_IDS),
+            [format!(
+                "SEARCH messages USING COVERING INDEX {RECENT_CLIENT_IDS_INDEX} \
+                 (conversation_id=? AND sender_id=?)"
+            )]
+        );
+    }
+}

@@ -1,0 +1,172 @@
+//! A batch's decisions before its journal append: each op's outcome, the
+//! records to journal, and the batch's own indexes, so a later op of the
+//! batch sees an earlier one before either reaches the tail.
+//!
+//! Views of messages only SQLite may hold are collected here; the write
+//! thread applies them there, in one transaction, and sets their outcomes.
+
+use std::collections::HashMap;
+
+use foldhash::fast::RandomState as FastHash;
+use rusqlite::Statement;
+
+use super::sql::stored_client_id;
+use super::tail::{ClientKey, Tail};
+use crate::model::{ConversationId, Message, MessageId, Millis, UserId, ViewEffect};
+use crate::store::{WriteOp, WriteOutcome};
+
+/// A view's fields: conversation, message, viewer, time.
+pub(super) type View = (ConversationId, MessageId, UserId, Millis);
+
+/// A batch's decisions before its journal append.
+#[derive(Default)]
+pub(super) struct Staged {
+    pub(super) outcomes: Vec<WriteOutcome>,
+    pub(super) records: Vec<WriteOp>,
+    /// Views whose message only SQLite may hold: (index in `outcomes`, view).
+    pub(super) stored_views: Vec<(usize, View)>,
+    /// Index in `records` of each new message.
+    by_id: HashMap<(ConversationId, MessageId), usize, FastHash>,
+    by_client_id: HashMap<ClientKey, MessageId, FastHash>,
+    /// The last view this batch records of each tail message: (viewer, at).
+    tail_views: HashMap<(ConversationId, MessageId), (UserId, Millis), FastHash>,
+}
+
+impl Staged {
+    pub(super) fn with_capacity(ops: usize) -> Staged {
+        Staged {
+            outcomes: Vec::with_capacity(ops),
+            records: Vec::with_capacity(ops),
+            ..Staged::default()
+        }
+    }
+
+    /// Decides `op`'s outcome (see `insert` and `view`).
+    pub(super) fn push(
+        &mut self,
+        tail: &Tail,
+        by_client_id: &mut Statement<'_>,
+        op: WriteOp,
+    ) -> rusqlite::Result<()> {
+        let outcome = match op {
+            WriteOp::Insert(message) => self.insert(tail, by_client_id, message)?,
+            WriteOp::View {
+                conversation_id,
+                message_id,
+                viewer_id,
+                at,
+            } => self.view(tail, (conversation_id, message_id, viewer_id, at)),
+        };
+        self.outcomes.push(outcome);
+        Ok(())
+    }
+
+    /// A conflict with this batch, the tail or SQLite (looked up with a
+    /// prepared `STORED_CLIENT_ID`), else staged.
+    fn insert(
+        &mut self,
+        tail: &Tail,
+        by_client_id: &mut Statement<'_>,
+        message: Message,
+    ) -> rusqlite::Result<WriteOutcome> {
+        if let Some(existing) = self.conflict(tail, &message) {
+            return Ok(conflict_outcome(&message, existing));
+        }
+        if let Some(existing) = stored_client_id(by_client_id, &message)? {
+            return Ok(conflict_outcome(&message, existing));
+        }
+        self.push_insert(message);
+        Ok(WriteOutcome::Inserted)
+    }
+
+    /// Applied to this batch's insert or to the tail's copy; a message
+    /// neither holds can only be in SQLite: the view is left in
+    /// `stored_views` and its outcome set by `set_stored_view_outcomes`.
+    fn view(&mut self, tail: &Tail, view: View) -> WriteOutcome {
+        let (conversation_id, message_id, viewer_id, at) = view;
+        if let Some(message) = self.insert_mut(conversation_id, message_id) {
+            return message.mark_viewed(viewer_id, at).into();
+        }
+        if let Some(message) = tail.get(conversation_id, message_id) {
+            return self.view_tail_message(message, view);
+        }
+        self.stored_views.push((self.outcomes.len(), view));
+        WriteOutcome::ViewTargetMissing
+    }
+
+    /// The outcomes of `stored_views`, in their order.
+    pub(super) fn set_stored_view_outcomes(&mut self, outcomes: Vec<WriteOutcome>) {
+        for (&(index, _), outcome) in self.stored_views.iter().zip(outcomes) {
+            self.outcomes[index] = outcome;
+        }
+    }
+
+    /// The tail gets this batch's views only after the append: an earlier
+    /// one of the batch counts first.
+    fn view_tail_message(&mut self, message: &Message, view: View) -> WriteOutcome {
+        let (conversation_id, message_id, viewer_id, at) = view;
+        let key = (conversation_id, message_id);
+        let (viewed_by, viewed_at) = match self.tail_views.get(&key) {
+            Some(&(viewer, at)) => (Some(viewer), Some(at)),
+            None => (message.viewed_by, message.viewed_at),
+        };
+        let effect = ViewEffect::of(message.sender_id, viewed_by, viewed_at, viewer_id, at);
+        if effect == ViewEffect::Recorded {
+            self.tail_views.insert(key, (viewer_id, at));
+            self.records.push(WriteOp::View {
+                conversation_id,
+                message_id,
+                viewer_id,
+                at,
+            });
+        }
+        effect.into()
+    }
+
+    /// A message this batch or the tail already holds with the same id or
+    /// client id.
+    fn conflict(&self, tail: &Tail, message: &Message) -> Option<MessageId> {
+        let (conversation, id) = (message.conversation_id, message.id);
+        if self.by_id.contains_key(&(conversation, id)) || tail.get(conversation, id).is_some() {
+            return Some(id);
+        }
+        let key = (conversation, message.sender_id, message.client_id.clone()?);
+        self.by_client_id
+            .get(&key)
+            .copied()
+            .or_else(|| tail.by_client_id(&key))
+    }
+
+    fn push_insert(&mut self, message: Message) {
+        let key = (message.conversation_id, message.id);
+        if let Some(client_id) = &message.client_id {
+            self.by_client_id.insert(
+                (
+                    message.conversation_id,
+                    message.sender_id,
+                    client_id.clone(),
+                ),
+                message.id,
+            );
+        }
+        self.by_id.insert(key, self.records.len());
+        self.records.push(WriteOp::Insert(message));
+    }
+
+    fn insert_mut(&mut self, conversation: ConversationId, id: MessageId) -> Option<&mut Message> {
+        let index = *self.by_id.get(&(conversation, id))?;
+        match self.records.get_mut(index) {
+            Some(WriteOp::Insert(message)) => Some(message),
+            _ => None,
+        }
+    }
+}
+
+/// A conflict with the message itself (a retry) is its insert again.
+fn conflict_outcome(message: &Message, existing: MessageId) -> WriteOutcome {
+    if existing == message.id {
+        WriteOutcome::Inserted
+    } else {
+        WriteOutcome::Duplicate { existing }
+    }
+}
