@@ -1,10 +1,12 @@
 //! The one seam between the service and a database.
 //!
 //! REST and the upgrade path read through [`Store`]; every write goes through
-//! the batching [`writer`], which calls [`Store::write_batch`]. Two
-//! implementations: [`sqlite::SqliteStore`] (embedded, used when `MONGO_URI`
-//! is unset) and [`mongo::MongoStore`]. Both pass the same conformance suite
-//! (`tests/store_conformance.rs`).
+//! the batching [`writer`], which calls [`Store::write_batch`]. The service
+//! runs [`sqlite::SqliteStore`] (embedded, used when `MONGO_URI` is unset) or
+//! [`mongo::MongoStore`]; [`memory::MemoryStore`] serves tests and benches.
+//! Every one of them, and SQLite without a journal and with forced merges,
+//! passes the same conformance suite (`tests/store_conformance.rs`; MongoDB
+//! when `MONGO_URI` is set).
 
 pub mod memory;
 pub mod mongo;
@@ -232,7 +234,7 @@ impl From<ViewEffect> for WriteOutcome {
 /// - Reads never wait behind a write batch for long: they do not share one
 ///   queue with the writer.
 pub trait Store: Send + Sync + 'static {
-    /// A short name for logs and `/readyz`: `"sqlite"` or `"mongodb"`.
+    /// A short name for logs and `/readyz`: `"sqlite"`, `"mongodb"` or `"memory"`.
     fn kind(&self) -> &'static str;
 
     /// The conversation for `key`, created with `created_at` if absent.
