@@ -23,4 +23,5 @@ pub mod model;
 pub mod server;
 pub mod store;
 pub mod user_counts;
+pub mod wire;
 pub mod ws;

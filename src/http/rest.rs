@@ -219,7 +219,7 @@ pub async fn readyz(app: &Arc<App>) -> Response<Body> {
         }
         Ok(Ok(())) => None,
     };
-    let closes: serde_json::Map<String, serde_json::Value> = crate::ws::close::counts()
+    let closes: serde_json::Map<String, serde_json::Value> = crate::wire::close::counts()
         .into_iter()
         .map(|(close, count)| (close.label().to_string(), count.into()))
         .collect();

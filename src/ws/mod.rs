@@ -1,10 +1,6 @@
-//! WebSocket: the `/ws` upgrade checks, one session per connection, and the
-//! JSON protocol it speaks.
+//! WebSocket: the `/ws` upgrade checks and one session per connection; the
+//! events and frames it speaks are `wire`'s.
 
-pub mod close;
-pub mod frame;
-pub mod json_guard;
-pub mod protocol;
 pub mod rate;
 pub mod reader;
 pub mod session;
