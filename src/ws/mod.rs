@@ -1,7 +1,8 @@
-//! WebSocket: the `/ws` upgrade checks and one session per connection; the
-//! events and frames it speaks are `wire`'s.
+//! WebSocket: one session per upgraded connection — its frame reader, its
+//! writer and its rate limits. The `/ws` checks and the upgrade are HTTP's
+//! (`http/upgrade.rs`), which hands a ready [`session::Session`] over; the
+//! events and frames are `wire`'s.
 
 pub mod rate;
 pub mod reader;
 pub mod session;
-pub mod upgrade;

@@ -1,19 +1,20 @@
 //! `GET /ws`: the checks of CONTRACT §3, in its order, answered as plain
-//! HTTP; then the upgrade, with the session spawned into the app's tracker.
+//! HTTP; then the upgrade, with the session — everything the checks
+//! gathered — handed to `ws` and spawned into the app's tracker.
 
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
-use super::session::Session;
+use super::error::ApiError;
+use super::query::Query;
+use super::Body;
 use crate::app::App;
 use crate::auth::access;
-use crate::http::error::ApiError;
-use crate::http::query::Query;
-use crate::http::Body;
 use crate::hub::RECENT_CLIENT_IDS;
 use crate::model::now;
+use crate::ws::session::Session;
 
 pub async fn handle(
     app: &Arc<App>,
