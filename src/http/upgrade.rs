@@ -61,13 +61,9 @@ pub async fn handle(
     let user = app.django.user(&token, user_id).await?;
     let lesson = app.django.lesson(&token, lesson_id).await?;
     // 7, 8, 9
-    let denied = |denied: access::AccessDenied| match denied.status() {
-        400 => ApiError::bad_request(denied.to_string()),
-        _ => ApiError::forbidden(denied.to_string()),
-    };
-    let key = access::conversation_key(&user, &lesson, requested_student).map_err(denied)?;
+    let key = access::conversation_key(&user, &lesson, requested_student)?;
     if app.config.require_roster {
-        access::require_roster(&user, &lesson).map_err(denied)?;
+        access::require_roster(&user, &lesson)?;
     }
     // Ours: one user may not take every connection slot.
     let presence = app
