@@ -84,7 +84,11 @@ store_conformance!(mongodb, async {
         return None;
     };
     let database = format!("chat_conformance_{}", chat_service::model::ObjectId::new());
-    let settings = chat_service::store::mongo::MongoSettings::new(uri, database);
+    let settings = chat_service::store::mongo::MongoSettings {
+        uri,
+        database,
+        ..chat_service::store::mongo::MongoSettings::from(&chat_service::config::Config::defaults())
+    };
     let store = chat_service::store::mongo::MongoStore::connect(&settings)
         .await
         .expect("MONGO_URI is set but MongoDB cannot be reached");

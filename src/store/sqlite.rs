@@ -43,7 +43,6 @@ use super::{
     ConversationFilter, HistoryPage, HistoryQuery, PageBuilder, Store, StoreError, StoreFuture,
     WriteOp, WriteOutcome,
 };
-use crate::config::SqliteSync;
 use crate::model::{
     Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, ObjectId, UserId,
 };
@@ -136,7 +135,17 @@ const INSERT_CONVERSATION: &str = "INSERT INTO conversations
     (id, lesson_id, mentor_id, student_id, created_at)
     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING";
 
-/// How the embedded store is opened.
+/// SQLite's `synchronous` setting for the embedded store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SqliteSync {
+    /// Survives a crash of the process (WAL, no fsync per commit).
+    Normal,
+    /// Survives power loss (fsync per commit).
+    Full,
+}
+
+/// How the embedded store is opened; built from `CHAT_SQLITE_*`, whose
+/// defaults (and why they are what they are) are `Config`'s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SqliteOptions {
     pub sync: SqliteSync,
@@ -146,28 +155,6 @@ pub struct SqliteOptions {
     /// batch's ack waits for the merge. 0 merges every batch before its ack
     /// (no journal).
     pub journal_max: usize,
-}
-
-impl SqliteOptions {
-    /// Holds the hot B-tree leaves of thousands of active conversations
-    /// (about 8 KiB each: the newest leaf of `messages` and of the client-id
-    /// index). A smaller cache evicts them between commits and every insert
-    /// reads its page back from the WAL: 18.5 µs of writer CPU per message
-    /// with 8 MiB against 11.2 µs with 64 MiB, 5,000 conversations at
-    /// 20,000 messages/s (docs/performance.md).
-    pub const DEFAULT_CACHE_MIB: u32 = 64;
-
-    /// Four merges' worth (a merge starts at 65,536): about 60 MiB of
-    /// 150-byte messages at most.
-    pub const DEFAULT_JOURNAL_MAX: usize = 262_144;
-
-    pub fn new(sync: SqliteSync) -> SqliteOptions {
-        SqliteOptions {
-            sync,
-            cache_mib: Self::DEFAULT_CACHE_MIB,
-            journal_max: Self::DEFAULT_JOURNAL_MAX,
-        }
-    }
 }
 
 /// SQLite behind the [`Store`] trait; see the module docs.
@@ -220,12 +207,7 @@ impl SqliteStore {
     /// Opens (creating if needed) `dir/chat.sqlite3`, creates the schema and
     /// starts the writer and reader threads. Blocking: call it before the
     /// runtime serves traffic, or from `spawn_blocking`.
-    pub fn open(dir: &Path, sync: SqliteSync) -> Result<SqliteStore, StoreError> {
-        SqliteStore::open_with(dir, SqliteOptions::new(sync))
-    }
-
-    /// [`SqliteStore::open`] with every option spelled out.
-    pub fn open_with(dir: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+    pub fn open(dir: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
         // SQLite's own messages ("unable to open database file") do not
         // say which file: every open error names the directory.
         Self::open_in(dir, options).map_err(|error| {
@@ -458,7 +440,7 @@ fn configure_writer_pragmas(conn: &Connection, options: SqliteOptions) -> rusqli
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    // See `SqliteOptions::DEFAULT_CACHE_MIB`; mmap serves cold pages of
+    // See `CHAT_SQLITE_CACHE_MB` in config.rs; mmap serves cold pages of
     // the main file cheaply, but pages still in the WAL are read with pread.
     conn.pragma_update(None, "cache_size", cache_size_pragma(options.cache_mib))?;
     conn.pragma_update(None, "mmap_size", 268_435_456)?;
@@ -704,8 +686,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DATABASE_FILE);
         let options = SqliteOptions {
+            sync: SqliteSync::Normal,
             cache_mib: 40,
-            ..SqliteOptions::new(SqliteSync::Normal)
+            journal_max: 262_144,
         };
         let writer = Connection::open(&path).unwrap();
         configure_writer(&writer, options).unwrap();
