@@ -194,18 +194,13 @@ fn references(text: &str, depth: usize) -> Vec<Reference> {
             _ => {}
         }
         let starts_word = at == 0 || !is_ident(bytes[at - 1]) && bytes[at - 1] != b'$';
-        if starts_word && rest.starts_with("crate::") {
-            let after = at + "crate::".len();
-            for module in first_segments(&code[after..]) {
-                found.push(Reference {
-                    line: line_of(at),
-                    module,
-                });
-            }
-            at = after;
-            continue;
-        }
-        if starts_word && rest.starts_with("super::") {
+        // Whether a path starts here that names a top-level module, and
+        // where the module's name begins.
+        let (names_top, end) = if !starts_word {
+            (false, at + 1)
+        } else if rest.starts_with("crate::") {
+            (true, at + "crate::".len())
+        } else if rest.starts_with("super::") {
             let mut supers = 0;
             let mut end = at;
             while code[end..].starts_with("super::") {
@@ -213,18 +208,19 @@ fn references(text: &str, depth: usize) -> Vec<Reference> {
                 end += "super::".len();
             }
             let inline = braces.iter().filter(|&&module| module).count();
-            if supers >= depth + inline {
-                for module in first_segments(&code[end..]) {
-                    found.push(Reference {
-                        line: line_of(at),
-                        module,
-                    });
-                }
+            (supers >= depth + inline, end)
+        } else {
+            (false, at + 1)
+        };
+        if names_top {
+            for module in first_segments(&code[end..]) {
+                found.push(Reference {
+                    line: line_of(at),
+                    module,
+                });
             }
-            at = end;
-            continue;
         }
-        at += 1;
+        at = end;
     }
     found
 }
