@@ -12,10 +12,10 @@
 
 use std::path::Path;
 
-use chat_service::config::SqliteSync;
+use chat_service::config::Config;
 use chat_service::hub::RECENT_CLIENT_IDS;
 use chat_service::model::{Conversation, ConversationKey, Millis, ObjectId};
-use chat_service::store::sqlite::{SqliteStore, DATABASE_FILE};
+use chat_service::store::sqlite::{SqliteOptions, SqliteStore, DATABASE_FILE};
 use chat_service::store::Store;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
@@ -39,7 +39,8 @@ fn recent_client_ids(c: &mut Criterion) {
     for &size in sizes {
         let dir = tempfile::tempdir().unwrap();
         let conversation = fixture(dir.path(), size, &runtime);
-        let store = SqliteStore::open(dir.path(), SqliteSync::Normal).unwrap();
+        let store =
+            SqliteStore::open(dir.path(), SqliteOptions::from(&Config::defaults())).unwrap();
         let found = runtime
             .block_on(store.recent_client_ids(
                 conversation.id,
@@ -75,7 +76,7 @@ fn fixture(dir: &Path, size: usize, runtime: &tokio::runtime::Runtime) -> Conver
     };
     let conversation = {
         // The store creates the schema and the conversation, then closes.
-        let store = SqliteStore::open(dir, SqliteSync::Normal).unwrap();
+        let store = SqliteStore::open(dir, SqliteOptions::from(&Config::defaults())).unwrap();
         runtime
             .block_on(store.conversation_for(key, Millis(0)))
             .unwrap()

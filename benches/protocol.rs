@@ -5,7 +5,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
 use chat_service::model::{Message, Millis, ObjectId};
-use chat_service::ws::protocol::{self, ErrorCode};
+use chat_service::wire::protocol::{self, ErrorCode};
 
 fn parse(c: &mut Criterion) {
     let mut group = c.benchmark_group("parse");

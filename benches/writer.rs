@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_service::config::SqliteSync;
+use chat_service::config::Config;
 use chat_service::model::{ConversationKey, Message, Millis, ObjectId};
-use chat_service::store::sqlite::SqliteStore;
+use chat_service::store::sqlite::{SqliteOptions, SqliteStore};
 use chat_service::store::writer::{Writer, WriterConfig, WriterHandle};
 use chat_service::store::{Store, WriteOp};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -37,8 +37,9 @@ fn writer_batching(c: &mut Criterion) {
     ];
     for (max_batch, spread, burst) in cases {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(dir.path(), SqliteSync::Normal).unwrap());
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(dir.path(), SqliteOptions::from(&Config::defaults())).unwrap(),
+        );
         let conversations = runtime.block_on(async {
             let mut ids = Vec::new();
             for n in 0..spread {
@@ -51,9 +52,11 @@ fn writer_batching(c: &mut Criterion) {
             }
             ids
         });
+        // The queue this bench was measured with, not the service's default.
         let config = WriterConfig {
             max_batch,
-            ..WriterConfig::default()
+            queue_capacity: 65_536,
+            ..WriterConfig::from(&Config::defaults())
         };
         let (writer, handle) = runtime.block_on(async { Writer::spawn(store, config) });
         let mut sequence = 0u64;

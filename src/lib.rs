@@ -2,16 +2,23 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: environment variables and flags, validated once.
+//! In layer order: each module uses only those listed before it, so there
+//! is no cycle between them (`tests/module_layers.rs` enforces it).
+//!
 //! - [`model`]: ids, conversations, messages, time.
-//! - [`app`]: wires store, writer, hub and Django client from a config.
-//! - [`server`]: the accept loop and the ordered shutdown.
-//! - [`auth`]: the Django client and the pure access rules.
+//! - [`wire`]: the `/ws` events, the encoded server frames, the close codes.
+//! - [`user_counts`]: what each user holds open, counted by drop guards.
 //! - [`store`]: the `Store` seam (SQLite, MongoDB) and the batched writer.
+//! - [`auth`]: the Django client and the pure access rules.
 //! - [`hub`]: conversation rooms, sharded; fan-out and presence.
-//! - [`ws`]: the `/ws` upgrade checks, one session per connection, the protocol.
-//! - [`http`]: the router, REST handlers, CORS and the JSON error type.
-//! - [`capacity`]: the open-files limit and the connection gate.
+//! - [`capacity`]: the open-files limit, the connection and history gates.
+//! - [`ws`]: one session per upgraded connection: frame reader, writer, rate.
+//! - [`config`]: environment variables and flags, validated once; every
+//!   default, and every subsystem's settings built from them.
+//! - [`app`]: wires store, writer, hub and Django client from a config.
+//! - [`http`]: the router, REST handlers, the `/ws` checks and upgrade,
+//!   CORS and the JSON error type.
+//! - [`server`]: the accept loop and the ordered shutdown.
 
 pub mod app;
 pub mod auth;
@@ -23,4 +30,5 @@ pub mod model;
 pub mod server;
 pub mod store;
 pub mod user_counts;
+pub mod wire;
 pub mod ws;

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_service::config::SqliteSync;
 use chat_service::model::{ConversationKey, Millis};
 use chat_service::store::sqlite::SqliteStore;
 use chat_service::store::{Store, WriteOp};
@@ -30,7 +29,7 @@ const MIB: u64 = 1024 * 1024;
 /// Writes the conversation of (lesson 100, mentor 10, student 25) into `dir`
 /// through the library's store; closing the store merges its journal.
 async fn fill(dir: &std::path::Path) -> String {
-    let store = SqliteStore::open(dir, SqliteSync::Normal).unwrap();
+    let store = SqliteStore::open(dir, common::sqlite_defaults()).unwrap();
     let key = ConversationKey {
         lesson_id: 100,
         mentor_id: 10,

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_service::config::Config;
 use chat_service::model::{ConversationKey, Message, Millis, ObjectId};
 use chat_service::store::mongo::{MongoSettings, MongoStore};
 use chat_service::store::{ConversationFilter, HistoryQuery, Store, WriteOp, WriteOutcome};
@@ -26,9 +27,12 @@ fn mongo_uri(test: &str) -> Option<String> {
 
 /// Settings for a database no other test uses.
 fn scratch_settings(uri: &str) -> MongoSettings {
-    let mut settings = MongoSettings::new(uri, format!("chat_test_{}", ObjectId::new()));
-    settings.timeout = Duration::from_secs(10);
-    settings
+    MongoSettings {
+        uri: uri.into(),
+        database: format!("chat_test_{}", ObjectId::new()),
+        timeout: Duration::from_secs(10),
+        ..MongoSettings::from(&Config::defaults())
+    }
 }
 
 fn oid(id: ObjectId) -> bson::oid::ObjectId {

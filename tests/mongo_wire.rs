@@ -10,6 +10,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chat_service::config::Config;
 use chat_service::model::{ConversationKey, Message, Millis, ObjectId};
 use chat_service::store::mongo::{MongoSettings, MongoStore};
 use chat_service::store::{
@@ -20,9 +21,12 @@ use mongodb::bson::{self, doc, Bson, Document};
 use server::{command_name, cursor_reply, Reply, WireServer};
 
 fn settings(server: &WireServer) -> MongoSettings {
-    let mut settings = MongoSettings::new(server.uri(), "chat");
-    settings.timeout = Duration::from_secs(3);
-    settings
+    MongoSettings {
+        uri: server.uri(),
+        database: "chat".into(),
+        timeout: Duration::from_secs(3),
+        ..MongoSettings::from(&Config::defaults())
+    }
 }
 
 async fn connected() -> (WireServer, MongoStore) {
@@ -872,11 +876,12 @@ async fn a_server_that_never_answers_a_hello_makes_connect_unavailable() {
             held.push(stream);
         }
     });
-    let mut settings = MongoSettings::new(
-        format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
-        "chat",
-    );
-    settings.timeout = Duration::from_millis(300);
+    let settings = MongoSettings {
+        uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+        database: "chat".into(),
+        timeout: Duration::from_millis(300),
+        ..MongoSettings::from(&Config::defaults())
+    };
 
     let result = MongoStore::connect(&settings).await;
 

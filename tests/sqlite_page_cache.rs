@@ -7,7 +7,6 @@
 
 mod common;
 
-use chat_service::config::SqliteSync;
 use chat_service::model::Millis;
 use chat_service::store::sqlite::{
     install_page_cache, truncate_counts, SqliteOptions, SqliteStore, DATABASE_FILE,
@@ -31,9 +30,9 @@ async fn commits_skip_truncation_and_rollbacks_still_truncate() {
     // below counts.
     let options = SqliteOptions {
         journal_max: 0,
-        ..SqliteOptions::new(SqliteSync::Normal)
+        ..common::sqlite_defaults()
     };
-    let store = SqliteStore::open_with(dir.path(), options).unwrap();
+    let store = SqliteStore::open(dir.path(), options).unwrap();
 
     // Many conversations written in interleaved batches: leaves of the table
     // and of the client-id index split out of page order, which is what

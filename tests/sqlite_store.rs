@@ -8,11 +8,10 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use chat_service::config::SqliteSync;
 use chat_service::model::{ConversationId, ConversationKey, Millis, UserId};
-use chat_service::store::sqlite::{SqliteOptions, SqliteStore, DATABASE_FILE};
+use chat_service::store::sqlite::{SqliteOptions, SqliteStore, SqliteSync, DATABASE_FILE};
 use chat_service::store::{Store, StoreError, WriteOp, WriteOutcome};
-use common::{history, ids, message, random_key};
+use common::{history, ids, message, random_key, sqlite_defaults};
 
 /// Inserts of `count` new messages "durable 0", "durable 1", … from `sender`.
 fn numbered_inserts(conversation_id: ConversationId, sender: UserId, count: usize) -> Vec<WriteOp> {
@@ -40,7 +39,7 @@ async fn write_messages(store: &SqliteStore, key: ConversationKey, count: usize)
 }
 
 async fn assert_messages_stored(dir: &Path, key: ConversationKey, count: usize) {
-    let store = SqliteStore::open(dir, SqliteSync::Normal).unwrap();
+    let store = SqliteStore::open(dir, sqlite_defaults()).unwrap();
     let conversation = store.conversation_for(key, Millis(2)).await.unwrap();
     assert_eq!(
         conversation.created_at,
@@ -60,7 +59,14 @@ async fn assert_messages_stored(dir: &Path, key: ConversationKey, count: usize) 
 async fn open_creates_the_directory_and_file() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("nested").join("data");
-    let store = SqliteStore::open(&dir, SqliteSync::Full).unwrap();
+    let store = SqliteStore::open(
+        &dir,
+        SqliteOptions {
+            sync: SqliteSync::Full,
+            ..sqlite_defaults()
+        },
+    )
+    .unwrap();
     store.ping().await.unwrap();
     assert!(dir.join(DATABASE_FILE).is_file());
     assert_eq!(store.kind(), "sqlite");
@@ -71,7 +77,7 @@ async fn committed_batch_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let key = random_key();
     {
-        let store = SqliteStore::open(dir.path(), SqliteSync::Normal).unwrap();
+        let store = SqliteStore::open(dir.path(), sqlite_defaults()).unwrap();
         write_messages(&store, key, 100).await;
     }
     assert_messages_stored(dir.path(), key, 100).await;
@@ -131,7 +137,7 @@ fn crash_child() {
         student_id: parts[2],
     };
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let store = SqliteStore::open(Path::new(&dir), SqliteSync::Normal).unwrap();
+        let store = SqliteStore::open(Path::new(&dir), sqlite_defaults()).unwrap();
         write_messages(&store, key, 250).await;
         // Before the store is dropped: a clean close would merge the journal.
         std::process::abort();
@@ -141,7 +147,7 @@ fn crash_child() {
 fn with_journal_max(journal_max: usize) -> SqliteOptions {
     SqliteOptions {
         journal_max,
-        ..SqliteOptions::new(SqliteSync::Normal)
+        ..sqlite_defaults()
     }
 }
 
@@ -170,7 +176,7 @@ fn stored_rows(dir: &Path) -> Vec<(String, Option<i64>)> {
 #[tokio::test]
 async fn the_journal_absorbs_writes_while_sqlite_is_locked() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path(), SqliteSync::Normal).unwrap();
+    let store = SqliteStore::open(dir.path(), sqlite_defaults()).unwrap();
     let key = random_key();
     let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
     let [first, second, resend] = ids(3).try_into().unwrap();
@@ -257,7 +263,7 @@ async fn the_journal_absorbs_writes_while_sqlite_is_locked() {
 #[tokio::test]
 async fn a_full_journal_is_unavailable_until_the_merge_can_run() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open_with(dir.path(), with_journal_max(2)).unwrap();
+    let store = SqliteStore::open(dir.path(), with_journal_max(2)).unwrap();
     let key = random_key();
     let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
     let ops = numbered_inserts(conversation.id, key.student_id, 3);
@@ -315,7 +321,7 @@ async fn a_torn_journal_is_replayed_up_to_its_last_whole_record() {
     file.set_len(length - 5).unwrap();
     drop(file);
 
-    let store = SqliteStore::open(dir.path(), SqliteSync::Normal).unwrap();
+    let store = SqliteStore::open(dir.path(), sqlite_defaults()).unwrap();
     let conversation = store.conversation_for(key, Millis(2)).await.unwrap();
     let texts: Vec<String> = history(&store, conversation.id)
         .await
@@ -335,7 +341,7 @@ async fn a_torn_journal_is_replayed_up_to_its_last_whole_record() {
 async fn a_locked_database_is_unavailable_then_recovers() {
     let dir = tempfile::tempdir().unwrap();
     // Without the journal every batch commits before its ack.
-    let store = SqliteStore::open_with(dir.path(), with_journal_max(0)).unwrap();
+    let store = SqliteStore::open(dir.path(), with_journal_max(0)).unwrap();
     let key = random_key();
     let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
     let [id] = ids(1).try_into().unwrap();
@@ -372,7 +378,7 @@ async fn reinserting_a_merged_message_stores_it_once() {
     let [id] = ids(1).try_into().unwrap();
     let conversation_id;
     {
-        let store = SqliteStore::open(dir.path(), SqliteSync::Normal).unwrap();
+        let store = SqliteStore::open(dir.path(), sqlite_defaults()).unwrap();
         conversation_id = store.conversation_for(key, Millis(0)).await.unwrap().id;
         let ops = vec![
             WriteOp::Insert(message(id, conversation_id, key.student_id, "once", None)),
@@ -390,7 +396,7 @@ async fn reinserting_a_merged_message_stores_it_once() {
     }
     assert_eq!(stored_rows(dir.path()).len(), 1, "merged at close");
 
-    let store = SqliteStore::open(dir.path(), SqliteSync::Normal).unwrap();
+    let store = SqliteStore::open(dir.path(), sqlite_defaults()).unwrap();
     let retry = WriteOp::Insert(message(id, conversation_id, key.student_id, "once", None));
     assert_eq!(
         store.write_batch(vec![retry]).await.unwrap(),
@@ -429,7 +435,7 @@ fn a_store_that_cannot_open_names_its_directory() {
     // A directory where a journal segment should be: the error comes from
     // the journal, whose messages name no file ("Is a directory").
     std::fs::create_dir(dir.path().join("chat.journal.00000000000000000001")).unwrap();
-    let error = match SqliteStore::open_with(dir.path(), with_journal_max(0)) {
+    let error = match SqliteStore::open(dir.path(), with_journal_max(0)) {
         Ok(_) => panic!("opened a directory as a database"),
         Err(error) => error.to_string(),
     };

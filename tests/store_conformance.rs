@@ -111,7 +111,11 @@ store_conformance!(mongodb, async {
         return None;
     };
     let database = format!("chat_conformance_{}", chat_service::model::ObjectId::new());
-    let settings = chat_service::store::mongo::MongoSettings::new(uri, database);
+    let settings = chat_service::store::mongo::MongoSettings {
+        uri,
+        database,
+        ..chat_service::store::mongo::MongoSettings::from(&chat_service::config::Config::defaults())
+    };
     let store = chat_service::store::mongo::MongoStore::connect(&settings)
         .await
         .expect("MONGO_URI is set but MongoDB cannot be reached");
@@ -123,7 +127,6 @@ store_conformance!(mongodb, async {
 /// the merge (the path that otherwise runs only past 65,536 messages or
 /// after 5 s) once the tail would exceed it.
 mod forced_merges {
-    use chat_service::config::SqliteSync;
     use chat_service::model::{ConversationId, Millis, ObjectId};
     use chat_service::store::sqlite::{SqliteOptions, DATABASE_FILE};
     use chat_service::store::{Store, WriteOp, WriteOutcome};
@@ -137,7 +140,7 @@ mod forced_merges {
     pub fn open() -> TempSqlite {
         TempSqlite::with_options(SqliteOptions {
             journal_max: TAIL_MAX,
-            ..SqliteOptions::new(SqliteSync::Normal)
+            ..super::common::sqlite_defaults()
         })
     }
 

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_service::config::Config;
 use chat_service::model::{
     Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, UserId,
 };
@@ -219,11 +220,14 @@ async fn inserts(store: &FaultStore, n: usize) -> (ConversationId, Vec<Message>)
     (conversation.id, messages)
 }
 
+/// The queue is the 65,536 these tests were written against, not the
+/// service's default.
 fn config(max_batch: usize, window: Duration) -> WriterConfig {
     WriterConfig {
         max_batch,
         window,
-        ..WriterConfig::default()
+        queue_capacity: 65_536,
+        ..WriterConfig::from(&Config::defaults())
     }
 }
 

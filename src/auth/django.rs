@@ -21,7 +21,6 @@ use serde::Deserialize;
 
 use self::lookup_cache::LookupCache;
 use super::{AuthError, Lesson, User};
-use crate::config::Config;
 use crate::model::{LessonId, UserId};
 
 /// Cached answers per endpoint; enough for every active user of a large
@@ -32,7 +31,8 @@ const MAX_ANSWER_BYTES: usize = 4 << 20;
 /// `/readyz` must answer quickly even while Django hangs.
 const REACHABLE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Where Django is and how patient to be with it.
+/// Where Django is and how patient to be with it; built from
+/// `DJANGO_BASE_URL` and `CHAT_DJANGO_*`, whose defaults are `Config`'s.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DjangoSettings {
     /// `http(s)://host[:port][/prefix]`, without a trailing slash.
@@ -45,18 +45,6 @@ pub struct DjangoSettings {
     pub timeout: Duration,
     /// How long a 200 answer is reused; zero disables the cache.
     pub cache_ttl: Duration,
-}
-
-impl DjangoSettings {
-    pub fn from_config(config: &Config) -> Self {
-        DjangoSettings {
-            base_url: config.django_base_url.clone(),
-            user_path: config.django_user_path.clone(),
-            lesson_path: config.django_lesson_path.clone(),
-            timeout: config.django_timeout(),
-            cache_ttl: config.auth_cache_ttl(),
-        }
-    }
 }
 
 /// A pooled, caching, single-flight client for Django's two endpoints.
@@ -418,20 +406,6 @@ mod tests {
         let mut s = settings();
         s.timeout = Duration::ZERO;
         assert!(DjangoClient::new(s).is_err());
-    }
-
-    #[test]
-    fn from_config_takes_the_django_settings() {
-        let config = Config::for_tests("http://django:8000/backend/");
-        let s = DjangoSettings::from_config(&config);
-        assert_eq!(s.base_url, "http://django:8000/backend");
-        assert_eq!(s.user_path, "/api/content/chat-service/users/{user_id}/");
-        assert_eq!(
-            s.lesson_path,
-            "/api/content/chat-service/lesson/{lesson_id}/detail/"
-        );
-        assert_eq!(s.timeout, Duration::from_millis(5000));
-        assert_eq!(s.cache_ttl, Duration::from_secs(30));
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 use http::{header, Response, StatusCode};
 
 use super::Body;
+use crate::auth::access::{AccessDenied, Forbidden};
 use crate::auth::AuthError;
 use crate::capacity::HistoryBusy;
 use crate::store::StoreError;
@@ -96,6 +97,24 @@ impl From<AuthError> for ApiError {
     }
 }
 
+/// A `match` on every refusal, so a new one cannot go without a status.
+impl From<AccessDenied> for ApiError {
+    fn from(denied: AccessDenied) -> Self {
+        match denied {
+            AccessDenied::MissingStudentId => ApiError::bad_request(denied.message()),
+            AccessDenied::NotTeacher | AccessDenied::NotEnrolled | AccessDenied::NoRoster => {
+                ApiError::forbidden(denied.message())
+            }
+        }
+    }
+}
+
+impl From<Forbidden> for ApiError {
+    fn from(Forbidden: Forbidden) -> Self {
+        ApiError::forbidden("you can only list your own conversations")
+    }
+}
+
 impl From<HistoryBusy> for ApiError {
     fn from(error: HistoryBusy) -> Self {
         tracing::warn!(%error, "history request refused");
@@ -172,5 +191,22 @@ mod tests {
             (share.status, share.code),
             (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
         );
+    }
+
+    #[test]
+    fn access_refusals_map_to_the_contract_statuses() {
+        let missing = ApiError::from(AccessDenied::MissingStudentId);
+        assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+        assert_eq!(missing.message, AccessDenied::MissingStudentId.message());
+        for denial in [
+            AccessDenied::NotTeacher,
+            AccessDenied::NotEnrolled,
+            AccessDenied::NoRoster,
+        ] {
+            let error = ApiError::from(denial);
+            assert_eq!(error.status, StatusCode::FORBIDDEN, "{denial:?}");
+            assert_eq!(error.message, denial.message());
+        }
+        assert_eq!(ApiError::from(Forbidden).status, StatusCode::FORBIDDEN);
     }
 }

@@ -1,4 +1,5 @@
-//! HTTP: one router, the REST handlers, CORS, and the one JSON error type.
+//! HTTP: one router, the REST handlers, the `/ws` checks and upgrade, CORS,
+//! and the one JSON error type.
 
 pub mod body;
 pub mod cors;
@@ -7,5 +8,6 @@ pub mod pending;
 pub mod query;
 pub mod rest;
 pub mod router;
+pub mod upgrade;
 
 pub use body::Body;

@@ -13,9 +13,8 @@ use hyper::service::Service;
 
 use super::error::{json_response, ApiError};
 use super::pending::PendingHead;
-use super::{cors, rest, Body};
+use super::{cors, rest, upgrade, Body};
 use crate::app::App;
-use crate::ws;
 
 /// One per accepted connection; a clone of an `Arc`.
 #[derive(Clone)]
@@ -49,7 +48,7 @@ async fn route(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_string();
     let result = match (request.method(), path.as_str()) {
         (&Method::OPTIONS, _) => Ok(cors::preflight()),
-        (&Method::GET, "/ws") => ws::upgrade::handle(app, request).await,
+        (&Method::GET, "/ws") => upgrade::handle(app, request).await,
         (&Method::GET, "/healthz") => Ok(json_response(
             StatusCode::OK,
             &serde_json::json!({"status": "ok"}),

@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::model::UserId;
-use crate::ws::close::Close;
+use crate::wire::close::Close;
 
 /// Bytes charged per queued frame on top of its length: its slot and the
 /// shared buffer's header, so a flood of tiny frames is bounded too.

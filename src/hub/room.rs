@@ -11,7 +11,7 @@ use super::conn::{ConnHandle, SendError};
 use super::dedupe::RecentClientIds;
 use super::viewed::RecentViews;
 use crate::model::{Conversation, UserId};
-use crate::ws::protocol;
+use crate::wire::protocol;
 
 /// At most one typing relay per participant per this interval (4 a
 /// second): a flood of typing frames costs the others nothing.
@@ -247,7 +247,7 @@ mod tests {
     use super::*;
     use crate::hub::conn::Receiver;
     use crate::model::{Millis, ObjectId};
-    use crate::ws::close::Close;
+    use crate::wire::close::Close;
 
     fn conversation() -> Conversation {
         Conversation {

@@ -13,7 +13,7 @@ use super::Command;
 use crate::model::{now, ConversationId, Message, MessageId, ObjectId, UserId};
 use crate::store::writer::WriterHandle;
 use crate::store::{StoreError, WriteOp, WriteOutcome};
-use crate::ws::protocol::{self, ErrorCode};
+use crate::wire::protocol::{self, ErrorCode};
 
 /// How long an empty room keeps its recent client ids for a reconnect.
 const ROOM_LINGER: Duration = Duration::from_secs(120);

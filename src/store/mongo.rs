@@ -16,7 +16,6 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::{Acknowledgment, ClientOptions, ReturnDocument, WriteConcern};
 use mongodb::{Client, Collection, Cursor, Database};
 
-use crate::config::Config;
 use crate::model::{
     Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, ObjectId, UserId,
 };
@@ -29,7 +28,8 @@ use documents::{bson_date, bson_id, conversation_from, message_from, object_id};
 use errors::{is_duplicate_key, store_error};
 pub use indexes::{CONVERSATIONS, MESSAGES};
 
-/// How to reach MongoDB; built from `MONGO_URI`, `MONGO_DB` and `CHAT_MONGO_*`.
+/// How to reach MongoDB; built from `MONGO_URI`, `MONGO_DB` and
+/// `CHAT_MONGO_*`, whose defaults are `Config`'s.
 #[derive(Clone, Debug)]
 pub struct MongoSettings {
     pub uri: String,
@@ -44,32 +44,6 @@ pub struct MongoSettings {
 }
 
 impl MongoSettings {
-    /// Defaults of the `CHAT_MONGO_*` flags for `uri` and `database`.
-    pub fn new(uri: impl Into<String>, database: impl Into<String>) -> Self {
-        MongoSettings {
-            uri: uri.into(),
-            database: database.into(),
-            pool_size: 32,
-            timeout: Duration::from_secs(5),
-            w: "majority".into(),
-            journal: true,
-        }
-    }
-
-    /// The settings `config` names, or `None` when `MONGO_URI` is unset
-    /// (the embedded store is used then).
-    pub fn from_config(config: &Config) -> Option<Self> {
-        let uri = config.mongo_uri.clone()?;
-        Some(MongoSettings {
-            uri,
-            database: config.mongo_db.clone(),
-            pool_size: config.mongo_pool_size,
-            timeout: config.mongo_timeout(),
-            w: config.mongo_w.clone(),
-            journal: config.mongo_journal,
-        })
-    }
-
     /// The write concern every write uses; `wtimeout` turns a stalled
     /// replication into a retryable error instead of a hang.
     fn write_concern(&self) -> WriteConcern {

@@ -54,7 +54,6 @@ use super::{
     ConversationFilter, HistoryPage, HistoryQuery, Store, StoreError, StoreFuture, WriteOp,
     WriteOutcome,
 };
-use crate::config::SqliteSync;
 use crate::model::{Conversation, ConversationId, ConversationKey, MessageId, Millis, UserId};
 
 /// The database file inside the data directory.
@@ -62,7 +61,17 @@ pub const DATABASE_FILE: &str = "chat.sqlite3";
 
 pub use page_cache::{install as install_page_cache, truncate_counts, TruncateCounts};
 
-/// How the embedded store is opened.
+/// SQLite's `synchronous` setting for the embedded store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SqliteSync {
+    /// Survives a crash of the process (WAL, no fsync per commit).
+    Normal,
+    /// Survives power loss (fsync per commit).
+    Full,
+}
+
+/// How the embedded store is opened; built from `CHAT_SQLITE_*`, whose
+/// defaults (and why they are what they are) are `Config`'s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SqliteOptions {
     pub sync: SqliteSync,
@@ -72,28 +81,6 @@ pub struct SqliteOptions {
     /// batch's ack waits for the merge. 0 merges every batch before its ack
     /// (no journal).
     pub journal_max: usize,
-}
-
-impl SqliteOptions {
-    /// Holds the hot B-tree leaves of thousands of active conversations
-    /// (about 8 KiB each: the newest leaf of `messages` and of the client-id
-    /// index). A smaller cache evicts them between commits and every insert
-    /// reads its page back from the WAL: 18.5 µs of writer CPU per message
-    /// with 8 MiB against 11.2 µs with 64 MiB, 5,000 conversations at
-    /// 20,000 messages/s (docs/performance.md).
-    pub const DEFAULT_CACHE_MIB: u32 = 64;
-
-    /// Four merges' worth (a merge starts at 65,536): about 60 MiB of
-    /// 150-byte messages at most.
-    pub const DEFAULT_JOURNAL_MAX: usize = 262_144;
-
-    pub fn new(sync: SqliteSync) -> SqliteOptions {
-        SqliteOptions {
-            sync,
-            cache_mib: Self::DEFAULT_CACHE_MIB,
-            journal_max: Self::DEFAULT_JOURNAL_MAX,
-        }
-    }
 }
 
 /// SQLite behind the [`Store`] trait; see the module docs.
@@ -143,12 +130,7 @@ impl SqliteStore {
     /// Opens (creating if needed) `dir/chat.sqlite3`, creates the schema and
     /// starts the writer and reader threads. Blocking: call it before the
     /// runtime serves traffic, or from `spawn_blocking`.
-    pub fn open(dir: &Path, sync: SqliteSync) -> Result<SqliteStore, StoreError> {
-        SqliteStore::open_with(dir, SqliteOptions::new(sync))
-    }
-
-    /// [`SqliteStore::open`] with every option spelled out.
-    pub fn open_with(dir: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+    pub fn open(dir: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
         // SQLite's own messages ("unable to open database file") do not
         // say which file: every open error names the directory.
         Self::open_in(dir, options).map_err(|error| {

@@ -28,7 +28,7 @@
 //!   (retrying without a deadline, unless `shutdown` is called).
 //!
 //! ```ignore
-//! let (writer, handle) = Writer::spawn(store, WriterConfig::default());
+//! let (writer, handle) = Writer::spawn(store, WriterConfig::from(&config));
 //! handle.submit(WriteOp::Insert(message), Box::new(|result| { /* ack or error */ }))?;
 //! let report = writer.shutdown(Duration::from_secs(10)).await;
 //! ```
@@ -45,32 +45,28 @@ use tokio::time::{sleep_until, Instant};
 
 use super::{Store, StoreError, WriteOp, WriteOutcome};
 
-/// The batching, bounding and retry policy.
+/// The batching, bounding and retry policy; built from `CHAT_WRITER_*`,
+/// whose defaults are `Config`'s.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriterConfig {
-    /// Ops per `write_batch` call, at most (default 512; 0 counts as 1).
+    /// Ops per `write_batch` call, at most (0 counts as 1).
     pub max_batch: usize,
-    /// How long a partial batch waits for more ops (default 2 ms).
+    /// How long a partial batch waits for more ops.
     pub window: Duration,
-    /// Ops held at most, queued plus in flight (default 65 536; 0 counts as 1).
+    /// Ops held at most, queued plus in flight (0 counts as 1).
     pub queue_capacity: usize,
-    /// First backoff after `Unavailable` (default 50 ms).
+    /// First backoff after `Unavailable` ([`RETRY_INITIAL`] in service).
     pub retry_initial: Duration,
-    /// Backoff cap (default 5 s).
+    /// Backoff cap ([`RETRY_MAX`] in service).
     pub retry_max: Duration,
 }
 
-impl Default for WriterConfig {
-    fn default() -> Self {
-        WriterConfig {
-            max_batch: 512,
-            window: Duration::from_millis(2),
-            queue_capacity: 65_536,
-            retry_initial: Duration::from_millis(50),
-            retry_max: Duration::from_secs(5),
-        }
-    }
-}
+/// The first backoff after `Unavailable`. Not an operator setting: how
+/// patiently a down store is retried is the writer's policy, not a
+/// deployment's; tests shorten it through [`WriterConfig`].
+pub const RETRY_INITIAL: Duration = Duration::from_millis(50);
+/// The backoff cap: a store that comes back is written to within this.
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Called once with an op's result, on the writer task; see the module docs.
 pub type Completion = Box<dyn FnOnce(Result<WriteOutcome, StoreError>) + Send>;

@@ -1,11 +1,8 @@
-//! WebSocket: the `/ws` upgrade checks, one session per connection, and the
-//! JSON protocol it speaks.
+//! WebSocket: one session per upgraded connection — its frame reader, its
+//! writer and its rate limits. The `/ws` checks and the upgrade are HTTP's
+//! (`http/upgrade.rs`), which hands a ready [`session::Session`] over; the
+//! events and frames are `wire`'s.
 
-pub mod close;
-pub mod frame;
-pub mod json_guard;
-pub mod protocol;
 pub mod rate;
 pub mod reader;
 pub mod session;
-pub mod upgrade;

@@ -20,8 +20,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::close::Close;
-use super::frame::{FIN, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
+use crate::wire::close::Close;
+use crate::wire::frame::{FIN, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
 
 /// The stack buffer one read lands in when nothing is pending: large enough
 /// to take a burst of small frames in one system call.

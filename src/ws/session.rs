@@ -19,14 +19,14 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::close::{self, Close};
-use super::frame;
-use super::protocol::{self, ErrorCode, Inbound};
 use super::rate::{RateLimit, TokenBucket, Verdict};
 use super::reader::{FrameReader, Received};
 use crate::hub::conn::Receiver;
 use crate::hub::{Command, ConnHandle};
 use crate::model::{Conversation, MessageId, UserId};
+use crate::wire::close::{self, Close};
+use crate::wire::frame;
+use crate::wire::protocol::{self, ErrorCode, Inbound};
 
 /// How long we wait for the peer's Close after sending ours.
 const CLOSE_LINGER: Duration = Duration::from_secs(5);

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use chat_service::config::SqliteSync;
+use chat_service::config::Config;
 use chat_service::model::{
     Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, ObjectId, UserId,
 };
@@ -13,6 +13,11 @@ use chat_service::store::{
     ConversationFilter, HistoryPage, HistoryQuery, Store, StoreFuture, WriteOp, WriteOutcome,
 };
 use tempfile::TempDir;
+
+/// The service's SQLite options when nothing is configured.
+pub fn sqlite_defaults() -> SqliteOptions {
+    SqliteOptions::from(&Config::defaults())
+}
 
 /// A [`SqliteStore`] in a temporary directory that lives as long as it.
 pub struct TempSqlite {
@@ -24,13 +29,13 @@ pub struct TempSqlite {
 impl TempSqlite {
     pub fn new() -> TempSqlite {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path(), SqliteSync::Normal).unwrap();
+        let store = SqliteStore::open(dir.path(), sqlite_defaults()).unwrap();
         TempSqlite { store, dir }
     }
 
     pub fn with_options(options: SqliteOptions) -> TempSqlite {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open_with(dir.path(), options).unwrap();
+        let store = SqliteStore::open(dir.path(), options).unwrap();
         TempSqlite { store, dir }
     }
 
@@ -39,7 +44,7 @@ impl TempSqlite {
     pub fn without_journal() -> TempSqlite {
         Self::with_options(SqliteOptions {
             journal_max: 0,
-            ..SqliteOptions::new(SqliteSync::Normal)
+            ..sqlite_defaults()
         })
     }
 }

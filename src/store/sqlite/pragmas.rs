@@ -40,7 +40,7 @@ fn configure_writer_pragmas(conn: &Connection, options: SqliteOptions) -> rusqli
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    // See `SqliteOptions::DEFAULT_CACHE_MIB`; mmap serves cold pages of
+    // See `CHAT_SQLITE_CACHE_MB` in config.rs; mmap serves cold pages of
     // the main file cheaply, but pages still in the WAL are read with pread.
     conn.pragma_update(None, "cache_size", cache_size_pragma(options.cache_mib))?;
     conn.pragma_update(None, "mmap_size", 268_435_456)?;
@@ -78,8 +78,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DATABASE_FILE);
         let options = SqliteOptions {
+            sync: SqliteSync::Normal,
             cache_mib: 40,
-            ..SqliteOptions::new(SqliteSync::Normal)
+            journal_max: 262_144,
         };
         let writer = Connection::open(&path).unwrap();
         configure_writer(&writer, options).unwrap();

@@ -10,13 +10,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::close::Close;
 
 // RFC 6455 §5.2, shared with the reader of client frames.
-pub(super) const OP_CONTINUATION: u8 = 0x0;
+pub(crate) const OP_CONTINUATION: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
-pub(super) const OP_BINARY: u8 = 0x2;
-pub(super) const OP_CLOSE: u8 = 0x8;
-pub(super) const OP_PING: u8 = 0x9;
-pub(super) const OP_PONG: u8 = 0xA;
-pub(super) const FIN: u8 = 0x80;
+pub(crate) const OP_BINARY: u8 = 0x2;
+pub(crate) const OP_CLOSE: u8 = 0x8;
+pub(crate) const OP_PING: u8 = 0x9;
+pub(crate) const OP_PONG: u8 = 0xA;
+pub(crate) const FIN: u8 = 0x80;
 
 /// A complete text frame carrying `payload`.
 pub fn text(payload: &[u8]) -> Bytes {

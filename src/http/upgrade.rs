@@ -1,19 +1,20 @@
 //! `GET /ws`: the checks of CONTRACT §3, in its order, answered as plain
-//! HTTP; then the upgrade, with the session spawned into the app's tracker.
+//! HTTP; then the upgrade, with the session — everything the checks
+//! gathered — handed to `ws` and spawned into the app's tracker.
 
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
-use super::session::Session;
+use super::error::ApiError;
+use super::query::Query;
+use super::Body;
 use crate::app::App;
 use crate::auth::access;
-use crate::http::error::ApiError;
-use crate::http::query::Query;
-use crate::http::Body;
 use crate::hub::RECENT_CLIENT_IDS;
 use crate::model::now;
+use crate::ws::session::Session;
 
 pub async fn handle(
     app: &Arc<App>,
@@ -60,13 +61,9 @@ pub async fn handle(
     let user = app.django.user(&token, user_id).await?;
     let lesson = app.django.lesson(&token, lesson_id).await?;
     // 7, 8, 9
-    let denied = |denied: access::AccessDenied| match denied.status() {
-        400 => ApiError::bad_request(denied.to_string()),
-        _ => ApiError::forbidden(denied.to_string()),
-    };
-    let key = access::conversation_key(&user, &lesson, requested_student).map_err(denied)?;
+    let key = access::conversation_key(&user, &lesson, requested_student)?;
     if app.config.require_roster {
-        access::require_roster(&user, &lesson).map_err(denied)?;
+        access::require_roster(&user, &lesson)?;
     }
     // Ours: one user may not take every connection slot.
     let presence = app
