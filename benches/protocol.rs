@@ -69,5 +69,37 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse, encode);
+/// Ours against bson's (linked through the mongodb driver): the numbers
+/// behind keeping `model::ObjectId` hand-written (see its comment).
+fn object_id(c: &mut Criterion) {
+    use mongodb::bson::oid::ObjectId as BsonId;
+    let mut group = c.benchmark_group("object_id");
+    let hex = "663af8129dde123456789def";
+    let bad = "663af8129dde123456789deg";
+    group.bench_function("generate/ours", |b| b.iter(|| black_box(ObjectId::new())));
+    group.bench_function("generate/bson", |b| b.iter(|| black_box(BsonId::new())));
+    let ours = ObjectId::parse(hex).unwrap();
+    let theirs = BsonId::parse_str(hex).unwrap();
+    group.bench_function("to_hex/ours", |b| {
+        b.iter(|| black_box(black_box(ours).hex().as_str().len()))
+    });
+    group.bench_function("to_hex/bson", |b| {
+        b.iter(|| black_box(black_box(theirs).to_hex().len()))
+    });
+    group.bench_function("parse/ours", |b| {
+        b.iter(|| black_box(ObjectId::parse(black_box(hex))))
+    });
+    group.bench_function("parse/bson", |b| {
+        b.iter(|| black_box(BsonId::parse_str(black_box(hex)).is_ok()))
+    });
+    group.bench_function("parse_invalid/ours", |b| {
+        b.iter(|| black_box(ObjectId::parse(black_box(bad))))
+    });
+    group.bench_function("parse_invalid/bson", |b| {
+        b.iter(|| black_box(BsonId::parse_str(black_box(bad)).is_ok()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parse, encode, object_id);
 criterion_main!(benches);

@@ -7,17 +7,11 @@ use crate::model::ObjectId;
 pub struct Query(Vec<(String, String)>);
 
 impl Query {
+    /// `+` is a space, a `%` not followed by two hex digits stays as it is,
+    /// and bytes that decode to invalid UTF-8 become U+FFFD.
     pub fn parse(raw: Option<&str>) -> Query {
-        let pairs = raw
-            .unwrap_or_default()
-            .split('&')
-            .filter(|pair| !pair.is_empty())
-            .map(|pair| {
-                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-                (decode(name), decode(value))
-            })
-            .collect();
-        Query(pairs)
+        let raw = raw.unwrap_or_default().as_bytes();
+        Query(form_urlencoded::parse(raw).into_owned().collect())
     }
 
     /// The first value of `name`, if present and not empty.
@@ -60,31 +54,6 @@ pub fn parse_positive_id(text: &str) -> Option<i64> {
     text.parse::<i64>().ok().filter(|id| *id > 0)
 }
 
-fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(hi), Some(lo)) => {
-                    out.push(hi << 4 | lo);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            other => out.push(other),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(digit: u8) -> Option<u8> {
-    (digit as char).to_digit(16).map(|d| d as u8)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +68,30 @@ mod tests {
         assert_eq!(q.get("missing"), None);
         assert_eq!(Query::parse(Some("x=%zz%4")).get("x"), Some("%zz%4"));
         assert_eq!(Query::parse(None).get("x"), None);
+    }
+
+    /// What the hand-written decoder did, pinned now that form_urlencoded does it.
+    #[test]
+    fn decoding_edge_cases() {
+        let cases = [
+            ("x=%2B+%2b", "+ +"),
+            ("x=%41%4a%4A", "AJJ"),
+            ("x=a=b", "a=b"),
+            ("x=%", "%"),
+            ("x=%4", "%4"),
+            ("x=%%41", "%A"),
+            ("x=%+4", "% 4"),
+            ("x=%ff%fe", "\u{fffd}\u{fffd}"),
+            ("x=%C3%A9", "\u{e9}"),
+            ("x=%26y%3D1&y=2", "&y=1"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(Query::parse(Some(raw)).get("x"), Some(want), "{raw:?}");
+        }
+        let q = Query::parse(Some("&&%74oken=t&&user+id=3"));
+        assert_eq!(q.get("token"), Some("t"), "names are decoded too");
+        assert_eq!(q.get("user id"), Some("3"));
+        assert_eq!(q.get("y"), None);
     }
 
     #[test]

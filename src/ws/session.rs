@@ -392,13 +392,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     shutdown: &CancellationToken,
     limits: SessionLimits,
 ) -> Close {
-    let mut ping = tokio::time::interval(limits.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
+    let mut heartbeat = Heartbeat::new(limits);
     loop {
         // Every arm is cancel-safe: `closing()` reads an atomic and a Notify
-        // permit, `cancelled()` observes the token, `recv_many` and `tick`
-        // lose nothing when another arm wins.
+        // permit, `cancelled()` observes the token, `recv_many` and the
+        // timer lose nothing when another arm wins.
         tokio::select! {
             biased;
             why = conn.closing() => {
@@ -430,15 +428,77 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     return Close::Normal;
                 }
             }
-            _ = ping.tick() => {
-                // A paused reader is the server not listening, not an idle client.
-                if conn.idle_for() >= limits.idle_timeout && !conn.reader_paused() {
-                    conn.close(Close::Idle);
-                } else if let Err(failed) = timed_write(write, &[frame::ping()]).await {
-                    return Box::pin(end_after_failed_write(write, conn, failed)).await;
+            () = heartbeat.timer.as_mut() => match heartbeat.due(conn, limits) {
+                Due::Idle => conn.close(Close::Idle),
+                Due::Ping => {
+                    if let Err(failed) = timed_write(write, &[frame::ping()]).await {
+                        return Box::pin(end_after_failed_write(write, conn, failed)).await;
+                    }
                 }
-            }
+                Due::Nothing => {}
+            },
         }
+    }
+}
+
+/// The writer's one timer: it fires at the next ping or at the moment the
+/// connection would become idle, whichever comes first, so a silent
+/// connection closes at the idle timeout rather than at the first ping
+/// after it. Inbound frames only store a timestamp (`ConnHandle::touch`);
+/// the deadline is recomputed from it when the timer fires, so activity
+/// costs no timer reset.
+struct Heartbeat {
+    timer: Pin<Box<tokio::time::Sleep>>,
+    next_ping: tokio::time::Instant,
+}
+
+/// What the [`Heartbeat`] timer found due.
+enum Due {
+    Idle,
+    Ping,
+    Nothing,
+}
+
+impl Heartbeat {
+    fn new(limits: SessionLimits) -> Self {
+        let now = tokio::time::Instant::now();
+        let next_ping = now + limits.ping_interval;
+        Heartbeat {
+            timer: Box::pin(tokio::time::sleep_until(
+                next_ping.min(now + limits.idle_timeout),
+            )),
+            next_ping,
+        }
+    }
+
+    /// Called when the timer fired: says what is due and sets the next deadline.
+    fn due(&mut self, conn: &ConnHandle, limits: SessionLimits) -> Due {
+        let now = tokio::time::Instant::now();
+        let idle_for = conn.idle_for();
+        // A paused reader is the server not listening, not an idle client;
+        // its resume counts as activity, so checking again one timeout
+        // later still keeps the bound.
+        let paused = conn.reader_paused();
+        if idle_for >= limits.idle_timeout && !paused {
+            return Due::Idle;
+        }
+        let due = if now >= self.next_ping {
+            // A late wake-up delays the pings after it, as
+            // `MissedTickBehavior::Delay` did: no burst of pings.
+            self.next_ping = now + limits.ping_interval;
+            Due::Ping
+        } else {
+            Due::Nothing
+        };
+        let idle_left = if paused {
+            limits.idle_timeout
+        } else {
+            limits.idle_timeout - idle_for
+        };
+        self.timer
+            .as_mut()
+            .reset(self.next_ping.min(now + idle_left));
+        due
     }
 }
 
@@ -595,17 +655,19 @@ mod tests {
         assert_eq!(rest_of_frame(&frames, 7), None);
     }
 
-    /// Every connection's task holds this future: its size is memory per
-    /// connection, so it is kept in check here.
-    #[tokio::test]
-    async fn the_session_future_stays_small() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (read, write) = client.into_split();
-        let (shard, _commands) = mpsc::channel(1);
-        let session = Session {
+    fn limits() -> SessionLimits {
+        SessionLimits {
+            max_text_bytes: 8192,
+            max_frame_bytes: 65536,
+            outbound_queue_bytes: 1 << 20,
+            ping_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+            message_rate: RateLimit::new(20, 2000),
+        }
+    }
+
+    fn session(shard: mpsc::Sender<Command>) -> Session {
+        Session {
             conn_id: 1,
             user_id: 1,
             conversation: Conversation {
@@ -617,18 +679,23 @@ mod tests {
             },
             recent_client_ids: Vec::new(),
             shard,
-            limits: SessionLimits {
-                max_text_bytes: 8192,
-                max_frame_bytes: 65536,
-                outbound_queue_bytes: 1 << 20,
-                ping_interval: Duration::from_secs(25),
-                idle_timeout: Duration::from_secs(60),
-                message_rate: RateLimit::new(20, 2000),
-            },
+            limits: limits(),
             shutdown: CancellationToken::new(),
             guards: Box::new(()),
-        };
-        let future = session.serve(Prefixed::new(Bytes::new(), read), write);
+        }
+    }
+
+    /// Every connection's task holds this future: its size is memory per
+    /// connection, so it is kept in check here.
+    #[tokio::test]
+    async fn the_session_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (read, write) = client.into_split();
+        let (shard, _commands) = mpsc::channel(1);
+        let future = session(shard).serve(Prefixed::new(Bytes::new(), read), write);
         let size = std::mem::size_of_val(&future);
         eprintln!("session future: {size} bytes");
         // 1.6 KiB in a debug build when the first bound (2048) was set; the
@@ -636,5 +703,112 @@ mod tests {
         // timer's branch) took it to 2104. Release builds are smaller; the
         // idle scenario of scripts/bench.sh measures what counts.
         assert!(size <= 2176, "the session future grew to {size} bytes");
+    }
+
+    /// A session over an in-memory socket on the paused clock. Returns the
+    /// client's write half, the connection's handle (from the shard's
+    /// `Join`) and the frames the server sent, each with the time since the
+    /// start, as (opcode, payload); the stream ends after the server's Close.
+    async fn idle_session() -> (
+        tokio::io::WriteHalf<tokio::io::DuplexStream>,
+        ConnHandle,
+        mpsc::UnboundedReceiver<(Duration, u8, Vec<u8>)>,
+    ) {
+        let start = tokio::time::Instant::now();
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (read, write) = tokio::io::split(server);
+        let (shard, mut commands) = mpsc::channel(64);
+        tokio::spawn(session(shard).serve(read, write));
+        let Some(Command::Join { conn, .. }) = commands.recv().await else {
+            panic!("the session joins its room first");
+        };
+        // Keeps the shard's end open, as a live hub would.
+        tokio::spawn(async move { while commands.recv().await.is_some() {} });
+        let (mut from_server, to_server) = tokio::io::split(client);
+        let (frames, received) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            // Server frames are unmasked and, here, shorter than 126 bytes.
+            let mut header = [0u8; 2];
+            while from_server.read_exact(&mut header).await.is_ok() {
+                let mut payload = vec![0u8; usize::from(header[1] & 0x7f)];
+                if from_server.read_exact(&mut payload).await.is_err() {
+                    break;
+                }
+                let opcode = header[0] & 0x0f;
+                let _ = frames.send((start.elapsed(), opcode, payload));
+                if opcode == 0x8 {
+                    break;
+                }
+            }
+        });
+        (to_server, conn, received)
+    }
+
+    /// Waits for the server's Close: when it came, and the pings before it.
+    async fn close_time(
+        received: &mut mpsc::UnboundedReceiver<(Duration, u8, Vec<u8>)>,
+    ) -> (Duration, usize) {
+        let mut pings = 0;
+        while let Some((at, opcode, payload)) = received.recv().await {
+            match opcode {
+                0x9 => pings += 1,
+                0x8 => {
+                    assert_eq!(payload[..2], 1001u16.to_be_bytes(), "an idle close");
+                    return (at, pings);
+                }
+                other => panic!("unexpected opcode {other:#x}"),
+            }
+        }
+        panic!("no close frame");
+    }
+
+    /// Asserts that the close came within a small slack after `deadline`.
+    fn assert_closed_at(at: Duration, deadline: Duration) {
+        let slack = Duration::from_millis(100);
+        assert!(
+            at >= deadline && at <= deadline + slack,
+            "closed after {at:?}, expected {deadline:?}"
+        );
+    }
+
+    /// An empty masked Pong, as a client's answer to a ping.
+    const PONG: [u8; 6] = [0x8a, 0x80, 0, 0, 0, 0];
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_closes_at_the_idle_timeout() {
+        let (_to_server, _conn, mut received) = idle_session().await;
+        let (at, pings) = close_time(&mut received).await;
+        // Not at the first ping after the timeout (75 s).
+        assert_closed_at(at, limits().idle_timeout);
+        assert_eq!(pings, 2, "pinged at 25 s and 50 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timeout_counts_from_the_last_inbound_frame() {
+        let (mut to_server, _conn, mut received) = idle_session().await;
+        tokio::time::sleep(Duration::from_secs(45)).await;
+        to_server.write_all(&PONG).await.unwrap();
+        let (at, _) = close_time(&mut received).await;
+        assert_closed_at(at, Duration::from_secs(45) + limits().idle_timeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_paused_by_backpressure_is_not_idle() {
+        let (mut to_server, conn, mut received) = idle_session().await;
+        for _ in 0..crate::hub::conn::MAX_IN_FLIGHT {
+            conn.request_sent();
+        }
+        // The next frame is read, then the reader waits for answers.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        to_server.write_all(&PONG).await.unwrap();
+        let paused_until = Duration::from_secs(200);
+        tokio::time::sleep(paused_until - Duration::from_secs(10)).await;
+        assert!(conn.reader_paused());
+        assert_eq!(conn.close_requested(), None, "paused is not idle");
+        conn.request_settled();
+        let (at, _) = close_time(&mut received).await;
+        // The resume counts as activity.
+        assert_closed_at(at, paused_until + limits().idle_timeout);
     }
 }
