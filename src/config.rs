@@ -122,12 +122,13 @@ pub struct Config {
 
     /// Page cache of the embedded store's write connection, in MiB; it
     /// should hold the newest pages of every active conversation.
-    // 64 holds the hot B-tree leaves of thousands of active conversations
-    // (about 8 KiB each: the newest leaf of `messages` and of the client-id
-    // index). A smaller cache evicts them between commits and every insert
-    // reads its page back from the WAL: 18.5 µs of writer CPU per message
-    // with 8 MiB against 11.2 µs with 64 MiB, 5,000 conversations at
-    // 20,000 messages/s (docs/performance.md).
+    // Merges insert each chunk sorted by conversation, touching the newest
+    // B-tree leaf of `messages` and of the client-id index of every active
+    // conversation (about 8 KiB each); 64 MiB keeps those of thousands of
+    // conversations from one merge to the next instead of reading them back.
+    // Measured before the journal, when every batch wrote SQLite directly:
+    // 8 → 64 MiB took writer CPU from 18.5 to 11.2 µs per message at 20,000
+    // messages/s over 5,000 conversations (docs/performance.md, History).
     #[arg(long, env = "CHAT_SQLITE_CACHE_MB", value_name = "CHAT_SQLITE_CACHE_MB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub sqlite_cache_mb: u32,
 
@@ -193,9 +194,10 @@ pub struct Config {
     pub require_roster: bool,
 
     /// Most writes one store batch carries. Batches only grow this large under
-    /// load (a partial batch waits at most the window): with thousands of
-    /// active conversations each commit dirties about one B-tree page per
-    /// conversation, so large commits are what keeps SQLite ahead.
+    /// load (a partial batch waits at most the window): each batch costs one
+    /// journal append in SQLite (one fsync with `full`) or one `insert_many`
+    /// in MongoDB whatever its size, so large batches keep the cost per
+    /// message low.
     #[arg(long, env = "CHAT_WRITER_BATCH", value_name = "CHAT_WRITER_BATCH", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub writer_batch: u32,
 
