@@ -26,7 +26,6 @@
 
 mod errors;
 mod journal;
-mod page_cache;
 mod pragmas;
 mod priority;
 mod readers;
@@ -59,7 +58,6 @@ use crate::model::{Conversation, ConversationId, ConversationKey, MessageId, Mil
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "chat.sqlite3";
 
-pub use page_cache::{install as install_page_cache, truncate_counts, TruncateCounts};
 
 /// SQLite's `synchronous` setting for the embedded store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -153,10 +151,6 @@ impl SqliteStore {
         })?;
         let path = dir.join(DATABASE_FILE);
 
-        // Must precede the process's first connection; see `page_cache`.
-        if !page_cache::install() {
-            tracing::debug!("SQLite was initialized before the store: default page cache");
-        }
         let writer = Connection::open(&path).map_err(store_error)?;
         pragmas::configure_writer(&writer, options)?;
         schema::create_schema(&writer)?;
