@@ -542,12 +542,25 @@ struct Raw {
     buf: Vec<u8>,
 }
 
+/// The handshake headers of a valid upgrade (RFC 6455 §4.1).
+const KEY_AND_VERSION: &str =
+    "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
 impl Raw {
+    /// An upgraded connection.
     async fn connect(server: &Server) -> Raw {
+        let (raw, head) = Raw::handshake(server, KEY_AND_VERSION).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        raw
+    }
+
+    /// An upgrade request with `headers` besides `Connection` and
+    /// `Upgrade`; the answer's head.
+    async fn handshake(server: &Server, headers: &str) -> (Raw, String) {
         let mut stream = TcpStream::connect(&server.addr).await.expect("connect");
         let request = format!(
-            "GET /ws?{STUDENT} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            "GET /ws?{STUDENT} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\n{headers}\r\n"
         );
         stream.write_all(request.as_bytes()).await.expect("request");
         let mut raw = Raw {
@@ -561,9 +574,8 @@ impl Raw {
             assert!(raw.fill().await, "no handshake answer");
         };
         let head = String::from_utf8_lossy(&raw.buf[..end]).to_string();
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         raw.buf.drain(..end);
-        raw
+        (raw, head)
     }
 
     /// Reads more bytes; false at the end of the stream.
@@ -640,6 +652,24 @@ fn parse_server_frame(bytes: &[u8]) -> Option<(ServerFrame, usize)> {
         payload,
     };
     Some((frame, header + len))
+}
+
+#[tokio::test]
+async fn a_handshake_without_a_key_or_of_another_version_is_400() {
+    // RFC 6455 §4.2.1: the key and version 13 are required; the upgrade is
+    // refused as plain HTTP, and the server goes on upgrading others.
+    let (_django, server) = chat().await;
+    let headers = [
+        "Sec-WebSocket-Version: 13\r\n",
+        "Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    ];
+    for headers in headers {
+        let (_, head) = Raw::handshake(&server, headers).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{headers:?}: {head}");
+    }
+    let (_, head) = Raw::handshake(&server, KEY_AND_VERSION).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
 }
 
 #[tokio::test]
