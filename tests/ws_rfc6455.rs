@@ -103,27 +103,33 @@ fn fragmented(payload: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
 
 #[tokio::test]
 async fn pings_and_pongs_between_fragments_are_answered_first() {
-    // [5.6-5.8] one ping, [5.9-5.20] several, between every fragment.
-    let frames = [
-        frame(false, OP_TEXT, b"Hel"),
-        frame(true, OP_PING, b"1"),
-        frame(false, OP_CONTINUATION, b"lo, "),
-        frame(true, OP_PONG, b"unsolicited"),
-        frame(true, OP_PING, b"2"),
-        frame(true, OP_CONTINUATION, b"world"),
-    ];
-    assert_eq!(
-        read(&frames).await,
-        (
-            vec![
-                ping(b"1"),
-                Event::Pong,
-                ping(b"2"),
-                message(b"Hello, world")
-            ],
-            Answer::Nothing
-        )
-    );
+    // [5.6-5.20]: a ping, a pong, both or neither in each gap between the
+    // fragments; the pings come out in order, the message whole, last.
+    let fragments = fragmented(b"Hello, world", &[3, 7, 9]);
+    let gaps = fragments.len() - 1;
+    for pattern in 0..4u32.pow(gaps as u32) {
+        let mut frames = vec![fragments[0].clone()];
+        let mut expected = Vec::new();
+        for gap in 0..gaps {
+            let kind = pattern / 4u32.pow(gap as u32) % 4;
+            let payload = format!("gap {gap}");
+            if kind & 1 != 0 {
+                frames.push(frame(true, OP_PING, payload.as_bytes()));
+                expected.push(ping(payload.as_bytes()));
+            }
+            if kind & 2 != 0 {
+                frames.push(frame(true, OP_PONG, b"unsolicited"));
+                expected.push(Event::Pong);
+            }
+            frames.push(fragments[gap + 1].clone());
+        }
+        expected.push(message(b"Hello, world"));
+        assert_eq!(
+            read(&frames).await,
+            (expected, Answer::Nothing),
+            "pattern {pattern}"
+        );
+    }
 }
 
 #[tokio::test]
