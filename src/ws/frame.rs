@@ -93,8 +93,8 @@ pub(crate) struct Header {
     pub(crate) mask: [u8; 4],
     /// Header bytes, then `len` payload bytes.
     pub(crate) header_len: usize,
-    /// The announced payload length; one past `usize` reads as `usize::MAX`,
-    /// which is over any cap.
+    /// The announced payload length; one that does not fit a `usize` reads
+    /// as `usize::MAX`, which is over any cap.
     pub(crate) len: usize,
 }
 
@@ -189,9 +189,9 @@ impl Header {
 /// XORs `payload` with the frame's mask, eight bytes at a time: a client
 /// sends every message masked, so this runs over every byte received.
 pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
-    // The mask repeats every 4 bytes and every chunk starts at a multiple
-    // of 8, so the same 8-byte word fits them all; byte order does not
-    // matter to a XOR as long as both sides use the same.
+    // The mask repeats every 4 bytes and every chunk (and the tail) starts
+    // at a multiple of 8, so the same 8-byte word fits them all; byte order
+    // does not matter to a XOR as long as both sides use the same.
     let [a, b, c, d] = mask;
     let word = u64::from_ne_bytes([a, b, c, d, a, b, c, d]);
     let mut chunks = payload.chunks_exact_mut(8);
