@@ -89,7 +89,12 @@ pub async fn handle(
         .and_then(|value| value.to_str().ok())
         .and_then(|list| list.split(',').next())
         .map(|first| first.trim().to_string());
-    let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut request)
+    // hyper's pending upgrade, taken before fastwebsockets' `upgrade` can
+    // take it: its future would wrap the connection in a `WebSocket` with
+    // an 8 KiB read buffer, only for the session to drop it (frames are
+    // read by `reader.rs`). Its own future, never polled, holds nothing.
+    let upgrade = hyper::upgrade::on(&mut request);
+    let (response, _) = fastwebsockets::upgrade::upgrade(&mut request)
         .map_err(|error| ApiError::bad_request(format!("bad WebSocket handshake: {error}")))?;
     let (mut parts, _) = response.into_parts();
     // Browsers abort a handshake whose offered subprotocol is not echoed.
@@ -113,7 +118,7 @@ pub async fn handle(
     // the spawned task, never here.
     app.sessions.spawn(async move {
         match upgrade.await {
-            Ok(ws) => session.run(ws.into_inner().into_inner()).await,
+            Ok(upgraded) => session.run(upgraded).await,
             Err(error) => tracing::debug!(conn = conn_id, %error, "upgrade failed"),
         }
     });

@@ -11,6 +11,10 @@
 //!
 //! Bytes are consumed only when a whole frame is there, and a read is copied
 //! in within the poll that made it, so `next` is cancel-safe.
+//!
+//! The protocol's rules (headers, close payloads, unmasking) are pure
+//! functions in `frame.rs`; this file holds the IO, the buffer and the
+//! joining of fragments.
 
 use std::future::poll_fn;
 use std::mem::MaybeUninit;
@@ -21,7 +25,10 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::wire::close::Close;
-use crate::wire::frame::{FIN, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
+use crate::wire::frame::{
+    check_close_payload, check_text, unmask, Header, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG,
+    OP_TEXT,
+};
 
 /// The stack buffer one read lands in when nothing is pending: large enough
 /// to take a burst of small frames in one system call.
@@ -29,8 +36,6 @@ const READ_CHUNK: usize = 8 * 1024;
 /// The least room a read into a partial frame's buffer gets, so the next
 /// frames' bytes can come along in the same read.
 const MIN_READ: usize = 1024;
-/// Control frames carry at most this much (RFC 6455 §5.5).
-const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// What one call to [`FrameReader::next`] yields. Payloads are unmasked and
 /// borrowed from the reader until the next call.
@@ -63,16 +68,6 @@ enum Ready {
 struct Fragments {
     text: bool,
     bytes: Vec<u8>,
-}
-
-/// A parsed frame header.
-struct Header {
-    fin: bool,
-    opcode: u8,
-    mask: [u8; 4],
-    /// Header bytes, then `len` payload bytes.
-    header_len: usize,
-    len: usize,
 }
 
 /// Reads client frames from `io`, enforcing the protocol's rules and a cap
@@ -133,11 +128,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     fn parse(&mut self) -> Result<Result<Ready, usize>, Close> {
         loop {
             let pending = &self.buf[self.start..];
-            let header = match parse_header(pending)? {
+            let header = match Header::parse(pending)? {
                 Ok(header) => header,
                 Err(need) => return Ok(Err(need)),
             };
-            self.check(&header)?;
+            let open = self.fragments.as_ref().map(|f| f.bytes.len());
+            header.check(open, self.max_message)?;
             let total = header.header_len + header.len;
             if pending.len() < total {
                 return Ok(Err(total));
@@ -153,7 +149,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     return Ok(Ok(Ready::Close(payload)));
                 }
                 OP_CONTINUATION => {
-                    // `check` saw the fragments in progress.
+                    // `Header::check` saw the fragments in progress.
                     let Some(fragments) = self.fragments.as_mut() else {
                         return Err(Close::Protocol);
                     };
@@ -162,8 +158,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                         let text = fragments.text;
                         self.assembled = std::mem::take(&mut fragments.bytes);
                         self.fragments = None;
-                        if text && std::str::from_utf8(&self.assembled).is_err() {
-                            return Err(Close::InvalidData);
+                        if text {
+                            check_text(&self.assembled)?;
                         }
                         return Ok(Ok(Ready::Assembled));
                     }
@@ -177,45 +173,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     self.release_consumed();
                 }
                 _ => {
-                    if header.opcode == OP_TEXT
-                        && std::str::from_utf8(&self.buf[payload.clone()]).is_err()
-                    {
-                        return Err(Close::InvalidData);
+                    if header.opcode == OP_TEXT {
+                        check_text(&self.buf[payload.clone()])?;
                     }
                     return Ok(Ok(Ready::Message(payload)));
                 }
             }
         }
-    }
-
-    /// The rules a header must meet before its payload is waited for.
-    fn check(&self, header: &Header) -> Result<(), Close> {
-        match header.opcode {
-            OP_CLOSE | OP_PING | OP_PONG => {
-                if !header.fin || header.len > MAX_CONTROL_PAYLOAD {
-                    return Err(Close::Protocol);
-                }
-            }
-            OP_TEXT | OP_BINARY => {
-                if self.fragments.is_some() {
-                    // A new message inside a fragmented one.
-                    return Err(Close::Protocol);
-                }
-                if header.len > self.max_message {
-                    return Err(Close::TooBig);
-                }
-            }
-            OP_CONTINUATION => {
-                let Some(fragments) = &self.fragments else {
-                    return Err(Close::Protocol);
-                };
-                if fragments.bytes.len().saturating_add(header.len) > self.max_message {
-                    return Err(Close::TooBig);
-                }
-            }
-            _ => return Err(Close::Protocol),
-        }
-        Ok(())
     }
 
     /// Drops consumed bytes; frees the buffer when nothing is pending.
@@ -286,90 +250,12 @@ fn room_for(len: usize, need: usize) -> usize {
     need.min(len + READ_CHUNK).max(len)
 }
 
-/// A frame header from the start of `bytes`; `Ok(Err(n))` when `n` bytes
-/// are needed to see it whole.
-fn parse_header(bytes: &[u8]) -> Result<Result<Header, usize>, Close> {
-    let [first, second, ..] = *bytes else {
-        return Ok(Err(2));
-    };
-    if first & 0x70 != 0 {
-        // RSV1-3 without a negotiated extension.
-        return Err(Close::Protocol);
-    }
-    if second & 0x80 == 0 {
-        // Every client frame must be masked (RFC 6455 §5.1).
-        return Err(Close::Protocol);
-    }
-    let (extra, short) = match second & 0x7f {
-        126 => (2, None),
-        127 => (8, None),
-        n => (0, Some(usize::from(n))),
-    };
-    let header_len = 2 + extra + 4;
-    if bytes.len() < header_len {
-        return Ok(Err(header_len));
-    }
-    let len = match (short, extra) {
-        (Some(n), _) => n,
-        (None, 2) => usize::from(u16::from_be_bytes([bytes[2], bytes[3]])),
-        _ => {
-            let mut be = [0u8; 8];
-            be.copy_from_slice(&bytes[2..10]);
-            let len = u64::from_be_bytes(be);
-            if len >> 63 != 0 {
-                // The most significant bit must be 0 (RFC 6455 §5.2).
-                return Err(Close::Protocol);
-            }
-            // Anything past usize is over any cap.
-            usize::try_from(len).unwrap_or(usize::MAX)
-        }
-    };
-    let mut mask = [0u8; 4];
-    mask.copy_from_slice(&bytes[header_len - 4..header_len]);
-    Ok(Ok(Header {
-        fin: first & FIN != 0,
-        opcode: first & 0x0f,
-        mask,
-        header_len,
-        len,
-    }))
-}
-
-fn unmask(payload: &mut [u8], mask: [u8; 4]) {
-    for (i, byte) in payload.iter_mut().enumerate() {
-        *byte ^= mask[i & 3];
-    }
-}
-
-/// A close payload is empty, or a code a peer may send and a UTF-8 reason.
-fn check_close_payload(payload: &[u8]) -> Result<(), Close> {
-    match payload {
-        [] => Ok(()),
-        [_] => Err(Close::Protocol),
-        [high, low, reason @ ..] => {
-            if !close_code_allowed(u16::from_be_bytes([*high, *low])) {
-                return Err(Close::Protocol);
-            }
-            if std::str::from_utf8(reason).is_err() {
-                return Err(Close::InvalidData);
-            }
-            Ok(())
-        }
-    }
-}
-
-/// Codes a peer may put on the wire (RFC 6455 §7.4 and the IANA registry,
-/// which added 1012-1014): 1004-1006 and 1015 never travel, 1016-2999 are
-/// unassigned, below 1000 and from 5000 on are invalid.
-fn close_code_allowed(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
 
     use super::*;
+    use crate::wire::frame::{FIN, MAX_CONTROL_PAYLOAD, OP_BINARY};
 
     const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 

@@ -1,6 +1,8 @@
 //! Shared test harness: a Django stand-in, the real binary, a WebSocket
-//! client, and the store tests' helpers (re-exported at the top level).
+//! client, raw client frames, and the store tests' helpers (re-exported at
+//! the top level).
 pub mod django;
+pub mod frames;
 pub mod server;
 pub mod store;
 pub mod ws;
