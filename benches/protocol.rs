@@ -103,7 +103,6 @@ fn object_id(c: &mut Criterion) {
     group.finish();
 }
 
-
 /// The reader's word-at-a-time `frame::unmask` against the byte-at-a-time
 /// loop it replaced, kept here as the baseline.
 fn unmask(c: &mut Criterion) {

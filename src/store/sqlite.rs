@@ -58,7 +58,6 @@ use crate::model::{Conversation, ConversationId, ConversationKey, MessageId, Mil
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "chat.sqlite3";
 
-
 /// SQLite's `synchronous` setting for the embedded store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SqliteSync {
