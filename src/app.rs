@@ -22,25 +22,25 @@ use crate::ws::session::SessionLimits;
 pub struct App {
     pub config: Config,
     pub store: Arc<dyn Store>,
-    pub writer: WriterHandle,
-    pub hub: Hub,
-    pub django: DjangoClient,
+    pub(crate) writer: WriterHandle,
+    pub(crate) hub: Hub,
+    pub(crate) django: DjangoClient,
     pub gate: ConnectionGate,
     /// Turns for `/messages`: bounds the history pages held in memory.
-    pub history: HistoryGate,
-    pub limits: SessionLimits,
+    pub(crate) history: HistoryGate,
+    pub(crate) limits: SessionLimits,
     /// Cancelled at shutdown: every session closes with 1001.
-    pub sessions_shutdown: CancellationToken,
+    pub(crate) sessions_shutdown: CancellationToken,
     /// Every WebSocket session, so shutdown can wait for them: hyper stops
     /// tracking a connection once it is upgraded.
-    pub sessions: TaskTracker,
+    pub(crate) sessions: TaskTracker,
     next_conn_id: AtomicU64,
 }
 
 /// The background parts that outlive requests, stopped last at shutdown.
 pub struct Background {
-    pub writer: Writer,
-    pub shards: Vec<JoinHandle<()>>,
+    pub(crate) writer: Writer,
+    pub(crate) shards: Vec<JoinHandle<()>>,
 }
 
 /// Why the service could not start.
@@ -72,7 +72,7 @@ impl App {
     }
 
     /// Starts writer and hub over an already open store.
-    pub fn with_store(
+    pub(crate) fn with_store(
         config: Config,
         store: Arc<dyn Store>,
     ) -> Result<(Arc<App>, Background), StartError> {
@@ -97,7 +97,7 @@ impl App {
         Ok((Arc::new(app), Background { writer, shards }))
     }
 
-    pub fn next_conn_id(&self) -> u64 {
+    pub(crate) fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 }

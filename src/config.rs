@@ -40,15 +40,15 @@ pub struct Config {
 
     /// MongoDB connection string; unset means the embedded SQLite store.
     #[arg(long, env = "MONGO_URI", value_name = "MONGO_URI", value_parser = non_empty)]
-    pub mongo_uri: Option<String>,
+    pub(crate) mongo_uri: Option<String>,
 
     /// MongoDB database name.
     #[arg(long, env = "MONGO_DB", value_name = "MONGO_DB", default_value = "chat", value_parser = non_empty)]
-    pub mongo_db: String,
+    pub(crate) mongo_db: String,
 
     /// Django base URL, e.g. `http://django:8000` or `http://host/backend`.
     #[arg(long, env = "DJANGO_BASE_URL", value_name = "DJANGO_BASE_URL", value_parser = django_base_url)]
-    pub django_base_url: String,
+    pub(crate) django_base_url: String,
 
     /// Directory of the embedded store.
     #[arg(
@@ -57,68 +57,68 @@ pub struct Config {
         value_name = "CHAT_DATA_DIR",
         default_value = "./data"
     )]
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
 
     /// Hub shards (default: available cores).
     #[arg(long, env = "CHAT_SHARDS", value_name = "CHAT_SHARDS", value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub shards: Option<u16>,
+    pub(crate) shards: Option<u16>,
 
     /// Longest message text, in UTF-8 bytes.
     #[arg(long, env = "CHAT_MAX_TEXT_BYTES", value_name = "CHAT_MAX_TEXT_BYTES", default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
-    pub max_text_bytes: u32,
+    pub(crate) max_text_bytes: u32,
 
     /// Longest inbound WebSocket message, all fragments together.
     #[arg(long, env = "CHAT_MAX_FRAME_BYTES", value_name = "CHAT_MAX_FRAME_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(256..=67_108_864))]
-    pub max_frame_bytes: u32,
+    pub(crate) max_frame_bytes: u32,
 
     /// Most messages one `/messages` call returns.
     #[arg(long, env = "CHAT_MAX_HISTORY", value_name = "CHAT_MAX_HISTORY", default_value_t = 10000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub max_history: u32,
+    pub(crate) max_history: u32,
 
     /// Largest `/messages` answer, in bytes of JSON: a page stops before
     /// the message that would pass it (one message is always sent).
     #[arg(long, env = "CHAT_MAX_HISTORY_BYTES", value_name = "CHAT_MAX_HISTORY_BYTES", default_value_t = 4_194_304, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=268_435_456))]
-    pub max_history_bytes: usize,
+    pub(crate) max_history_bytes: usize,
 
     /// `/messages` answers built or being sent at once; memory for history
     /// is about this times CHAT_MAX_HISTORY_BYTES.
     #[arg(long, env = "CHAT_HISTORY_CONCURRENCY", value_name = "CHAT_HISTORY_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub history_concurrency: u32,
+    pub(crate) history_concurrency: u32,
 
     /// How long a `/messages` call waits for its turn before answering 503,
     /// in milliseconds.
     #[arg(long, env = "CHAT_HISTORY_WAIT_MS", value_name = "CHAT_HISTORY_WAIT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
-    pub history_wait_ms: u64,
+    pub(crate) history_wait_ms: u64,
 
     /// `/messages` answers one caller may have built or being sent at once;
     /// beyond it 429, so one user cannot hold every turn.
     #[arg(long, env = "CHAT_HISTORY_PER_USER", value_name = "CHAT_HISTORY_PER_USER", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub history_per_user: u32,
+    pub(crate) history_per_user: u32,
 
     /// Comma-separated allowed `Origin`s for `/ws` (unset: any).
     #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_name = "CHAT_ALLOWED_ORIGINS", value_parser = origin_list)]
-    pub allowed_origins: Option<OriginList>,
+    pub(crate) allowed_origins: Option<OriginList>,
 
     /// Timeout of one Django call, in milliseconds.
     #[arg(long, env = "CHAT_DJANGO_TIMEOUT_MS", value_name = "CHAT_DJANGO_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    pub django_timeout_ms: u64,
+    pub(crate) django_timeout_ms: u64,
 
     /// How long a Django 200 answer is reused, in seconds (0: never cached).
     #[arg(long, env = "CHAT_AUTH_CACHE_TTL_S", value_name = "CHAT_AUTH_CACHE_TTL_S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86_400))]
-    pub auth_cache_ttl_s: u64,
+    pub(crate) auth_cache_ttl_s: u64,
 
     /// Path of Django's users endpoint; `{user_id}` is replaced.
     #[arg(long, env = "CHAT_DJANGO_USER_PATH", value_name = "CHAT_DJANGO_USER_PATH", default_value = "/api/content/chat-service/users/{user_id}/", value_parser = path_template("{user_id}"))]
-    pub django_user_path: String,
+    pub(crate) django_user_path: String,
 
     /// Path of Django's lesson endpoint; `{lesson_id}` is replaced.
     #[arg(long, env = "CHAT_DJANGO_LESSON_PATH", value_name = "CHAT_DJANGO_LESSON_PATH", default_value = "/api/content/chat-service/lesson/{lesson_id}/detail/", value_parser = path_template("{lesson_id}"))]
-    pub django_lesson_path: String,
+    pub(crate) django_lesson_path: String,
 
     /// Durability of the embedded store: `normal` survives a process crash,
     /// `full` survives power loss.
     #[arg(long, env = "CHAT_SQLITE_SYNC", value_name = "CHAT_SQLITE_SYNC", value_enum, default_value_t = SqliteSync::Normal)]
-    pub sqlite_sync: SqliteSync,
+    pub(crate) sqlite_sync: SqliteSync,
 
     /// Page cache of the embedded store's write connection, in MiB; it
     /// should hold the newest pages of every active conversation.
@@ -130,7 +130,7 @@ pub struct Config {
     // 8 → 64 MiB took writer CPU from 18.5 to 11.2 µs per message at 20,000
     // messages/s over 5,000 conversations (docs/performance.md, History).
     #[arg(long, env = "CHAT_SQLITE_CACHE_MB", value_name = "CHAT_SQLITE_CACHE_MB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
-    pub sqlite_cache_mb: u32,
+    pub(crate) sqlite_cache_mb: u32,
 
     /// Messages the embedded store's journal holds unmerged, at most: acks
     /// wait for the merge into SQLite beyond it; 0 merges every batch
@@ -138,7 +138,7 @@ pub struct Config {
     // Four merges' worth (a merge starts at 65,536): about 60 MiB of
     // 150-byte messages at most.
     #[arg(long, env = "CHAT_SQLITE_JOURNAL_MAX", value_name = "CHAT_SQLITE_JOURNAL_MAX", default_value_t = 262_144, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=16_777_216))]
-    pub sqlite_journal_max: usize,
+    pub(crate) sqlite_journal_max: usize,
 
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `chat_service=debug`.
     #[arg(
@@ -152,46 +152,46 @@ pub struct Config {
     /// Most concurrent WebSocket connections (default: what the open-files
     /// limit allows, less a reserve).
     #[arg(long, env = "CHAT_MAX_CONNECTIONS", value_name = "CHAT_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_connections: Option<u32>,
+    pub(crate) max_connections: Option<u32>,
 
     /// Server ping interval, in seconds.
     #[arg(long, env = "CHAT_PING_INTERVAL_S", value_name = "CHAT_PING_INTERVAL_S", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub ping_interval_s: u64,
+    pub(crate) ping_interval_s: u64,
 
     /// A connection that sent nothing for this long is closed (1001), in seconds.
     #[arg(long, env = "CHAT_IDLE_TIMEOUT_S", value_name = "CHAT_IDLE_TIMEOUT_S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub idle_timeout_s: u64,
+    pub(crate) idle_timeout_s: u64,
 
     /// Bytes of others' events one connection may have queued before it
     /// counts as a slow consumer and is closed with 1013.
     #[arg(long, env = "CHAT_OUTBOUND_QUEUE_BYTES", value_name = "CHAT_OUTBOUND_QUEUE_BYTES", default_value_t = 4 << 20, value_parser = clap::value_parser!(u32).range(4096..=1_073_741_824))]
-    pub outbound_queue_bytes: u32,
+    pub(crate) outbound_queue_bytes: u32,
 
     /// Messages per second one connection may send on average (0: no limit).
     #[arg(long, env = "CHAT_MSG_RATE", value_name = "CHAT_MSG_RATE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
-    pub msg_rate: u32,
+    pub(crate) msg_rate: u32,
 
     /// Messages one connection may send at once before the rate applies.
     #[arg(long, env = "CHAT_MSG_BURST", value_name = "CHAT_MSG_BURST", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
-    pub msg_burst: u32,
+    pub(crate) msg_burst: u32,
 
     /// WebSocket connections one user may hold at once; beyond it `/ws` answers 429.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_USER", value_name = "CHAT_MAX_CONNECTIONS_PER_USER", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_connections_per_user: u32,
+    pub(crate) max_connections_per_user: u32,
 
     /// Seconds a client has to send a complete HTTP request head.
     #[arg(long, env = "CHAT_HEADER_TIMEOUT_S", value_name = "CHAT_HEADER_TIMEOUT_S", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
-    pub header_timeout_s: u64,
+    pub(crate) header_timeout_s: u64,
 
     /// Connections that have not yet sent a complete request head, at most;
     /// beyond it the oldest of them is closed.
     #[arg(long, env = "CHAT_MAX_PENDING_HEADERS", value_name = "CHAT_MAX_PENDING_HEADERS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub max_pending_headers: u32,
+    pub(crate) max_pending_headers: u32,
 
     /// Refuse a mentor's connection unless Django's lesson lists the student
     /// in `student_ids` (a lesson without the list refuses every mentor).
     #[arg(long, env = "CHAT_REQUIRE_ROSTER", value_name = "CHAT_REQUIRE_ROSTER", default_value_t = false, action = clap::ArgAction::Set)]
-    pub require_roster: bool,
+    pub(crate) require_roster: bool,
 
     /// Most writes one store batch carries. Batches only grow this large under
     /// load (a partial batch waits at most the window): each batch costs one
@@ -199,44 +199,44 @@ pub struct Config {
     /// in MongoDB whatever its size, so large batches keep the cost per
     /// message low.
     #[arg(long, env = "CHAT_WRITER_BATCH", value_name = "CHAT_WRITER_BATCH", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub writer_batch: u32,
+    pub(crate) writer_batch: u32,
 
     /// How long a partial batch waits for more writes, in milliseconds.
     #[arg(long, env = "CHAT_WRITER_WINDOW_MS", value_name = "CHAT_WRITER_WINDOW_MS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=10_000))]
-    pub writer_window_ms: u64,
+    pub(crate) writer_window_ms: u64,
 
     /// Writes held at most while the store is slow or down; beyond it new
     /// messages are refused with `overloaded`.
     #[arg(long, env = "CHAT_WRITER_QUEUE", value_name = "CHAT_WRITER_QUEUE", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
-    pub writer_queue: u32,
+    pub(crate) writer_queue: u32,
 
     /// How long shutdown may take to close sockets and flush, in seconds.
     #[arg(long, env = "CHAT_SHUTDOWN_TIMEOUT_S", value_name = "CHAT_SHUTDOWN_TIMEOUT_S", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub shutdown_timeout_s: u64,
+    pub(crate) shutdown_timeout_s: u64,
 
     /// MongoDB connection pool size.
     #[arg(long, env = "CHAT_MONGO_POOL_SIZE", value_name = "CHAT_MONGO_POOL_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub mongo_pool_size: u32,
+    pub(crate) mongo_pool_size: u32,
 
     /// MongoDB connect and server-selection timeout, in milliseconds.
     #[arg(long, env = "CHAT_MONGO_TIMEOUT_MS", value_name = "CHAT_MONGO_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    pub mongo_timeout_ms: u64,
+    pub(crate) mongo_timeout_ms: u64,
 
     /// MongoDB write concern `w`: `majority` or a number of nodes.
     #[arg(long, env = "CHAT_MONGO_W", value_name = "CHAT_MONGO_W", default_value = "majority", value_parser = write_concern_w)]
-    pub mongo_w: String,
+    pub(crate) mongo_w: String,
 
     /// Whether MongoDB writes wait for the journal (`j`).
     #[arg(long, env = "CHAT_MONGO_JOURNAL", value_name = "CHAT_MONGO_JOURNAL", default_value_t = true, action = clap::ArgAction::Set)]
-    pub mongo_journal: bool,
+    pub(crate) mongo_journal: bool,
 }
 
 /// Allowed `Origin` values, compared exactly (scheme, host and port).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OriginList(pub Vec<String>);
+pub(crate) struct OriginList(pub(crate) Vec<String>);
 
 impl OriginList {
-    pub fn allows(&self, origin: &str) -> bool {
+    pub(crate) fn allows(&self, origin: &str) -> bool {
         self.0.iter().any(|allowed| allowed == origin)
     }
 }
@@ -249,39 +249,39 @@ impl Config {
         }
     }
 
-    pub fn django_timeout(&self) -> Duration {
+    pub(crate) fn django_timeout(&self) -> Duration {
         Duration::from_millis(self.django_timeout_ms)
     }
 
-    pub fn auth_cache_ttl(&self) -> Duration {
+    pub(crate) fn auth_cache_ttl(&self) -> Duration {
         Duration::from_secs(self.auth_cache_ttl_s)
     }
 
-    pub fn ping_interval(&self) -> Duration {
+    pub(crate) fn ping_interval(&self) -> Duration {
         Duration::from_secs(self.ping_interval_s)
     }
 
-    pub fn idle_timeout(&self) -> Duration {
+    pub(crate) fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_s)
     }
 
-    pub fn header_timeout(&self) -> Duration {
+    pub(crate) fn header_timeout(&self) -> Duration {
         Duration::from_secs(self.header_timeout_s)
     }
 
-    pub fn shutdown_timeout(&self) -> Duration {
+    pub(crate) fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_s)
     }
 
-    pub fn writer_window(&self) -> Duration {
+    pub(crate) fn writer_window(&self) -> Duration {
         Duration::from_millis(self.writer_window_ms)
     }
 
-    pub fn history_wait(&self) -> Duration {
+    pub(crate) fn history_wait(&self) -> Duration {
         Duration::from_millis(self.history_wait_ms)
     }
 
-    pub fn mongo_timeout(&self) -> Duration {
+    pub(crate) fn mongo_timeout(&self) -> Duration {
         Duration::from_millis(self.mongo_timeout_ms)
     }
 
@@ -296,7 +296,7 @@ impl Config {
     ///
     /// Unlike `parse_from`, it ignores the environment: a test must not
     /// change with the `CHAT_*` variables of the shell that runs it.
-    pub fn for_tests(django_base_url: &str) -> Self {
+    pub(crate) fn for_tests(django_base_url: &str) -> Self {
         let matches =
             without_env().get_matches_from(["chat-service", "--django-base-url", django_base_url]);
         Config::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())

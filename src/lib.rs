@@ -20,11 +20,16 @@
 //!   CORS and the JSON error type.
 //! - [`server`]: the accept loop and the ordered shutdown.
 
+// The library is the service's inside, public only as far as the binary,
+// the tests and the benches need: its docs are for maintainers
+// (`cargo doc --document-private-items`) and link to crate-private items.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod app;
 pub mod auth;
 pub mod capacity;
 pub mod config;
-pub mod http;
+pub(crate) mod http;
 pub mod hub;
 pub mod model;
 pub mod server;

@@ -16,7 +16,7 @@ use hyper::body::{Frame, SizeHint};
 const FRAME_BYTES: usize = 16 * 1024;
 
 #[derive(Default)]
-pub struct Body {
+pub(crate) struct Body {
     rest: Bytes,
     /// `rest` was larger than one frame: hand it over in copies.
     copied: bool,
@@ -34,7 +34,7 @@ impl std::fmt::Debug for Body {
 }
 
 impl Body {
-    pub fn new(bytes: impl Into<Bytes>) -> Body {
+    pub(crate) fn new(bytes: impl Into<Bytes>) -> Body {
         let rest = bytes.into();
         Body {
             copied: rest.len() > FRAME_BYTES,
@@ -45,7 +45,7 @@ impl Body {
 
     /// `bytes`, holding `permit` until the last frame is taken or the body
     /// is dropped (the client went away).
-    pub fn with_permit(bytes: impl Into<Bytes>, permit: impl Send + Sync + 'static) -> Body {
+    pub(crate) fn with_permit(bytes: impl Into<Bytes>, permit: impl Send + Sync + 'static) -> Body {
         Body {
             permit: Some(Box::new(permit)),
             ..Body::new(bytes)

@@ -7,7 +7,7 @@ use http::{Response, StatusCode};
 use super::Body;
 
 /// Adds the CORS headers to any response.
-pub fn decorate(mut response: Response<Body>) -> Response<Body> {
+pub(crate) fn decorate(mut response: Response<Body>) -> Response<Body> {
     let headers = response.headers_mut();
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -32,7 +32,7 @@ pub fn decorate(mut response: Response<Body>) -> Response<Body> {
 }
 
 /// The answer to a preflight: 200, no authentication needed.
-pub fn preflight() -> Response<Body> {
+pub(crate) fn preflight() -> Response<Body> {
     let mut response = Response::new(Body::default());
     *response.status_mut() = StatusCode::OK;
     response

@@ -1,13 +1,13 @@
 //! HTTP: one router, the REST handlers, the `/ws` checks and upgrade, CORS,
 //! and the one JSON error type.
 
-pub mod body;
-pub mod cors;
-pub mod error;
-pub mod pending;
-pub mod query;
-pub mod rest;
-pub mod router;
-pub mod upgrade;
+pub(crate) mod body;
+pub(crate) mod cors;
+pub(crate) mod error;
+pub(crate) mod pending;
+pub(crate) mod query;
+pub(crate) mod rest;
+pub(crate) mod router;
+pub(crate) mod upgrade;
 
-pub use body::Body;
+pub(crate) use body::Body;

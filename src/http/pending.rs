@@ -23,20 +23,19 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How long a connection must have waited before it may be evicted.
-pub const MIN_AGE: Duration = Duration::from_secs(1);
+pub(crate) const MIN_AGE: Duration = Duration::from_secs(1);
 
 /// The waiting connections, oldest first.
-pub struct PendingHeads {
+pub(crate) struct PendingHeads {
     max: usize,
     waiting: Mutex<VecDeque<(u64, Instant, CancellationToken)>>,
     next_id: AtomicU64,
-    evicted: AtomicU64,
 }
 
 /// One accepted connection until its first request head arrives. Its
 /// token is cancelled if it is evicted; dropping it (or
 /// [`PendingHead::head_received`]) takes it off the list.
-pub struct PendingHead {
+pub(crate) struct PendingHead {
     heads: Arc<PendingHeads>,
     id: u64,
     evict: CancellationToken,
@@ -44,18 +43,17 @@ pub struct PendingHead {
 }
 
 impl PendingHeads {
-    pub fn new(max: usize) -> Arc<Self> {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
         Arc::new(PendingHeads {
             max: max.max(1),
             waiting: Mutex::new(VecDeque::new()),
             next_id: AtomicU64::new(0),
-            evicted: AtomicU64::new(0),
         })
     }
 
     /// Registers a newly accepted connection, evicting the oldest waiting
     /// one when the list is full and that one is old enough.
-    pub fn admit(self: &Arc<Self>, now: Instant) -> PendingHead {
+    pub(crate) fn admit(self: &Arc<Self>, now: Instant) -> PendingHead {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let evict = CancellationToken::new();
         let oldest = {
@@ -81,14 +79,13 @@ impl PendingHeads {
 
     /// Closes the oldest waiting connection if it is old enough (the
     /// process is out of descriptors); returns whether one was closed.
-    pub fn evict_oldest(&self, now: Instant) -> bool {
+    pub(crate) fn evict_oldest(&self, now: Instant) -> bool {
         let oldest = Self::pop_aged(&mut self.waiting.lock(), now);
         oldest.map(|token| self.evict(token)).is_some()
     }
 
     /// Tells a connection taken off the list to close (outside the lock).
     fn evict(&self, token: CancellationToken) {
-        self.evicted.fetch_add(1, Ordering::Relaxed);
         token.cancel();
     }
 
@@ -104,20 +101,6 @@ impl PendingHeads {
         }
     }
 
-    /// Connections waiting for their head now.
-    pub fn len(&self) -> usize {
-        self.waiting.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Connections closed so far to make room.
-    pub fn evicted(&self) -> u64 {
-        self.evicted.load(Ordering::Relaxed)
-    }
-
     fn remove(&self, id: u64) {
         let mut waiting = self.waiting.lock();
         // Usually near the back: the connection just arrived.
@@ -129,7 +112,7 @@ impl PendingHeads {
 
 impl PendingHead {
     /// The first request head arrived: the connection is no longer pending.
-    pub fn head_received(&self) {
+    pub(crate) fn head_received(&self) {
         if !self.received.swap(true, Ordering::AcqRel) {
             self.heads.remove(self.id);
         }
@@ -137,12 +120,12 @@ impl PendingHead {
 
     /// Whether the request head arrived (an eviction racing with it must
     /// not drop the request).
-    pub fn is_received(&self) -> bool {
+    pub(crate) fn is_received(&self) -> bool {
         self.received.load(Ordering::Acquire)
     }
 
     /// Resolves if the connection is evicted while still waiting.
-    pub async fn evicted(&self) {
+    pub(crate) async fn evicted(&self) {
         self.evict.cancelled().await
     }
 }
@@ -157,23 +140,27 @@ impl Drop for PendingHead {
 mod tests {
     use super::*;
 
+    /// Connections waiting for their head now.
+    fn waiting(heads: &PendingHeads) -> usize {
+        heads.waiting.lock().len()
+    }
+
     #[test]
     fn the_oldest_aged_connection_makes_room() {
         let heads = PendingHeads::new(2);
         let start = Instant::now();
         let first = heads.admit(start);
         let second = heads.admit(start);
-        assert_eq!(heads.len(), 2);
+        assert_eq!(waiting(&heads), 2);
         // Too young to evict: a burst of real clients is never cut.
         let burst = heads.admit(start + MIN_AGE / 2);
         assert!(!first.evict.is_cancelled());
-        assert_eq!(heads.len(), 3);
+        assert_eq!(waiting(&heads), 3);
         let later = heads.admit(start + MIN_AGE);
         assert!(first.evict.is_cancelled());
         assert!(!second.evict.is_cancelled());
         assert!(!burst.evict.is_cancelled() && !later.evict.is_cancelled());
-        assert_eq!(heads.len(), 3);
-        assert_eq!(heads.evicted(), 1);
+        assert_eq!(waiting(&heads), 3);
     }
 
     #[test]
@@ -182,7 +169,7 @@ mod tests {
         let start = Instant::now();
         let served = heads.admit(start);
         served.head_received();
-        assert!(heads.is_empty());
+        assert_eq!(waiting(&heads), 0);
         let next = heads.admit(start);
         let _after = heads.admit(start + MIN_AGE);
         assert!(!served.evict.is_cancelled());
@@ -206,6 +193,6 @@ mod tests {
         let a = heads.admit(Instant::now());
         let _b = heads.admit(Instant::now());
         drop(a);
-        assert_eq!(heads.len(), 1);
+        assert_eq!(waiting(&heads), 1);
     }
 }

@@ -4,18 +4,18 @@ use super::error::ApiError;
 use crate::model::ObjectId;
 
 /// Decoded `name=value` pairs, in order.
-pub struct Query(Vec<(String, String)>);
+pub(crate) struct Query(Vec<(String, String)>);
 
 impl Query {
     /// `+` is a space, a `%` not followed by two hex digits stays as it is,
     /// and bytes that decode to invalid UTF-8 become U+FFFD.
-    pub fn parse(raw: Option<&str>) -> Query {
+    pub(crate) fn parse(raw: Option<&str>) -> Query {
         let raw = raw.unwrap_or_default().as_bytes();
         Query(form_urlencoded::parse(raw).into_owned().collect())
     }
 
     /// The first value of `name`, if present and not empty.
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(n, _)| n == name)
@@ -24,7 +24,7 @@ impl Query {
     }
 
     /// A positive integer id, if present; 400 if present and malformed.
-    pub fn id(&self, name: &str) -> Result<Option<i64>, ApiError> {
+    pub(crate) fn id(&self, name: &str) -> Result<Option<i64>, ApiError> {
         self.get(name)
             .map(|value| {
                 parse_positive_id(value).ok_or_else(|| {
@@ -35,7 +35,7 @@ impl Query {
     }
 
     /// An ObjectId, if present; 400 if present and malformed.
-    pub fn object_id(&self, name: &str) -> Result<Option<ObjectId>, ApiError> {
+    pub(crate) fn object_id(&self, name: &str) -> Result<Option<ObjectId>, ApiError> {
         self.get(name)
             .map(|value| {
                 ObjectId::parse(value).ok_or_else(|| {
@@ -47,7 +47,7 @@ impl Query {
 }
 
 /// A positive decimal integer (what Django ids are); `None` otherwise.
-pub fn parse_positive_id(text: &str) -> Option<i64> {
+pub(crate) fn parse_positive_id(text: &str) -> Option<i64> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

@@ -44,7 +44,10 @@ async fn authenticate<B>(app: &App, request: &Request<B>) -> Result<UserId, ApiE
 }
 
 /// `GET /conversations[?mentor_id=][&student_id=]`
-pub async fn conversations<B>(app: &App, request: &Request<B>) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn conversations<B>(
+    app: &App,
+    request: &Request<B>,
+) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(request.uri().query());
     let mentor_id = query.id("mentor_id")?;
     let student_id = query.id("student_id")?;
@@ -60,7 +63,7 @@ pub async fn conversations<B>(app: &App, request: &Request<B>) -> Result<Respons
 }
 
 /// `GET /conversations/{id}`
-pub async fn conversation<B>(
+pub(crate) async fn conversation<B>(
     app: &App,
     request: &Request<B>,
     id: &str,
@@ -83,7 +86,10 @@ pub async fn conversation<B>(
 /// Either way the page is cut at `CHAT_MAX_HISTORY_BYTES` of JSON too, and a
 /// page cut that way says so in [`TRUNCATED`] with the cursor to continue
 /// from, so memory is bounded whatever the page's count.
-pub async fn messages<B>(app: &App, request: &Request<B>) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn messages<B>(
+    app: &App,
+    request: &Request<B>,
+) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(request.uri().query());
     let conversation_id = query
         .object_id("conversation_id")?
@@ -143,11 +149,11 @@ pub async fn messages<B>(app: &App, request: &Request<B>) -> Result<Response<Bod
 
 /// Set (`true`) on a `/messages` page cut short by `CHAT_MAX_HISTORY_BYTES`:
 /// more messages match in the direction the page was read.
-pub const TRUNCATED: &str = "x-history-truncated";
+pub(crate) const TRUNCATED: &str = "x-history-truncated";
 /// On a truncated page read from its newest end: the `before` to continue with.
-pub const NEXT_BEFORE: &str = "x-history-next-before";
+pub(crate) const NEXT_BEFORE: &str = "x-history-next-before";
 /// On a truncated page read with `after`: the `after` to continue with.
-pub const NEXT_AFTER: &str = "x-history-next-after";
+pub(crate) const NEXT_AFTER: &str = "x-history-next-after";
 
 /// The page as the JSON array `/messages` sends, written into one buffer
 /// of its exact size (no growth, no intermediate value).
@@ -165,7 +171,10 @@ fn encode_page(page: &HistoryPage) -> Result<Vec<u8>, ApiError> {
 }
 
 /// `GET /presence?user_id=`
-pub async fn presence<B>(app: &App, request: &Request<B>) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn presence<B>(
+    app: &App,
+    request: &Request<B>,
+) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(request.uri().query());
     let user_id = query
         .id("user_id")?
@@ -205,7 +214,7 @@ async fn shares_a_conversation(app: &App, a: UserId, b: UserId) -> Result<bool, 
 
 /// `GET /readyz`: ready when the store answers and the writer is not stuck
 /// retrying; Django's reachability is reported, not required.
-pub async fn readyz(app: &Arc<App>) -> Response<Body> {
+pub(crate) async fn readyz(app: &Arc<App>) -> Response<Body> {
     let store = tokio::time::timeout(READY_TIMEOUT, app.store.ping()).await;
     let django = tokio::time::timeout(READY_TIMEOUT, app.django.reachable())
         .await

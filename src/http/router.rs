@@ -18,7 +18,7 @@ use crate::app::App;
 
 /// One per accepted connection; a clone of an `Arc`.
 #[derive(Clone)]
-pub struct Router {
+pub(crate) struct Router {
     app: Arc<App>,
     /// The connection's place among those still sending their first head.
     head: Arc<PendingHead>,
@@ -27,7 +27,7 @@ pub struct Router {
 impl Router {
     /// A router for one accepted connection, which is pending until hyper
     /// hands it its first request.
-    pub fn new(app: Arc<App>, head: Arc<PendingHead>) -> Self {
+    pub(crate) fn new(app: Arc<App>, head: Arc<PendingHead>) -> Self {
         Router { app, head }
     }
 }

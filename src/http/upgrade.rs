@@ -16,7 +16,7 @@ use crate::hub::RECENT_CLIENT_IDS;
 use crate::model::now;
 use crate::ws::session::Session;
 
-pub async fn handle(
+pub(crate) async fn handle(
     app: &Arc<App>,
     mut request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
