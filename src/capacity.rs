@@ -19,7 +19,7 @@ fn reserve(limit: u64) -> u64 {
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft
 /// limit now in force.
-pub fn raise_open_files_limit() -> u64 {
+pub(crate) fn raise_open_files_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -43,7 +43,7 @@ pub fn raise_open_files_limit() -> u64 {
 }
 
 /// The connections an open-files limit leaves room for.
-pub fn capacity_for(open_files: u64) -> usize {
+pub(crate) fn capacity_for(open_files: u64) -> usize {
     open_files.saturating_sub(reserve(open_files)).max(1) as usize
 }
 
@@ -55,12 +55,12 @@ pub struct ConnectionGate {
 }
 
 /// One admitted connection; dropping it frees the slot.
-pub struct ConnectionSlot {
+pub(crate) struct ConnectionSlot {
     open: Arc<AtomicUsize>,
 }
 
 impl ConnectionGate {
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         ConnectionGate {
             open: Arc::new(AtomicUsize::new(0)),
             max,
@@ -68,7 +68,7 @@ impl ConnectionGate {
     }
 
     /// A slot, or `None` at capacity.
-    pub fn try_admit(&self) -> Option<ConnectionSlot> {
+    pub(crate) fn try_admit(&self) -> Option<ConnectionSlot> {
         let admitted = self
             .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
@@ -80,7 +80,7 @@ impl ConnectionGate {
         })
     }
 
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
 
@@ -99,7 +99,7 @@ impl Drop for ConnectionSlot {
 /// a permit from before its store read until its body is written (the
 /// permit travels in the response body), so a page in memory per permit
 /// bounds what history can take, however slowly clients read.
-pub struct HistoryGate {
+pub(crate) struct HistoryGate {
     permits: Arc<Semaphore>,
     wait: Duration,
     /// Answers each caller holds now: one user cannot take every permit.
@@ -109,7 +109,7 @@ pub struct HistoryGate {
 
 /// Why a history request got no permit.
 #[derive(Debug, thiserror::Error)]
-pub enum HistoryBusy {
+pub(crate) enum HistoryBusy {
     /// Every permit stayed taken for the whole wait.
     #[error("every history permit stayed taken for {0:?}")]
     Full(Duration),
@@ -120,13 +120,13 @@ pub enum HistoryBusy {
 
 /// A history answer's turn: a permit of the gate and the caller's count,
 /// both given back when it is dropped.
-pub struct HistoryPermit {
+pub(crate) struct HistoryPermit {
     _permit: OwnedSemaphorePermit,
     _count: UserCountGuard,
 }
 
 impl HistoryGate {
-    pub fn new(permits: usize, per_user: u32, wait: Duration) -> Self {
+    pub(crate) fn new(permits: usize, per_user: u32, wait: Duration) -> Self {
         HistoryGate {
             permits: Arc::new(Semaphore::new(permits)),
             wait,
@@ -137,7 +137,10 @@ impl HistoryGate {
 
     /// A permit for `user`, waiting for one at most the gate's wait; at once
     /// `PerUser` when the caller already holds its share.
-    pub async fn enter(&self, user: crate::model::UserId) -> Result<HistoryPermit, HistoryBusy> {
+    pub(crate) async fn enter(
+        &self,
+        user: crate::model::UserId,
+    ) -> Result<HistoryPermit, HistoryBusy> {
         // Undone when the permit is dropped, or now if none comes.
         let count = self
             .per_user

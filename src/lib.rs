@@ -27,7 +27,7 @@
 
 pub mod app;
 pub mod auth;
-pub mod capacity;
+pub(crate) mod capacity;
 pub mod config;
 pub(crate) mod http;
 pub mod hub;

@@ -32,11 +32,11 @@ use crate::wire::close::Close;
 const FRAME_OVERHEAD: usize = 64;
 /// Requests (messages, views) the reader may have handed to the hub whose
 /// answer has not been queued yet; beyond it the reader waits.
-pub const MAX_IN_FLIGHT: usize = 64;
+pub(crate) const MAX_IN_FLIGHT: usize = 64;
 
 /// Why a frame could not be queued.
 #[derive(Debug, PartialEq, Eq)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// The queue is full: the client reads too slowly. It has been asked to
     /// close with 1013.
     SlowConsumer,
@@ -46,7 +46,7 @@ pub enum SendError {
 
 /// The queue is empty (from [`Receiver::try_recv`]).
 #[derive(Debug, PartialEq, Eq)]
-pub struct Empty;
+pub(crate) struct Empty;
 
 /// Cloned into every room the connection joins; cheap to clone.
 #[derive(Clone)]
@@ -139,25 +139,25 @@ impl ConnHandle {
         (ConnHandle { inner }, receiver)
     }
 
-    pub fn id(&self) -> u64 {
+    pub(crate) fn id(&self) -> u64 {
         self.inner.id
     }
 
-    pub fn user_id(&self) -> UserId {
+    pub(crate) fn user_id(&self) -> UserId {
         self.inner.user_id
     }
 
     /// Queues a frame caused by someone else, without waiting. A full queue
     /// closes the connection with 1013: one slow reader never delays the
     /// shard or other readers.
-    pub fn send(&self, frame: Bytes) -> Result<(), SendError> {
+    pub(crate) fn send(&self, frame: Bytes) -> Result<(), SendError> {
         self.push(frame, true)
     }
 
     /// Queues a reply to this connection's own frame (its echo, `ack`,
     /// `error`, pong). Never a slow-consumer close: the reader's
     /// backpressure bounds these.
-    pub fn send_own(&self, frame: Bytes) -> Result<(), SendError> {
+    pub(crate) fn send_own(&self, frame: Bytes) -> Result<(), SendError> {
         self.push(frame, false)
     }
 
@@ -191,12 +191,12 @@ impl ConnHandle {
     }
 
     /// The reader handed a request to the hub; its answer is owed.
-    pub fn request_sent(&self) {
+    pub(crate) fn request_sent(&self) {
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
     }
 
     /// A request's answer was queued (or the request ended without one).
-    pub fn request_settled(&self) {
+    pub(crate) fn request_settled(&self) {
         let before = self
             .inner
             .in_flight
@@ -208,7 +208,7 @@ impl ConnHandle {
     }
 
     /// Whether [`ConnHandle::room_for_reader`] would wait now.
-    pub fn reader_must_wait(&self) -> bool {
+    pub(crate) fn reader_must_wait(&self) -> bool {
         self.inner.in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT
             || self.inner.queued_bytes.load(Ordering::Acquire) > self.inner.high_water
     }
@@ -216,7 +216,7 @@ impl ConnHandle {
     /// Resolves when the reader may read the next frame: the queue is below
     /// its high-water mark and fewer than [`MAX_IN_FLIGHT`] requests wait
     /// for answers. Cancel-safe.
-    pub async fn room_for_reader(&self) {
+    pub(crate) async fn room_for_reader(&self) {
         if !self.reader_must_wait() {
             return;
         }
@@ -239,12 +239,12 @@ impl ConnHandle {
 
     /// Whether the reader is waiting for room (the idle timeout does not
     /// apply: it is the server that is not listening).
-    pub fn reader_paused(&self) -> bool {
+    pub(crate) fn reader_paused(&self) -> bool {
         self.inner.reader_paused.load(Ordering::Acquire)
     }
 
     /// Asks the session to close with `why`; the first request wins.
-    pub fn close(&self, why: Close) {
+    pub(crate) fn close(&self, why: Close) {
         let code = why.index() + 1;
         if self
             .inner
@@ -259,7 +259,7 @@ impl ConnHandle {
     }
 
     /// The close asked for, if any.
-    pub fn close_requested(&self) -> Option<Close> {
+    pub(crate) fn close_requested(&self) -> Option<Close> {
         match self.inner.close.load(Ordering::Acquire) {
             0 => None,
             code => Close::from_index(code - 1),
@@ -268,7 +268,7 @@ impl ConnHandle {
 
     /// Resolves once a close has been asked for. Cancel-safe: the request
     /// lives in the atomic, and a dropped waiter loses nothing.
-    pub async fn closing(&self) -> Close {
+    pub(crate) async fn closing(&self) -> Close {
         loop {
             let notified = self.inner.close_requested.notified();
             tokio::pin!(notified);
@@ -283,13 +283,13 @@ impl ConnHandle {
     }
 
     /// Records inbound activity now.
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let ms = self.inner.epoch.elapsed().as_millis() as u64;
         self.inner.last_seen_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Time since the last inbound frame (or since the handle was made).
-    pub fn idle_for(&self) -> std::time::Duration {
+    pub(crate) fn idle_for(&self) -> std::time::Duration {
         let now = self.inner.epoch.elapsed().as_millis() as u64;
         let last = self.inner.last_seen_ms.load(Ordering::Relaxed);
         std::time::Duration::from_millis(now.saturating_sub(last))
@@ -307,7 +307,7 @@ impl Receiver {
     }
 
     /// The next queued frame, if any, without waiting.
-    pub fn try_recv(&mut self) -> Result<Bytes, Empty> {
+    pub(crate) fn try_recv(&mut self) -> Result<Bytes, Empty> {
         let mut outbound = self.inner.outbound.lock();
         let frame = outbound.frames.pop_front().ok_or(Empty)?;
         let own = outbound.own.pop_front().unwrap_or(true);
@@ -330,7 +330,7 @@ impl Receiver {
     /// Waits until frames are queued, then takes up to `max` of them (at
     /// least one). Cancel-safe: frames are taken only in the poll that
     /// returns them.
-    pub async fn recv_many(&mut self, max: usize) -> VecDeque<Bytes> {
+    pub(crate) async fn recv_many(&mut self, max: usize) -> VecDeque<Bytes> {
         let max = max.max(1);
         poll_fn(|cx| {
             let mut outbound = self.inner.outbound.lock();

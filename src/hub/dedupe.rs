@@ -23,7 +23,7 @@ type Key = (UserId, u64);
 /// (seed clients send none), and every room is kept in its shard's map,
 /// whose slots are as large as the largest room.
 #[derive(Default)]
-pub struct RecentClientIds {
+pub(crate) struct RecentClientIds {
     entries: Option<Box<Entries>>,
 }
 
@@ -43,12 +43,12 @@ fn key(sender: UserId, client_id: &str) -> Key {
 }
 
 impl RecentClientIds {
-    pub fn get(&self, sender: UserId, client_id: &str) -> Option<MessageId> {
+    pub(crate) fn get(&self, sender: UserId, client_id: &str) -> Option<MessageId> {
         let entries = self.entries.as_ref()?;
         entries.ids.get(&key(sender, client_id)).copied()
     }
 
-    pub fn insert(&mut self, sender: UserId, client_id: &str, id: MessageId) {
+    pub(crate) fn insert(&mut self, sender: UserId, client_id: &str, id: MessageId) {
         let key = key(sender, client_id);
         let entries = self.entries.get_or_insert_with(Box::default);
         if entries.ids.insert(key, id).is_none() {
@@ -61,7 +61,7 @@ impl RecentClientIds {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries
             .as_ref()
             .is_none_or(|entries| entries.ids.is_empty())

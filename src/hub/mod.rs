@@ -4,7 +4,7 @@
 
 pub mod conn;
 mod dedupe;
-pub mod presence;
+pub(crate) mod presence;
 mod room;
 mod shard;
 mod viewed;
@@ -19,7 +19,7 @@ use crate::store::writer::WriterHandle;
 pub use conn::ConnHandle;
 /// How many recent client ids a room remembers, per conversation.
 pub use dedupe::CAPACITY as RECENT_CLIENT_IDS;
-pub use presence::Presence;
+pub(crate) use presence::Presence;
 
 /// Commands one shard queue holds; a full queue makes sessions wait
 /// (backpressure on readers), never drops.
@@ -89,7 +89,7 @@ impl Hub {
         self.shards[shard_index(conversation, self.shards.len())].clone()
     }
 
-    pub fn presence(&self) -> &Arc<Presence> {
+    pub(crate) fn presence(&self) -> &Arc<Presence> {
         &self.presence
     }
 }

@@ -8,25 +8,25 @@ use crate::user_counts::{UserCountGuard, UserCounts};
 
 /// Open WebSocket connections per user.
 #[derive(Default)]
-pub struct Presence {
+pub(crate) struct Presence {
     connections: Arc<UserCounts>,
 }
 
 /// One open connection of a user; dropping it uncounts the connection.
-pub type PresenceGuard = UserCountGuard;
+pub(crate) type PresenceGuard = UserCountGuard;
 
 impl Presence {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Counts a new connection of `user` until the guard is dropped, unless
     /// `user` already holds `max` connections: then `None`.
-    pub fn try_connect(&self, user: UserId, max: u32) -> Option<PresenceGuard> {
+    pub(crate) fn try_connect(&self, user: UserId, max: u32) -> Option<PresenceGuard> {
         self.connections.try_add(user, max)
     }
 
-    pub fn is_online(&self, user: UserId) -> bool {
+    pub(crate) fn is_online(&self, user: UserId) -> bool {
         self.connections.holds_any(user)
     }
 }

@@ -15,21 +15,21 @@ use crate::wire::protocol;
 
 /// At most one typing relay per participant per this interval (4 a
 /// second): a flood of typing frames costs the others nothing.
-pub const TYPING_INTERVAL: Duration = Duration::from_millis(250);
+pub(crate) const TYPING_INTERVAL: Duration = Duration::from_millis(250);
 /// A repeated `is_typing: true` is relayed again after this long: clients
 /// (the demo's among them) re-send it as a heartbeat and hide a peer's
 /// indicator when it stops.
-pub const TYPING_REFRESH: Duration = Duration::from_secs(2);
+pub(crate) const TYPING_REFRESH: Duration = Duration::from_secs(2);
 
-pub struct Room {
-    pub conversation: Conversation,
+pub(crate) struct Room {
+    pub(crate) conversation: Conversation,
     members: Vec<ConnHandle>,
-    pub recent: RecentClientIds,
+    pub(crate) recent: RecentClientIds,
     /// Views stored lately: a repeat of one is dropped before the writer.
-    pub viewed: RecentViews,
+    pub(crate) viewed: RecentViews,
     /// When the last member left; the room lingers a while so a reconnect
     /// still finds its recent client ids.
-    pub emptied_at: Option<Instant>,
+    pub(crate) emptied_at: Option<Instant>,
     /// One slot per participant who has sent `typing` (at most two).
     typing: Vec<TypingSlot>,
 }
@@ -47,7 +47,7 @@ struct TypingSlot {
 }
 
 impl Room {
-    pub fn new(conversation: Conversation) -> Self {
+    pub(crate) fn new(conversation: Conversation) -> Self {
         Room {
             conversation,
             members: Vec::new(),
@@ -64,7 +64,13 @@ impl Room {
     /// latest wins). A repeated `true` is relayed again after
     /// [`TYPING_REFRESH`]. Returns true when a change is held and
     /// [`Room::flush_typing`] must run later.
-    pub fn typing(&mut self, user: UserId, conn_id: u64, is_typing: bool, now: Instant) -> bool {
+    pub(crate) fn typing(
+        &mut self,
+        user: UserId,
+        conn_id: u64,
+        is_typing: bool,
+        now: Instant,
+    ) -> bool {
         let index = match self.typing.iter().position(|slot| slot.user == user) {
             Some(index) => index,
             None => {
@@ -97,7 +103,7 @@ impl Room {
 
     /// Relays the held typing changes whose interval has passed. Returns true
     /// while some change is still held.
-    pub fn flush_typing(&mut self, now: Instant) -> bool {
+    pub(crate) fn flush_typing(&mut self, now: Instant) -> bool {
         let mut still_held = false;
         for index in 0..self.typing.len() {
             let slot = &mut self.typing[index];
@@ -124,11 +130,11 @@ impl Room {
         self.broadcast(&frame, Some(conn_id));
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
 
-    pub fn member(&self, conn_id: u64) -> Option<&ConnHandle> {
+    pub(crate) fn member(&self, conn_id: u64) -> Option<&ConnHandle> {
         self.members.iter().find(|m| m.id() == conn_id)
     }
 
@@ -148,7 +154,7 @@ impl Room {
     /// Adds a connection. Tells the others when this is the user's first
     /// connection here, and tells the newcomer whether the other participant
     /// is here.
-    pub fn join(&mut self, conn: ConnHandle) {
+    pub(crate) fn join(&mut self, conn: ConnHandle) {
         let user = conn.user_id();
         let first_of_user = !self.is_here(user);
         let other = self.other_than(user);
@@ -163,7 +169,7 @@ impl Room {
 
     /// Removes a connection (a no-op if it already left); tells the others
     /// when it was the user's last connection here.
-    pub fn leave(&mut self, conn_id: u64) {
+    pub(crate) fn leave(&mut self, conn_id: u64) {
         let Some(index) = self.members.iter().position(|m| m.id() == conn_id) else {
             return;
         };
@@ -181,7 +187,7 @@ impl Room {
 
     /// Relays a message to every member; for its sender's connection it is
     /// the echo of its own frame.
-    pub fn relay(&mut self, frame: &Bytes, sender_conn: u64) {
+    pub(crate) fn relay(&mut self, frame: &Bytes, sender_conn: u64) {
         self.send_each(|member| {
             Some(if member.id() == sender_conn {
                 member.send_own(frame.clone())
@@ -194,7 +200,7 @@ impl Room {
     /// Queues `frame` to every member except connection `except`. Members
     /// whose queue is full or gone are dropped from the room at once (a full
     /// one has been asked to close with 1013).
-    pub fn broadcast(&mut self, frame: &Bytes, except: Option<u64>) {
+    pub(crate) fn broadcast(&mut self, frame: &Bytes, except: Option<u64>) {
         self.send_where(frame, |member| Some(member.id()) != except);
     }
 
@@ -223,7 +229,7 @@ impl Room {
 
     /// Queues a reply to connection `conn_id`'s own frame (an `ack`, an
     /// `error`): never a slow-consumer close, see `ConnHandle::send_own`.
-    pub fn send_to(&mut self, conn_id: u64, frame: Bytes) {
+    pub(crate) fn send_to(&mut self, conn_id: u64, frame: Bytes) {
         let failed = match self.member(conn_id) {
             Some(member) => member.send_own(frame).is_err(),
             None => false,
@@ -235,7 +241,7 @@ impl Room {
 
     /// Connection `conn_id`'s request is answered (or needs no answer): its
     /// reader may send another.
-    pub fn settle(&self, conn_id: u64) {
+    pub(crate) fn settle(&self, conn_id: u64) {
         if let Some(member) = self.member(conn_id) {
             member.request_settled();
         }

@@ -10,12 +10,12 @@ use crate::model::{MessageId, UserId};
 
 /// Entries kept per room, oldest forgotten first; a linear scan of 64 is
 /// cheaper than hashing, and a reader repeats the messages it just read.
-pub const CAPACITY: usize = 64;
+pub(crate) const CAPACITY: usize = 64;
 
 /// Boxed and made on the first confirmed view, like `RecentClientIds`: a
 /// room's slot in its shard's map stays small.
 #[derive(Default)]
-pub struct RecentViews {
+pub(crate) struct RecentViews {
     entries: Option<Box<Entries>>,
 }
 
@@ -23,14 +23,14 @@ pub struct RecentViews {
 struct Entries(VecDeque<(UserId, MessageId)>);
 
 impl RecentViews {
-    pub fn contains(&self, viewer: UserId, message: MessageId) -> bool {
+    pub(crate) fn contains(&self, viewer: UserId, message: MessageId) -> bool {
         self.entries
             .as_ref()
             .is_some_and(|entries| entries.0.contains(&(viewer, message)))
     }
 
     /// Remembers that `viewer`'s view of `message` is stored.
-    pub fn insert(&mut self, viewer: UserId, message: MessageId) {
+    pub(crate) fn insert(&mut self, viewer: UserId, message: MessageId) {
         if self.contains(viewer, message) {
             return;
         }

@@ -3,6 +3,6 @@
 //! (`http/upgrade.rs`), which hands a ready [`session::Session`] over; the
 //! events and frames are `wire`'s.
 
-pub mod rate;
+pub(crate) mod rate;
 pub mod reader;
-pub mod session;
+pub(crate) mod session;

@@ -14,35 +14,35 @@ use tokio::time::Instant;
 
 /// Refusals tolerated inside one [`REFUSAL_WINDOW`] before the connection is
 /// closed with 1008: a client that resends later never gets near it.
-pub const MAX_REFUSALS: u32 = 100;
+pub(crate) const MAX_REFUSALS: u32 = 100;
 /// The window over which refusals are counted.
-pub const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
 
 /// The configured limit; `rate == 0` turns it off.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     /// Tokens added per second.
-    pub rate: f64,
+    pub(crate) rate: f64,
     /// Bucket size: the largest burst.
-    pub burst: f64,
+    pub(crate) burst: f64,
 }
 
 impl RateLimit {
-    pub fn new(rate: u32, burst: u32) -> Self {
+    pub(crate) fn new(rate: u32, burst: u32) -> Self {
         RateLimit {
             rate: f64::from(rate),
             burst: f64::from(burst.max(1)),
         }
     }
 
-    pub fn is_off(&self) -> bool {
+    pub(crate) fn is_off(&self) -> bool {
         self.rate <= 0.0
     }
 }
 
 /// What the bucket says about one message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Allowed,
     /// Answer `rate_limited`.
     Refused,
@@ -52,7 +52,7 @@ pub enum Verdict {
 
 /// One connection's bucket.
 #[derive(Debug)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     limit: RateLimit,
     tokens: f64,
     refilled_at: Instant,
@@ -62,7 +62,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket.
-    pub fn new(limit: RateLimit, now: Instant) -> Self {
+    pub(crate) fn new(limit: RateLimit, now: Instant) -> Self {
         TokenBucket {
             limit,
             tokens: limit.burst,
@@ -73,7 +73,7 @@ impl TokenBucket {
     }
 
     /// Takes a token for one message at `now`.
-    pub fn take(&mut self, now: Instant) -> Verdict {
+    pub(crate) fn take(&mut self, now: Instant) -> Verdict {
         let limit = self.limit;
         if limit.is_off() {
             return Verdict::Allowed;

@@ -41,35 +41,35 @@ const WRITE_BATCH: usize = 64;
 
 /// Limits and timers of a session, from the configuration.
 #[derive(Clone, Copy, Debug)]
-pub struct SessionLimits {
-    pub max_text_bytes: usize,
-    pub max_frame_bytes: usize,
+pub(crate) struct SessionLimits {
+    pub(crate) max_text_bytes: usize,
+    pub(crate) max_frame_bytes: usize,
     /// Bytes of others' frames a connection may have queued before it is a
     /// slow consumer (1013).
-    pub outbound_queue_bytes: usize,
-    pub ping_interval: Duration,
-    pub idle_timeout: Duration,
+    pub(crate) outbound_queue_bytes: usize,
+    pub(crate) ping_interval: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Messages per second per connection.
-    pub message_rate: RateLimit,
+    pub(crate) message_rate: RateLimit,
 }
 
 /// Everything a session needs, gathered by the upgrade checks.
-pub struct Session {
-    pub conn_id: u64,
-    pub user_id: UserId,
-    pub conversation: Conversation,
-    pub recent_client_ids: Vec<(String, MessageId)>,
-    pub shard: mpsc::Sender<Command>,
-    pub limits: SessionLimits,
+pub(crate) struct Session {
+    pub(crate) conn_id: u64,
+    pub(crate) user_id: UserId,
+    pub(crate) conversation: Conversation,
+    pub(crate) recent_client_ids: Vec<(String, MessageId)>,
+    pub(crate) shard: mpsc::Sender<Command>,
+    pub(crate) limits: SessionLimits,
     /// Cancelled when the server shuts down: the session closes with 1001.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     /// Held for the session's life: presence, the connection-capacity slot.
-    pub guards: Box<dyn Send + Sync>,
+    pub(crate) guards: Box<dyn Send + Sync>,
 }
 
 impl Session {
     /// Runs the connection to its end. Never panics on client input.
-    pub async fn run(self, upgraded: Upgraded) {
+    pub(crate) async fn run(self, upgraded: Upgraded) {
         // Take the raw TCP stream back from hyper, so the halves need no lock
         // and hyper's read buffer is freed.
         match upgraded.downcast::<TokioIo<TcpStream>>() {
