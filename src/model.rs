@@ -224,13 +224,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-/// Who a user is, as Django says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Mentor,
-    Student,
-}
-
 /// The natural key of a conversation: one per (lesson, mentor, student).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConversationKey {

@@ -10,7 +10,7 @@ use crate::store::ConversationFilter;
 /// Why a confirmed user may not open the conversation they asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.message())]
-pub enum AccessDenied {
+pub(crate) enum AccessDenied {
     /// A mentor did not say which student the conversation is with (row 7).
     MissingStudentId,
     /// A mentor who is not the lesson's teacher (row 8).
@@ -24,7 +24,7 @@ pub enum AccessDenied {
 
 impl AccessDenied {
     /// A short human explanation for the response body.
-    pub fn message(&self) -> &'static str {
+    pub(crate) fn message(&self) -> &'static str {
         match self {
             AccessDenied::MissingStudentId => "student_id is required for mentors",
             AccessDenied::NotTeacher => "only the lesson's teacher can open its conversations",
@@ -39,11 +39,11 @@ impl AccessDenied {
 /// A `GET /conversations` filter that names someone other than the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("a filter may only name yourself")]
-pub struct Forbidden;
+pub(crate) struct Forbidden;
 
 /// The conversation `user` opens in `lesson`: a student's own with the
 /// lesson's teacher, or a teaching mentor's with `requested_student`.
-pub fn conversation_key(
+pub(crate) fn conversation_key(
     user: &User,
     lesson: &Lesson,
     requested_student: Option<UserId>,
@@ -74,7 +74,7 @@ pub fn conversation_key(
 /// student Django lists in the lesson's `student_ids` ([`conversation_key`]
 /// checks membership when the list is there; this refuses its absence).
 /// Students are confirmed as themselves by the users endpoint.
-pub fn require_roster(user: &User, lesson: &Lesson) -> Result<(), AccessDenied> {
+pub(crate) fn require_roster(user: &User, lesson: &Lesson) -> Result<(), AccessDenied> {
     if user.is_mentor && lesson.student_ids.is_none() {
         return Err(AccessDenied::NoRoster);
     }
@@ -83,7 +83,7 @@ pub fn require_roster(user: &User, lesson: &Lesson) -> Result<(), AccessDenied> 
 
 /// The store filter for `GET /conversations`: without a filter the caller's
 /// own conversations; a filter must name the caller (with both, one of them).
-pub fn conversation_filter(
+pub(crate) fn conversation_filter(
     caller: UserId,
     mentor_id: Option<UserId>,
     student_id: Option<UserId>,
@@ -105,7 +105,7 @@ pub fn conversation_filter(
 }
 
 /// Whether `caller` may read `conversation` and its messages.
-pub fn can_read(caller: UserId, conversation: &Conversation) -> bool {
+pub(crate) fn can_read(caller: UserId, conversation: &Conversation) -> bool {
     conversation.has_participant(caller)
 }
 

@@ -20,7 +20,7 @@ const JWT_BASE64: GeneralPurpose = GeneralPurpose::new(
 
 /// The token of an `Authorization: Bearer <token>` header value; the scheme
 /// is case-insensitive and the token must be non-empty, without spaces.
-pub fn bearer_token(header_value: &str) -> Option<&str> {
+pub(crate) fn bearer_token(header_value: &str) -> Option<&str> {
     let (scheme, token) = header_value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
@@ -34,7 +34,7 @@ pub fn bearer_token(header_value: &str) -> Option<&str> {
 
 /// The positive `user_id` claim of a JWT (`header.payload.signature`), as a
 /// JSON number or a string of digits; `None` for anything else.
-pub fn user_id_from_jwt(token: &str) -> Option<UserId> {
+pub(crate) fn user_id_from_jwt(token: &str) -> Option<UserId> {
     let mut parts = token.split('.');
     let (Some(_header), Some(payload), Some(_signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())

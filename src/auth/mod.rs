@@ -4,27 +4,17 @@
 //! holds the pure rules that turn a user and a lesson into a conversation;
 //! [`caller`] reads who a REST caller claims to be from their token.
 
-pub mod access;
-pub mod caller;
+pub(crate) mod access;
+pub(crate) mod caller;
 pub mod django;
 
-use crate::model::{LessonId, Role, UserId};
+use crate::model::{LessonId, UserId};
 
 /// A user as Django's users endpoint describes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct User {
     pub id: UserId,
     pub is_mentor: bool,
-}
-
-impl User {
-    pub fn role(&self) -> Role {
-        if self.is_mentor {
-            Role::Mentor
-        } else {
-            Role::Student
-        }
-    }
 }
 
 /// A lesson as Django's lesson endpoint describes it.
