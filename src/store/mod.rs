@@ -69,7 +69,7 @@ pub struct HistoryQuery {
 
 impl HistoryQuery {
     /// Whether the page is read from its newest end (no `after`).
-    pub fn newest_first(&self) -> bool {
+    pub(crate) fn newest_first(&self) -> bool {
         self.after.is_none()
     }
 }
@@ -86,7 +86,7 @@ pub struct HistoryPage {
 
 impl HistoryPage {
     /// Length of `messages` as a JSON array.
-    pub fn json_len(&self) -> usize {
+    pub(crate) fn json_len(&self) -> usize {
         2 + self.messages.iter().map(Message::json_len).sum::<usize>()
             + self.messages.len().saturating_sub(1)
     }
@@ -94,7 +94,7 @@ impl HistoryPage {
 
 /// Collects a page in the order a store reads it, applying the query's
 /// count and byte bounds; every store uses it, so they cut alike.
-pub struct PageBuilder {
+pub(crate) struct PageBuilder {
     messages: Vec<Message>,
     /// JSON length of `messages` as an array.
     bytes: usize,
@@ -105,7 +105,7 @@ pub struct PageBuilder {
 }
 
 impl PageBuilder {
-    pub fn new(query: &HistoryQuery) -> PageBuilder {
+    pub(crate) fn new(query: &HistoryQuery) -> PageBuilder {
         PageBuilder {
             messages: Vec::new(),
             bytes: 2,
@@ -118,7 +118,7 @@ impl PageBuilder {
 
     /// Adds the next message in read order; `false` once the page is full
     /// (the caller stops reading). A message over the budget is not added.
-    pub fn push(&mut self, message: Message) -> bool {
+    pub(crate) fn push(&mut self, message: Message) -> bool {
         if self.messages.len() >= self.limit {
             return false;
         }
@@ -134,7 +134,7 @@ impl PageBuilder {
 
     /// Pushes from `messages` until the page is full; the rest is never
     /// pulled from the iterator.
-    pub fn fill(&mut self, messages: impl IntoIterator<Item = Message>) {
+    pub(crate) fn fill(&mut self, messages: impl IntoIterator<Item = Message>) {
         for message in messages {
             if !self.push(message) {
                 break;
@@ -143,23 +143,19 @@ impl PageBuilder {
     }
 
     /// Messages in the page so far.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.messages.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
     }
 
     /// Records that messages the caller did not offer also match (it cut
     /// its input short); counts only when the page is under its limit.
-    pub fn more_unread(&mut self) {
+    pub(crate) fn more_unread(&mut self) {
         if self.messages.len() < self.limit {
             self.truncated = true;
         }
     }
 
-    pub fn finish(mut self) -> HistoryPage {
+    pub(crate) fn finish(mut self) -> HistoryPage {
         if self.newest_first {
             self.messages.reverse();
         }

@@ -26,7 +26,7 @@ use crate::store::{
 
 use documents::{bson_date, bson_id, conversation_from, message_from, object_id};
 use errors::{is_duplicate_key, store_error};
-pub use indexes::{CONVERSATIONS, MESSAGES};
+pub(crate) use indexes::{CONVERSATIONS, MESSAGES};
 
 /// How to reach MongoDB; built from `MONGO_URI`, `MONGO_DB` and
 /// `CHAT_MONGO_*`, whose defaults are `Config`'s.
@@ -73,7 +73,6 @@ impl MongoSettings {
 /// Conversations and messages in MongoDB.
 #[derive(Clone)]
 pub struct MongoStore {
-    client: Client,
     database: Database,
     conversations: Collection<Document>,
     messages: Collection<Document>,
@@ -110,7 +109,6 @@ impl MongoStore {
         let store = MongoStore {
             conversations: database.collection(CONVERSATIONS),
             messages: database.collection(MESSAGES),
-            client,
             database,
             write_concern: settings.write_concern_document(),
             call_timeout: settings.timeout.saturating_mul(2),
@@ -119,11 +117,6 @@ impl MongoStore {
         indexes::ensure_indexes(&store.database, store.call_timeout).await?;
         tracing::info!(database = %settings.database, "MongoDB store ready");
         Ok(store)
-    }
-
-    /// The driver client, e.g. for a test that inserts seed documents raw.
-    pub fn client(&self) -> &Client {
-        &self.client
     }
 
     /// The database this store uses.

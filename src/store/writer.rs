@@ -64,9 +64,9 @@ pub struct WriterConfig {
 /// The first backoff after `Unavailable`. Not an operator setting: how
 /// patiently a down store is retried is the writer's policy, not a
 /// deployment's; tests shorten it through [`WriterConfig`].
-pub const RETRY_INITIAL: Duration = Duration::from_millis(50);
+pub(crate) const RETRY_INITIAL: Duration = Duration::from_millis(50);
 /// The backoff cap: a store that comes back is written to within this.
-pub const RETRY_MAX: Duration = Duration::from_secs(5);
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Called once with an op's result, on the writer task; see the module docs.
 pub type Completion = Box<dyn FnOnce(Result<WriteOutcome, StoreError>) + Send>;

@@ -15,18 +15,18 @@ use mongodb::{Database, IndexModel};
 use super::errors::store_error;
 use crate::store::StoreError;
 
-pub const CONVERSATIONS: &str = "conversations";
-pub const MESSAGES: &str = "messages";
+pub(crate) const CONVERSATIONS: &str = "conversations";
+pub(crate) const MESSAGES: &str = "messages";
 
 /// One index this service relies on.
 pub(crate) struct IndexSpec {
-    pub collection: &'static str,
-    pub name: &'static str,
-    pub keys: Document,
-    pub unique: bool,
-    pub partial_filter: Option<Document>,
+    pub(crate) collection: &'static str,
+    pub(crate) name: &'static str,
+    pub(crate) keys: Document,
+    pub(crate) unique: bool,
+    pub(crate) partial_filter: Option<Document>,
     /// What breaks while it is missing, for the log line.
-    pub purpose: &'static str,
+    pub(crate) purpose: &'static str,
 }
 
 pub(crate) fn index_specs() -> Vec<IndexSpec> {

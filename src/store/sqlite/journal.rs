@@ -56,7 +56,7 @@ const NAME_PREFIX: &str = "chat.journal.";
 const NAME_DIGITS: usize = 20;
 
 /// The file name of segment `number` inside the data directory.
-pub fn segment_path(dir: &Path, number: u64) -> PathBuf {
+pub(crate) fn segment_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!(
         "{NAME_PREFIX}{number:0width$}",
         width = NAME_DIGITS
@@ -72,7 +72,7 @@ fn parse_segment_name(name: &str) -> Option<u64> {
 }
 
 /// Existing segments of `dir`, ascending by number; other names are ignored.
-pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+pub(crate) fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut segments = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -87,7 +87,7 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 
 /// Removes a merged segment. It is only garbage then: failing to remove it
 /// costs a replay, so it is logged, not an error.
-pub fn remove_segment(path: &Path) {
+pub(crate) fn remove_segment(path: &Path) {
     if let Err(e) = fs::remove_file(path) {
         if e.kind() != io::ErrorKind::NotFound {
             tracing::warn!(path = %path.display(), "cannot remove a merged journal segment: {e}");
@@ -96,7 +96,7 @@ pub fn remove_segment(path: &Path) {
 }
 
 /// An open segment being appended to.
-pub struct Segment {
+pub(crate) struct Segment {
     file: File,
     number: u64,
     path: PathBuf,
@@ -114,7 +114,7 @@ impl Segment {
     /// Creates segment `number` (an error if it exists) and writes the
     /// header; with `sync`, fsyncs the file and the directory so the new
     /// name survives a power loss.
-    pub fn create(dir: &Path, number: u64, sync: bool) -> io::Result<Segment> {
+    pub(crate) fn create(dir: &Path, number: u64, sync: bool) -> io::Result<Segment> {
         let path = segment_path(dir, number);
         let file = OpenOptions::new()
             .read(true)
@@ -146,7 +146,7 @@ impl Segment {
     /// Appends `records` with one positional write, then `sync_data` when
     /// `sync`. On error the file is cut back to its previous length, so no
     /// partial record stays behind and `len` is unchanged.
-    pub fn append(&mut self, records: &[WriteOp], sync: bool) -> io::Result<()> {
+    pub(crate) fn append(&mut self, records: &[WriteOp], sync: bool) -> io::Result<()> {
         if records.is_empty() {
             return Ok(());
         }
@@ -180,48 +180,48 @@ impl Segment {
         }
     }
 
-    pub fn number(&self) -> u64 {
+    pub(crate) fn number(&self) -> u64 {
         self.number
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Bytes written and acknowledged, header included.
     #[cfg(test)]
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.len
     }
 
     /// No records appended yet.
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == HEADER_LEN
     }
 
     /// A failed append could not be undone: appends go to a new segment.
-    pub fn is_broken(&self) -> bool {
+    pub(crate) fn is_broken(&self) -> bool {
         self.broken
     }
 }
 
 /// What a segment holds.
 #[derive(Debug)]
-pub struct SegmentContents {
-    pub records: Vec<WriteOp>,
+pub(crate) struct SegmentContents {
+    pub(crate) records: Vec<WriteOp>,
     /// Bytes up to the end of the last good record.
-    pub valid_len: u64,
+    pub(crate) valid_len: u64,
     /// True when bytes after `valid_len` were ignored (a write cut short by
     /// a crash, or damage).
-    pub torn: bool,
+    pub(crate) torn: bool,
 }
 
 /// Reads a whole segment, stopping at the first record that is cut short,
 /// fails its checksum or does not decode: it and all after it are ignored.
 /// Nothing after a bad record is trusted, since its length may be the
 /// damaged part. A file shorter than the header is empty and torn.
-pub fn read_segment(path: &Path) -> io::Result<SegmentContents> {
+pub(crate) fn read_segment(path: &Path) -> io::Result<SegmentContents> {
     let data = fs::read(path)?;
     let mut cursor = Cursor { rest: &data };
     let (Some(magic), Some(version), Some(_reserved)) =
