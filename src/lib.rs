@@ -34,6 +34,6 @@ pub mod hub;
 pub mod model;
 pub mod server;
 pub mod store;
-pub mod user_counts;
+pub(crate) mod user_counts;
 pub mod wire;
 pub mod ws;

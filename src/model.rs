@@ -82,7 +82,7 @@ impl ObjectId {
     }
 
     /// The creation time encoded in the id, in milliseconds.
-    pub fn timestamp(&self) -> Millis {
+    pub(crate) fn timestamp(&self) -> Millis {
         let seconds = u32::from_be_bytes([self.0[0], self.0[1], self.0[2], self.0[3]]);
         Millis(i64::from(seconds) * 1000)
     }
@@ -167,7 +167,7 @@ fn unix_seconds() -> u32 {
 pub struct Millis(pub i64);
 
 /// The current time.
-pub fn now() -> Millis {
+pub(crate) fn now() -> Millis {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -178,7 +178,7 @@ pub fn now() -> Millis {
 impl Millis {
     /// RFC 3339 in UTC with a `Z` and millisecond fraction,
     /// e.g. `2025-01-01T10:00:00.123Z`.
-    pub fn rfc3339(self) -> String {
+    pub(crate) fn rfc3339(self) -> String {
         let ms = self.0.rem_euclid(1000);
         let secs = self.0.div_euclid(1000);
         let days = secs.div_euclid(86_400);
@@ -196,7 +196,7 @@ impl Millis {
 impl Millis {
     /// `self.rfc3339().len()` without formatting: the year is at least four
     /// characters (a sign counts), everything after it is 20.
-    pub fn rfc3339_len(self) -> usize {
+    pub(crate) fn rfc3339_len(self) -> usize {
         let days = self.0.div_euclid(1000).div_euclid(86_400);
         let (year, _, _) = civil_from_days(days);
         let width = decimal_len(year.unsigned_abs()) + usize::from(year < 0);
@@ -243,16 +243,8 @@ pub struct Conversation {
 }
 
 impl Conversation {
-    pub fn key(&self) -> ConversationKey {
-        ConversationKey {
-            lesson_id: self.lesson_id,
-            mentor_id: self.mentor_id,
-            student_id: self.student_id,
-        }
-    }
-
     /// Whether `user` is the mentor or the student of this conversation.
-    pub fn has_participant(&self, user: UserId) -> bool {
+    pub(crate) fn has_participant(&self, user: UserId) -> bool {
         self.mentor_id == user || self.student_id == user
     }
 }
@@ -294,7 +286,7 @@ const JSON_ESCAPED_LEN: [u8; 256] = {
 };
 
 /// Length of `text` as a JSON string, quotes included.
-pub fn json_str_len(text: &str) -> usize {
+pub(crate) fn json_str_len(text: &str) -> usize {
     2 + text
         .bytes()
         .map(|byte| usize::from(JSON_ESCAPED_LEN[usize::from(byte)]))
@@ -318,7 +310,7 @@ impl Message {
 
     /// Exactly `serde_json::to_vec(self).len()`, computed in one pass over
     /// the text: history pages are cut by encoded size before encoding.
-    pub fn json_len(&self) -> usize {
+    pub(crate) fn json_len(&self) -> usize {
         // `{"id":` + id + `,"conversation_id":` + id + `,"sender_id":` +
         // `,"text":` + `,"created_at":` + `}`.
         const FIXED: usize = 6 + 19 + 13 + 8 + 14 + 1;
@@ -342,13 +334,13 @@ impl Message {
     }
 
     /// What `viewer`'s view at `at` does to this message; see [`ViewEffect::of`].
-    pub fn view_effect(&self, viewer: UserId, at: Millis) -> ViewEffect {
+    pub(crate) fn view_effect(&self, viewer: UserId, at: Millis) -> ViewEffect {
         ViewEffect::of(self.sender_id, self.viewed_by, self.viewed_at, viewer, at)
     }
 
     /// Records `viewer`'s view at `at` when it is [`ViewEffect::Recorded`];
     /// otherwise changes nothing.
-    pub fn mark_viewed(&mut self, viewer: UserId, at: Millis) -> ViewEffect {
+    pub(crate) fn mark_viewed(&mut self, viewer: UserId, at: Millis) -> ViewEffect {
         let effect = self.view_effect(viewer, at);
         if effect == ViewEffect::Recorded {
             self.viewed_by = Some(viewer);
@@ -361,7 +353,7 @@ impl Message {
 /// What a view does to a message: the one rule of every store (SQLite and
 /// MongoDB spell it in their view updates' filters too).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ViewEffect {
+pub(crate) enum ViewEffect {
     /// The view is stored: `viewed_by` and `viewed_at` are set.
     Recorded,
     /// The viewer had viewed it already; the first `viewed_at` is kept.
@@ -375,7 +367,7 @@ impl ViewEffect {
     /// changes nothing, unless it is that same view (same `at`) again: a
     /// retried batch must report what its first try did, or a view it
     /// stored would never be relayed.
-    pub fn of(
+    pub(crate) fn of(
         sender: UserId,
         viewed_by: Option<UserId>,
         viewed_at: Option<Millis>,

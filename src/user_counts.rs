@@ -12,7 +12,7 @@ use crate::model::UserId;
 
 /// Lock-striped counters. A stripe lock is held only for one map update
 /// (never across an `.await`), so a std-style mutex is the right tool.
-pub struct UserCounts {
+pub(crate) struct UserCounts {
     stripes: Box<[Mutex<HashMap<UserId, u32>>]>,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -24,7 +24,7 @@ impl Default for UserCounts {
 }
 
 impl UserCounts {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         UserCounts {
             stripes: (0..64).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: Default::default(),
@@ -38,7 +38,7 @@ impl UserCounts {
     /// Counts one more for `user` until the guard is dropped, unless `user`
     /// already holds `max`: then `None`. Check and count are one step, so
     /// racing callers for one user cannot pass `max` together.
-    pub fn try_add(self: &Arc<Self>, user: UserId, max: u32) -> Option<UserCountGuard> {
+    pub(crate) fn try_add(self: &Arc<Self>, user: UserId, max: u32) -> Option<UserCountGuard> {
         {
             let mut counts = self.stripe(user).lock();
             let count = counts.entry(user).or_insert(0);
@@ -57,7 +57,7 @@ impl UserCounts {
     }
 
     /// Whether `user` holds at least one.
-    pub fn holds_any(&self, user: UserId) -> bool {
+    pub(crate) fn holds_any(&self, user: UserId) -> bool {
         self.stripe(user).lock().contains_key(&user)
     }
 
@@ -73,7 +73,7 @@ impl UserCounts {
 }
 
 /// One counted thing of a user; dropping it uncounts it.
-pub struct UserCountGuard {
+pub(crate) struct UserCountGuard {
     counts: Arc<UserCounts>,
     user: UserId,
 }

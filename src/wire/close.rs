@@ -48,7 +48,7 @@ impl Close {
     }
 
     /// The close frame's reason: short ASCII, well under the 123-byte limit.
-    pub const fn reason(self) -> &'static str {
+    pub(crate) const fn reason(self) -> &'static str {
         match self {
             Close::Normal => "bye",
             Close::Shutdown => "server shutting down",
@@ -65,7 +65,7 @@ impl Close {
     }
 
     /// A stable label for logs and counters.
-    pub const fn label(self) -> &'static str {
+    pub(crate) const fn label(self) -> &'static str {
         match self {
             Close::Normal => "normal",
             Close::Shutdown => "shutdown",
@@ -82,7 +82,7 @@ impl Close {
     }
 
     /// All variants, for counters indexed by variant.
-    pub const ALL: [Close; 11] = [
+    pub(crate) const ALL: [Close; 11] = [
         Close::Normal,
         Close::Shutdown,
         Close::Idle,
@@ -131,12 +131,12 @@ static CLOSED: [std::sync::atomic::AtomicU64; Close::ALL.len()] =
     [const { std::sync::atomic::AtomicU64::new(0) }; Close::ALL.len()];
 
 /// Counts one ended connection under its close reason.
-pub fn record(why: Close) {
+pub(crate) fn record(why: Close) {
     CLOSED[why.index()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Connections ended so far, per close reason.
-pub fn counts() -> Vec<(Close, u64)> {
+pub(crate) fn counts() -> Vec<(Close, u64)> {
     Close::ALL
         .iter()
         .map(|&close| {

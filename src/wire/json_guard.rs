@@ -20,11 +20,11 @@ use std::fmt;
 /// one object of scalars (depth 1); 16 leaves room for nested extra fields a
 /// client may add (ignored), while simd-json's recursion stays at a few KiB
 /// of stack, far from the 2 MiB a runtime thread has.
-pub const MAX_DEPTH: usize = 16;
+pub(crate) const MAX_DEPTH: usize = 16;
 
 /// Why a frame was refused before parsing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flaw {
+pub(crate) enum Flaw {
     /// Arrays and objects nested deeper than [`MAX_DEPTH`].
     TooDeep,
     /// A `\uD800`–`\uDFFF` escape that is not a high surrogate directly
@@ -44,7 +44,7 @@ impl fmt::Display for Flaw {
 }
 
 /// Checks nesting depth and surrogate escapes of `json` in one pass.
-pub fn check(json: &[u8]) -> Result<(), Flaw> {
+pub(crate) fn check(json: &[u8]) -> Result<(), Flaw> {
     let mut depth = 0usize;
     let mut i = 0;
     while i < json.len() {

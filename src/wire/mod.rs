@@ -6,5 +6,5 @@
 
 pub mod close;
 pub mod frame;
-pub mod json_guard;
+pub(crate) mod json_guard;
 pub mod protocol;

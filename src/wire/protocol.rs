@@ -15,7 +15,7 @@ use super::{frame, json_guard};
 use crate::model::{ConversationId, Message, MessageId, ObjectId, UserId};
 
 /// Longest `client_id`, in bytes.
-pub const MAX_CLIENT_ID_BYTES: usize = 64;
+pub(crate) const MAX_CLIENT_ID_BYTES: usize = 64;
 
 /// An inbound event that passed every check.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadJson => "bad_json",
             ErrorCode::UnknownType => "unknown_type",
@@ -67,11 +67,11 @@ impl ErrorCode {
 /// Why an inbound frame was refused; becomes an `error` event.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Refusal {
-    pub code: ErrorCode,
-    pub message: String,
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
     /// The frame's `client_id`, when it had a valid one, so the client can
     /// match the refusal to what it sent.
-    pub client_id: Option<String>,
+    pub(crate) client_id: Option<String>,
 }
 
 impl Refusal {
@@ -84,7 +84,7 @@ impl Refusal {
     }
 
     /// The `error` event for this refusal.
-    pub fn to_frame(&self) -> Bytes {
+    pub(crate) fn to_frame(&self) -> Bytes {
         error_event(self.code, &self.message, self.client_id.as_deref())
     }
 }
