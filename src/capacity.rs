@@ -17,8 +17,8 @@ fn reserve(limit: u64) -> u64 {
     (limit / 50).max(64)
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft
-/// limit now in force.
+/// Raises the soft `RLIMIT_NOFILE` as far as the system allows (see
+/// [`soft_limit_for`]); returns the soft limit now in force.
 pub(crate) fn raise_open_files_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -29,17 +29,32 @@ pub(crate) fn raise_open_files_limit() -> u64 {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             return 1024;
         }
-        if limit.rlim_cur < limit.rlim_max {
+        let target = soft_limit_for(limit.rlim_max);
+        if limit.rlim_cur < target {
             let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
+                rlim_cur: target,
                 rlim_max: limit.rlim_max,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit.rlim_cur = limit.rlim_max;
+                limit.rlim_cur = target;
             }
         }
     }
     limit.rlim_cur
+}
+
+/// The highest soft open-files limit the system accepts under `hard`: the
+/// hard limit itself, except on macOS, whose hard limit is usually
+/// unlimited but whose `setrlimit` refuses a soft limit above `OPEN_MAX`
+/// (its man page, COMPATIBILITY: use `min(OPEN_MAX, rlim_max)`).
+fn soft_limit_for(hard: libc::rlim_t) -> libc::rlim_t {
+    /// `OPEN_MAX` of `<sys/syslimits.h>`; the libc crate does not export it.
+    const MACOS_OPEN_MAX: libc::rlim_t = 10_240;
+    if cfg!(target_os = "macos") {
+        hard.min(MACOS_OPEN_MAX)
+    } else {
+        hard
+    }
 }
 
 /// The connections an open-files limit leaves room for.
@@ -226,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn raising_the_limit_reaches_the_hard_limit() {
+    fn raising_the_limit_reaches_what_the_system_allows() {
         let soft = raise_open_files_limit();
         let mut limit = libc::rlimit {
             rlim_cur: 0,
@@ -238,6 +253,8 @@ mod tests {
             0
         );
         assert_eq!(soft, limit.rlim_cur);
-        assert_eq!(limit.rlim_cur, limit.rlim_max);
+        // On Linux: the hard limit. A macOS soft limit may already be above
+        // OPEN_MAX (set by `ulimit -n`); it is then left as it is.
+        assert!(limit.rlim_cur >= soft_limit_for(limit.rlim_max));
     }
 }

@@ -154,9 +154,15 @@ async fn shutdown_signal() {
 
 /// Huge pages would turn each connection's few touched bytes into 2 MiB
 /// resident chunks; per-connection memory is what this service is about.
+#[cfg(target_os = "linux")]
 fn disable_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes plain integers and affects only this process.
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
+
+/// Transparent huge pages, and the per-process switch to refuse them, are
+/// Linux's: elsewhere there is nothing to turn off.
+#[cfg(not(target_os = "linux"))]
+fn disable_transparent_huge_pages() {}

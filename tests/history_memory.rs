@@ -1,6 +1,10 @@
 //! `/messages` memory stays bounded whatever the data and however slowly
 //! clients read: the real binary over a conversation of large messages,
 //! clients that stop reading their answers, the server's RSS sampled.
+//!
+//! Linux only: RSS is read from `/proc`, and the bound counts on Linux's
+//! socket buffer sizes.
+#![cfg(target_os = "linux")]
 
 mod common;
 

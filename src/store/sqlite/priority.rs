@@ -5,6 +5,7 @@
 
 /// Lowers the calling thread's priority; failing only costs that ordering,
 /// so it is not an error.
+#[cfg(target_os = "linux")]
 pub(super) fn lower_priority() {
     const WRITER_NICE: libc::c_int = 10;
     // SAFETY: gettid has no preconditions; setpriority on our own thread id
@@ -17,3 +18,8 @@ pub(super) fn lower_priority() {
         tracing::debug!("could not lower the SQLite writer thread's priority");
     }
 }
+
+/// Only Linux gives each thread a nice value of its own (`setpriority` on a
+/// thread id); elsewhere the writer keeps the default priority.
+#[cfg(not(target_os = "linux"))]
+pub(super) fn lower_priority() {}
