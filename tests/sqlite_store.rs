@@ -441,3 +441,48 @@ fn a_store_that_cannot_open_names_its_directory() {
     };
     assert!(error.contains(&dir.path().display().to_string()), "{error}");
 }
+
+/// The write thread merges on its own once the oldest unmerged message is
+/// 5 s old, with no job to wake it, and a tail larger than one merge chunk
+/// (8,192) goes in over several transactions: all of it reaches the file
+/// while the store stays open.
+#[tokio::test]
+async fn an_idle_journal_merges_on_its_own_in_chunks() {
+    const COUNT: usize = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), sqlite_defaults()).unwrap();
+    let key = random_key();
+    let written = std::time::Instant::now();
+    write_messages(&store, key, COUNT).await;
+
+    let file = rusqlite::Connection::open_with_flags(
+        dir.path().join(DATABASE_FILE),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let in_file = || -> i64 {
+        file.query_row("SELECT count(DISTINCT id) FROM messages", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(in_file(), 0, "journaled, not merged yet");
+    while in_file() < COUNT as i64 {
+        assert!(
+            written.elapsed() < std::time::Duration::from_secs(30),
+            "only {} of {COUNT} merged after 30 s",
+            in_file()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        written.elapsed() >= std::time::Duration::from_secs(4),
+        "merged after {:?}: before the age trigger",
+        written.elapsed()
+    );
+    let check: String = file
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    // Served once each, now from SQLite rather than the tail.
+    let conversation = store.conversation_for(key, Millis(1)).await.unwrap();
+    assert_eq!(history(&store, conversation.id).await.len(), COUNT);
+}
