@@ -90,6 +90,7 @@ async fn room(size: usize) -> (Hub, mpsc::Sender<Command>, Vec<Receiver>, Object
         mentor_id: 1,
         student_id: 2,
         created_at: Millis(0),
+        last_seq: 0,
     };
     let shard = hub.shard_for(&conversation.id);
     let mut receivers = Vec::with_capacity(size);

@@ -40,6 +40,7 @@ fn encode(c: &mut Criterion) {
         sender_id: 1_000_001,
         text: "Hello, mentor! How do I solve exercise 3?".into(),
         created_at: Millis(1_735_725_600_123),
+        seq: 0,
         client_id: Some("web-7f3a-0042".into()),
         viewed_by: None,
         viewed_at: None,

@@ -83,6 +83,7 @@ fn writer_batching(c: &mut Criterion) {
                                         "message number {sequence} of the writer benchmark"
                                     ),
                                     created_at: Millis(1_735_725_600_000),
+                                    seq: 0,
                                     client_id: Some(format!("client-{sequence}")),
                                     viewed_by: None,
                                     viewed_at: None,

@@ -201,9 +201,17 @@ pub struct Config {
     #[arg(long, env = "CHAT_WRITER_BATCH", value_name = "CHAT_WRITER_BATCH", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub(crate) writer_batch: u32,
 
-    /// How long a partial batch waits for more writes, in milliseconds.
-    #[arg(long, env = "CHAT_WRITER_WINDOW_MS", value_name = "CHAT_WRITER_WINDOW_MS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    /// How long a partial batch waits for more writes, in milliseconds. 0
+    /// (the default) is group commit: a batch is whatever queued while the
+    /// previous one was written, so a lone message is written at once.
+    #[arg(long, env = "CHAT_WRITER_WINDOW_MS", value_name = "CHAT_WRITER_WINDOW_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub(crate) writer_window_ms: u64,
+
+    /// Most messages replayed to a connection that reconnects with
+    /// `since_seq`; when more were missed, the newest this many are, and the
+    /// client pages the rest with `/messages?before_seq=`.
+    #[arg(long, env = "CHAT_RECOVERY_MAX", value_name = "CHAT_RECOVERY_MAX", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) recovery_max: u32,
 
     /// Writes held at most while the store is slow or down; beyond it new
     /// messages are refused with `overloaded`.
@@ -464,7 +472,8 @@ mod tests {
         assert_eq!(cfg.max_pending_headers, 1024);
         assert!(!cfg.require_roster);
         assert_eq!(cfg.writer_batch, 16_384);
-        assert_eq!(cfg.writer_window_ms, 2);
+        assert_eq!(cfg.writer_window_ms, 0);
+        assert_eq!(cfg.recovery_max, 1000);
         assert_eq!(cfg.writer_queue, 262_144);
         assert_eq!(cfg.shutdown_timeout_s, 10);
         assert_eq!(cfg.mongo_pool_size, 32);

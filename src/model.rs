@@ -17,6 +17,8 @@ pub type LessonId = i64;
 pub type ConversationId = ObjectId;
 /// A message's ObjectId.
 pub type MessageId = ObjectId;
+/// A message's position in its conversation (CONTRACT §6): 1, 2, 3 …
+pub type Seq = u64;
 
 /// A 12-byte MongoDB ObjectId: 4 bytes of seconds, 5 bytes unique to this
 /// process, 3 bytes of counter. Byte order is creation order within a
@@ -240,6 +242,9 @@ pub struct Conversation {
     pub mentor_id: UserId,
     pub student_id: UserId,
     pub created_at: Millis,
+    /// The seq of the newest message, 0 when none (CONTRACT §6). Filled by
+    /// the store's reads; the hub's copy is not kept current.
+    pub last_seq: Seq,
 }
 
 impl Conversation {
@@ -257,6 +262,10 @@ pub struct Message {
     pub sender_id: UserId,
     pub text: String,
     pub created_at: Millis,
+    /// Position in its conversation: 1, 2, 3 … (CONTRACT §6), given by the
+    /// store when the message is written; 0 only before that (and for a
+    /// legacy message until the start-up numbering).
+    pub seq: Seq,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -306,7 +315,7 @@ fn json_int_len(n: i64) -> usize {
 impl Message {
     /// The smallest [`Message::json_len`]: empty text, a one-digit sender,
     /// a four-digit year, no optional field.
-    pub const MIN_JSON_LEN: usize = 142;
+    pub const MIN_JSON_LEN: usize = 150;
 
     /// Exactly `serde_json::to_vec(self).len()`, computed in one pass over
     /// the text: history pages are cut by encoded size before encoding.
@@ -320,7 +329,9 @@ impl Message {
             + json_int_len(self.sender_id)
             + json_str_len(&self.text)
             + self.created_at.rfc3339_len()
-            + 2;
+            + 2
+            + r#","seq":"#.len()
+            + decimal_len(self.seq);
         if let Some(client_id) = &self.client_id {
             len += r#","client_id":"#.len() + json_str_len(client_id);
         }
@@ -454,6 +465,7 @@ mod tests {
                         sender_id: [1, 42, i64::MAX, -7, i64::MIN][(n + t) % 5],
                         text: text.clone(),
                         created_at: *at,
+                        seq: 0,
                         client_id: (variant & 1 == 1).then(|| format!("c\"{n}\u{3}ü")),
                         viewed_by: (variant & 2 == 2).then_some(1_000_000_007),
                         viewed_at: (variant & 2 == 2).then_some(times[(t + 1) % times.len()]),
@@ -471,6 +483,7 @@ mod tests {
             sender_id: 0,
             text: String::new(),
             created_at: Millis(0),
+            seq: 0,
             client_id: None,
             viewed_by: None,
             viewed_at: None,

@@ -51,6 +51,7 @@ fn message(
         sender_id,
         text: text.into(),
         created_at: Millis(1_735_725_600_000),
+        seq: 0,
         client_id: client_id.map(str::to_string),
         viewed_by: None,
         viewed_at: None,

@@ -104,6 +104,13 @@ impl Store for FaultStore {
     fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, HistoryPage> {
         self.inner.messages(query)
     }
+    fn message_at_seq(
+        &self,
+        conversation_id: ConversationId,
+        seq: u64,
+    ) -> StoreFuture<'_, Option<MessageId>> {
+        self.inner.message_at_seq(conversation_id, seq)
+    }
     fn recent_client_ids(
         &self,
         conversation_id: ConversationId,

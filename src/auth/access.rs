@@ -323,6 +323,7 @@ mod tests {
             mentor_id: TEACHER,
             student_id: STUDENT,
             created_at: Millis(0),
+            last_seq: 0,
         };
         assert!(can_read(TEACHER, &conversation));
         assert!(can_read(STUDENT, &conversation));

@@ -1,7 +1,7 @@
 //! Query-string parsing: `application/x-www-form-urlencoded` pairs, and ids.
 
 use super::error::ApiError;
-use crate::model::ObjectId;
+use crate::model::{ObjectId, Seq};
 
 /// Decoded `name=value` pairs, in order.
 pub(crate) struct Query(Vec<(String, String)>);
@@ -34,6 +34,18 @@ impl Query {
             .transpose()
     }
 
+    /// A `seq` (a non-negative integer), if present; 400 if present and
+    /// malformed.
+    pub(crate) fn seq(&self, name: &str) -> Result<Option<Seq>, ApiError> {
+        self.get(name)
+            .map(|value| {
+                parse_seq(value).ok_or_else(|| {
+                    ApiError::bad_request(format!("{name} must be a non-negative integer"))
+                })
+            })
+            .transpose()
+    }
+
     /// An ObjectId, if present; 400 if present and malformed.
     pub(crate) fn object_id(&self, name: &str) -> Result<Option<ObjectId>, ApiError> {
         self.get(name)
@@ -44,6 +56,16 @@ impl Query {
             })
             .transpose()
     }
+}
+
+/// A non-negative decimal integer that fits a seq; `None` otherwise.
+fn parse_seq(text: &str) -> Option<Seq> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<Seq>()
+        .ok()
+        .filter(|&seq| i64::try_from(seq).is_ok())
 }
 
 /// A positive decimal integer (what Django ids are); `None` otherwise.

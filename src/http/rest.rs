@@ -12,7 +12,7 @@ use super::query::{parse_positive_id, Query};
 use super::Body;
 use crate::app::App;
 use crate::auth::{access, caller};
-use crate::model::{ObjectId, UserId};
+use crate::model::{ObjectId, Seq, UserId};
 use crate::store::{HistoryPage, HistoryQuery};
 
 /// Largest page `limit` a client may ask for (CONTRACT §4).
@@ -79,7 +79,10 @@ pub(crate) async fn conversation<B>(
     }
 }
 
-/// `GET /messages?conversation_id=[&limit=][&before=][&after=]`
+/// `GET /messages?conversation_id=[&limit=][&before=][&after=][&before_seq=][&after_seq=]`
+///
+/// The seq cursors (CONTRACT §6) page exactly like the id cursors, which
+/// they become: within a conversation seq order is id order.
 ///
 /// `limit` is 1 to 1000 (CONTRACT §4) and the default is
 /// `CHAT_MAX_HISTORY`; no page holds more than `CHAT_MAX_HISTORY` messages.
@@ -106,12 +109,33 @@ pub(crate) async fn messages<B>(
             })? as usize,
     }
     .min(max_history);
-    let before = query.object_id("before")?;
-    let after = query.object_id("after")?;
+    let mut before = query.object_id("before")?;
+    let mut after = query.object_id("after")?;
+    let before_seq = query.seq("before_seq")?;
+    let after_seq = query.seq("after_seq")?;
+    if (before_seq.is_some() || after_seq.is_some()) && (before.is_some() || after.is_some()) {
+        return Err(ApiError::bad_request(
+            "after_seq/before_seq cannot be combined with after/before",
+        ));
+    }
     let caller = authenticate(app, request).await?;
-    match app.store.conversation(conversation_id).await? {
-        Some(conversation) if access::can_read(caller, &conversation) => {}
+    let conversation = match app.store.conversation(conversation_id).await? {
+        Some(conversation) if access::can_read(caller, &conversation) => conversation,
         _ => return Err(ApiError::not_found("conversation not found")),
+    };
+    if after_seq.is_some() || before_seq.is_some() {
+        after = match after_seq {
+            None => None,
+            Some(0) => Some(FIRST_ID),
+            Some(seq) if seq >= conversation.last_seq => Some(LAST_ID),
+            Some(seq) => Some(id_at_seq(app, conversation_id, seq, LAST_ID).await?),
+        };
+        before = match before_seq {
+            None => None,
+            Some(seq) if seq > conversation.last_seq => None,
+            Some(seq) if seq <= 1 => Some(FIRST_ID),
+            Some(seq) => Some(id_at_seq(app, conversation_id, seq, FIRST_ID).await?),
+        };
     }
     // Taken before the read: the permit covers the rows, the encoding and
     // the body until it is written.
@@ -145,6 +169,28 @@ pub(crate) async fn messages<B>(
         }
     }
     Ok(response)
+}
+
+/// Cursors below and above every id: `after=FIRST_ID` reads from the
+/// first message, `after=LAST_ID` and `before=FIRST_ID` find nothing.
+const FIRST_ID: ObjectId = ObjectId::from_bytes([0; 12]);
+const LAST_ID: ObjectId = ObjectId::from_bytes([0xff; 12]);
+
+/// The id of message number `seq` (at most `last_seq`, so it exists in a
+/// numbered conversation); `missing` if it does not.
+async fn id_at_seq(
+    app: &App,
+    conversation_id: ObjectId,
+    seq: Seq,
+    missing: ObjectId,
+) -> Result<ObjectId, ApiError> {
+    match app.store.message_at_seq(conversation_id, seq).await? {
+        Some(id) => Ok(id),
+        None => {
+            tracing::warn!(%conversation_id, seq, "no message with this seq: numbering incomplete?");
+            Ok(missing)
+        }
+    }
 }
 
 /// Set (`true`) on a `/messages` page cut short by `CHAT_MAX_HISTORY_BYTES`:

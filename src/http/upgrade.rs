@@ -12,8 +12,8 @@ use super::query::Query;
 use super::Body;
 use crate::app::App;
 use crate::auth::access;
-use crate::hub::RECENT_CLIENT_IDS;
 use crate::model::now;
+use crate::ws::recovery::Recovery;
 use crate::ws::session::Session;
 
 pub(crate) async fn handle(
@@ -36,6 +36,8 @@ pub(crate) async fn handle(
     let user_id = query.id("user_id")?.unwrap_or_default();
     let lesson_id = query.id("lesson_id")?.unwrap_or_default();
     let requested_student = query.id("student_id")?;
+    // Ours (CONTRACT §6): a replay of what the client missed.
+    let since_seq = query.seq("since_seq")?;
     if !fastwebsockets::upgrade::is_upgrade_request(&request) {
         return Err(ApiError::bad_request(
             "expected a WebSocket upgrade request",
@@ -78,10 +80,6 @@ pub(crate) async fn handle(
         })?;
     // 11
     let conversation = app.store.conversation_for(key, now()).await?;
-    let recent_client_ids = app
-        .store
-        .recent_client_ids(conversation.id, user.id, RECENT_CLIENT_IDS)
-        .await?;
 
     let protocol = request
         .headers()
@@ -109,7 +107,13 @@ pub(crate) async fn handle(
         user_id: user.id,
         shard: app.hub.shard_for(&conversation.id),
         conversation,
-        recent_client_ids,
+        recovery: since_seq.map(|since_seq| {
+            Box::new(Recovery {
+                since_seq,
+                max: app.config.recovery_max as usize,
+                store: Arc::clone(&app.store),
+            })
+        }),
         limits: app.limits,
         shutdown: app.sessions_shutdown.clone(),
         guards: Box::new((slot, presence)),

@@ -3,7 +3,6 @@
 //! a session talks to its conversation's shard through a bounded channel.
 
 pub mod conn;
-mod dedupe;
 pub(crate) mod presence;
 mod room;
 mod shard;
@@ -11,14 +10,13 @@ mod viewed;
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::model::{Conversation, ConversationId, MessageId, UserId};
+use crate::model::{Conversation, ConversationId, MessageId, Seq, UserId};
 use crate::store::writer::WriterHandle;
 pub use conn::ConnHandle;
-/// How many recent client ids a room remembers, per conversation.
-pub use dedupe::CAPACITY as RECENT_CLIENT_IDS;
 pub(crate) use presence::Presence;
 
 /// Commands one shard queue holds; a full queue makes sessions wait
@@ -30,9 +28,20 @@ pub enum Command {
     Join {
         conversation: Conversation,
         conn: ConnHandle,
-        /// The joining user's recent (client_id, message id) pairs from the
-        /// store, so resends after a restart are recognised too.
-        recent_client_ids: Vec<(String, MessageId)>,
+        /// Set when the connection recovers (`since_seq`): the room holds
+        /// back everything for it until `Recovered`, and answers here once
+        /// the connection is a member, so the replay's read starts after
+        /// any message relayed without it.
+        recovering: Option<oneshot::Sender<()>>,
+    },
+    /// The replay of a recovering connection is queued: the room queues
+    /// `frame` (the `recovered` event), then what it held back for the
+    /// connection, less messages with `seq <= last_seq` (the replay had them).
+    Recovered {
+        conversation_id: ConversationId,
+        conn_id: u64,
+        last_seq: Seq,
+        frame: Bytes,
     },
     Leave {
         conversation_id: ConversationId,

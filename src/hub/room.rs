@@ -1,6 +1,6 @@
 //! One conversation's live state inside its shard: the connections in it,
-//! who of the two participants is here, recent client ids, and what was last
-//! relayed of each participant's typing.
+//! who of the two participants is here, what is held back for connections
+//! still recovering, and what was last relayed of each participant's typing.
 
 use std::time::Duration;
 
@@ -8,9 +8,9 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::conn::{ConnHandle, SendError};
-use super::dedupe::RecentClientIds;
 use super::viewed::RecentViews;
-use crate::model::{Conversation, UserId};
+use crate::model::{Conversation, Seq, UserId};
+use crate::wire::close::Close;
 use crate::wire::protocol;
 
 /// At most one typing relay per participant per this interval (4 a
@@ -24,14 +24,65 @@ pub(crate) const TYPING_REFRESH: Duration = Duration::from_secs(2);
 pub(crate) struct Room {
     pub(crate) conversation: Conversation,
     members: Vec<ConnHandle>,
-    pub(crate) recent: RecentClientIds,
     /// Views stored lately: a repeat of one is dropped before the writer.
     pub(crate) viewed: RecentViews,
-    /// When the last member left; the room lingers a while so a reconnect
-    /// still finds its recent client ids.
-    pub(crate) emptied_at: Option<Instant>,
     /// One slot per participant who has sent `typing` (at most two).
     typing: Vec<TypingSlot>,
+    /// Members whose replay (`since_seq`) is still being queued: what the
+    /// room sends them waits here, so it follows the replay.
+    held: Vec<Held>,
+}
+
+/// What a recovering member gets once its replay is queued.
+struct Held {
+    conn_id: u64,
+    /// (seq or 0 for other events, a reply to its own frame, the frame).
+    frames: Vec<(Seq, Route, Bytes)>,
+    /// Bytes of others' frames held, bounded like its queue.
+    others_bytes: usize,
+}
+
+/// Bytes of others' frames held for one recovering member at most: beyond
+/// it the member is a slow consumer (1013), as its queue would make it.
+const HELD_MAX_BYTES: usize = 4 << 20;
+
+/// How a frame reaches one member.
+#[derive(Clone, Copy, Debug)]
+enum Route {
+    /// A reply to its own frame (echo, `ack`, `error`): never a
+    /// slow-consumer close, see `ConnHandle::send_own`.
+    Own,
+    /// Others' traffic, bounded by its queue.
+    Others,
+}
+
+impl Route {
+    fn send(self, member: &ConnHandle, frame: Bytes) -> Result<(), SendError> {
+        match self {
+            Route::Own => member.send_own(frame),
+            Route::Others => member.send(frame),
+        }
+    }
+}
+
+impl Held {
+    fn push(
+        &mut self,
+        member: &ConnHandle,
+        seq: Seq,
+        route: Route,
+        frame: &Bytes,
+    ) -> Result<(), SendError> {
+        if let Route::Others = route {
+            self.others_bytes += frame.len();
+            if self.others_bytes > HELD_MAX_BYTES {
+                member.close(Close::SlowConsumer);
+                return Err(SendError::SlowConsumer);
+            }
+        }
+        self.frames.push((seq, route, frame.clone()));
+        Ok(())
+    }
 }
 
 /// What was last relayed of one participant's typing, and the change held
@@ -51,10 +102,9 @@ impl Room {
         Room {
             conversation,
             members: Vec::new(),
-            recent: RecentClientIds::default(),
             viewed: RecentViews::default(),
-            emptied_at: None,
             typing: Vec::new(),
+            held: Vec::new(),
         }
     }
 
@@ -153,15 +203,24 @@ impl Room {
 
     /// Adds a connection. Tells the others when this is the user's first
     /// connection here, and tells the newcomer whether the other participant
-    /// is here.
-    pub(crate) fn join(&mut self, conn: ConnHandle) {
+    /// is here. A `recovering` one gets nothing until [`Room::release`].
+    pub(crate) fn join(&mut self, conn: ConnHandle, recovering: bool) {
         let user = conn.user_id();
+        let conn_id = conn.id();
         let first_of_user = !self.is_here(user);
         let other = self.other_than(user);
         let other_online = self.is_here(other);
-        let _ = conn.send(protocol::presence_event(other, other_online));
         self.members.push(conn);
-        self.emptied_at = None;
+        if recovering {
+            self.held.push(Held {
+                conn_id,
+                frames: Vec::new(),
+                others_bytes: 0,
+            });
+        }
+        self.deliver(&protocol::presence_event(other, other_online), 0, |m| {
+            (m.id() == conn_id).then_some(Route::Others)
+        });
         if first_of_user {
             self.broadcast_to_others_of(user, &protocol::presence_event(user, true));
         }
@@ -174,25 +233,48 @@ impl Room {
             return;
         };
         let user = self.members.swap_remove(index).user_id();
+        self.held.retain(|held| held.conn_id != conn_id);
         if !self.is_here(user) {
             // Nothing held is relayed after the user is gone, and their
             // first `typing` after a return is news again.
             self.typing.retain(|slot| slot.user != user);
             self.broadcast_to_others_of(user, &protocol::presence_event(user, false));
         }
-        if self.members.is_empty() {
-            self.emptied_at = Some(Instant::now());
+    }
+
+    /// The replay of recovering connection `conn_id` is queued: queues
+    /// `recovered`, then what was held back for it, less the messages the
+    /// replay carried (`seq <= last_seq`).
+    pub(crate) fn release(&mut self, conn_id: u64, last_seq: Seq, recovered: Bytes) {
+        let Some(index) = self.held.iter().position(|held| held.conn_id == conn_id) else {
+            return;
+        };
+        let held = self.held.swap_remove(index);
+        let Some(member) = self.member(conn_id) else {
+            return;
+        };
+        let mut sent = member.send_own(recovered);
+        for (seq, route, frame) in held.frames {
+            if sent.is_err() {
+                break;
+            }
+            if seq == 0 || seq > last_seq {
+                sent = route.send(member, frame);
+            }
+        }
+        if sent.is_err() {
+            self.leave(conn_id);
         }
     }
 
-    /// Relays a message to every member; for its sender's connection it is
-    /// the echo of its own frame.
-    pub(crate) fn relay(&mut self, frame: &Bytes, sender_conn: u64) {
-        self.send_each(|member| {
+    /// Relays a stored message (number `seq`) to every member; for its
+    /// sender's connection it is the echo of its own frame.
+    pub(crate) fn relay(&mut self, frame: &Bytes, seq: Seq, sender_conn: u64) {
+        self.deliver(frame, seq, |member| {
             Some(if member.id() == sender_conn {
-                member.send_own(frame.clone())
+                Route::Own
             } else {
-                member.send(frame.clone())
+                Route::Others
             })
         });
     }
@@ -201,40 +283,47 @@ impl Room {
     /// whose queue is full or gone are dropped from the room at once (a full
     /// one has been asked to close with 1013).
     pub(crate) fn broadcast(&mut self, frame: &Bytes, except: Option<u64>) {
-        self.send_where(frame, |member| Some(member.id()) != except);
+        self.deliver(frame, 0, |member| {
+            (Some(member.id()) != except).then_some(Route::Others)
+        });
     }
 
     fn broadcast_to_others_of(&mut self, user: UserId, frame: &Bytes) {
-        self.send_where(frame, |member| member.user_id() != user);
-    }
-
-    /// Queues `frame`, as others' traffic, to the members `to` picks.
-    fn send_where(&mut self, frame: &Bytes, to: impl Fn(&ConnHandle) -> bool) {
-        self.send_each(|member| to(member).then(|| member.send(frame.clone())));
-    }
-
-    /// Runs `send` for every member (`None`: not addressed); drops from the
-    /// room those whose queue was full or gone.
-    fn send_each(&mut self, send: impl Fn(&ConnHandle) -> Option<Result<(), SendError>>) {
-        let dropped: Vec<u64> = self
-            .members
-            .iter()
-            .filter(|member| matches!(send(member), Some(Err(_))))
-            .map(ConnHandle::id)
-            .collect();
-        for conn_id in dropped {
-            self.leave(conn_id);
-        }
+        self.deliver(frame, 0, |member| {
+            (member.user_id() != user).then_some(Route::Others)
+        });
     }
 
     /// Queues a reply to connection `conn_id`'s own frame (an `ack`, an
     /// `error`): never a slow-consumer close, see `ConnHandle::send_own`.
     pub(crate) fn send_to(&mut self, conn_id: u64, frame: Bytes) {
-        let failed = match self.member(conn_id) {
-            Some(member) => member.send_own(frame).is_err(),
-            None => false,
-        };
-        if failed {
+        self.deliver(&frame, 0, |member| {
+            (member.id() == conn_id).then_some(Route::Own)
+        });
+    }
+
+    /// Queues `frame` (message number `seq`, or 0) to the members `route`
+    /// addresses, or holds it for those recovering; drops from the room
+    /// those whose queue was full or gone.
+    fn deliver(&mut self, frame: &Bytes, seq: Seq, route: impl Fn(&ConnHandle) -> Option<Route>) {
+        let mut dropped = Vec::new();
+        for member in &self.members {
+            let Some(route) = route(member) else {
+                continue;
+            };
+            let held = self
+                .held
+                .iter_mut()
+                .find(|held| held.conn_id == member.id());
+            let sent = match held {
+                Some(held) => held.push(member, seq, route, frame),
+                None => route.send(member, frame.clone()),
+            };
+            if sent.is_err() {
+                dropped.push(member.id());
+            }
+        }
+        for conn_id in dropped {
             self.leave(conn_id);
         }
     }
@@ -262,6 +351,7 @@ mod tests {
             mentor_id: 10,
             student_id: 20,
             created_at: Millis(0),
+            last_seq: 0,
         }
     }
 
@@ -277,14 +367,14 @@ mod tests {
     fn presence_follows_first_and_last_connection_of_a_user() {
         let mut room = Room::new(conversation());
         let (mentor, mut mentor_rx) = ConnHandle::new(1, 10, 4096);
-        room.join(mentor);
+        room.join(mentor, false);
         assert_eq!(
             drain(&mut mentor_rx),
             vec![serde_json::json!({"type":"presence","user_id":20,"online":false})]
         );
 
         let (tab1, mut tab1_rx) = ConnHandle::new(2, 20, 4096);
-        room.join(tab1);
+        room.join(tab1, false);
         assert_eq!(
             drain(&mut tab1_rx),
             vec![serde_json::json!({"type":"presence","user_id":10,"online":true})]
@@ -295,7 +385,7 @@ mod tests {
         );
 
         let (tab2, _tab2_rx) = ConnHandle::new(3, 20, 4096);
-        room.join(tab2);
+        room.join(tab2, false);
         assert!(drain(&mut mentor_rx).is_empty(), "a second tab is not news");
         assert!(
             drain(&mut tab1_rx).is_empty(),
@@ -321,8 +411,8 @@ mod tests {
         let mut room = Room::new(conversation());
         let (fast, mut fast_rx) = ConnHandle::new(1, 10, 65536);
         let (slow, _slow_rx) = ConnHandle::new(2, 20, 140);
-        room.join(fast);
-        room.join(slow.clone());
+        room.join(fast, false);
+        room.join(slow.clone(), false);
         drain(&mut fast_rx);
         for _ in 0..10 {
             room.broadcast(&Bytes::from_static(b"\x81\x02{}"), None);
@@ -348,8 +438,8 @@ mod tests {
         let mut room = Room::new(conversation());
         let (mentor, mut mentor_rx) = ConnHandle::new(1, 10, 65536);
         let (student, mut student_rx) = ConnHandle::new(2, 20, 65536);
-        room.join(mentor);
-        room.join(student);
+        room.join(mentor, false);
+        room.join(student, false);
         drain(&mut mentor_rx);
         drain(&mut student_rx);
         let start = Instant::now();
@@ -404,7 +494,7 @@ mod tests {
         room.leave(2);
         drain(&mut mentor_rx);
         let (back, _back_rx) = ConnHandle::new(3, 20, 65536);
-        room.join(back);
+        room.join(back, false);
         drain(&mut mentor_rx);
         assert!(!room.typing(20, 3, true, typing_at + TYPING_REFRESH));
         assert_eq!(drain(&mut mentor_rx).len(), 1);
@@ -414,10 +504,10 @@ mod tests {
     fn a_message_echo_to_its_sender_never_makes_it_a_slow_consumer() {
         let mut room = Room::new(conversation());
         let (sender, mut sender_rx) = ConnHandle::new(1, 10, 140);
-        room.join(sender.clone());
+        room.join(sender.clone(), false);
         drain(&mut sender_rx);
         for _ in 0..10 {
-            room.relay(&Bytes::from_static(b"\x81\x02{}"), 1);
+            room.relay(&Bytes::from_static(b"\x81\x02{}"), 1, 1);
         }
         assert_eq!(sender.close_requested(), None);
         assert!(room.member(1).is_some());

@@ -3,7 +3,6 @@
 //! from the writer on a second lane, and both are handled here, in order.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -15,18 +14,15 @@ use crate::store::writer::WriterHandle;
 use crate::store::{StoreError, WriteOp, WriteOutcome};
 use crate::wire::protocol::{self, ErrorCode};
 
-/// How long an empty room keeps its recent client ids for a reconnect.
-const ROOM_LINGER: Duration = Duration::from_secs(120);
 /// Commands taken per wake-up: amortises the wake-up over a burst.
 const BATCH: usize = 256;
 
 /// The result of a write, sent back to the shard that asked for it.
 pub(super) enum Done {
     Stored {
-        conversation_id: ConversationId,
         conn_id: u64,
-        id: MessageId,
-        client_id: Option<String>,
+        /// The message as submitted; its `seq` comes with the outcome.
+        message: Message,
         outcome: Result<WriteOutcome, StoreError>,
     },
     Viewed {
@@ -68,8 +64,6 @@ impl Shard {
     pub(super) async fn run(mut self) {
         let mut commands = Vec::with_capacity(BATCH);
         let mut done = Vec::with_capacity(BATCH);
-        let mut sweep = tokio::time::interval(ROOM_LINGER / 4);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut typing_tick = tokio::time::interval(TYPING_INTERVAL / 2);
         typing_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -86,7 +80,6 @@ impl Shard {
                 // Timers before commands: a flood of commands must not
                 // starve them (ticks are rare and cheap).
                 _ = typing_tick.tick(), if !self.typing_held.is_empty() => self.flush_typing(),
-                _ = sweep.tick() => self.drop_lingering_rooms(),
                 n = self.commands.recv_many(&mut commands, BATCH) => {
                     if n == 0 {
                         break;
@@ -104,16 +97,26 @@ impl Shard {
             Command::Join {
                 conversation,
                 conn,
-                recent_client_ids,
+                recovering,
             } => {
                 let room = self
                     .rooms
                     .entry(conversation.id)
                     .or_insert_with(|| Room::new(conversation));
-                for (client_id, id) in recent_client_ids {
-                    room.recent.insert(conn.user_id(), &client_id, id);
+                room.join(conn, recovering.is_some());
+                if let Some(joined) = recovering {
+                    let _ = joined.send(());
                 }
-                room.join(conn);
+            }
+            Command::Recovered {
+                conversation_id,
+                conn_id,
+                last_seq,
+                frame,
+            } => {
+                if let Some(room) = self.rooms.get_mut(&conversation_id) {
+                    room.release(conn_id, last_seq, frame);
+                }
             }
             Command::Leave {
                 conversation_id,
@@ -121,7 +124,9 @@ impl Shard {
             } => {
                 if let Some(room) = self.rooms.get_mut(&conversation_id) {
                     room.leave(conn_id);
-                    if room.is_empty() && room.recent.is_empty() {
+                    // Writes still in flight for it complete without a
+                    // room: stored, relayed to nobody (nobody is here).
+                    if room.is_empty() {
                         self.rooms.remove(&conversation_id);
                     }
                 }
@@ -155,8 +160,11 @@ impl Shard {
         }
     }
 
-    /// Delivery before durability: the message is handed to the writer, then
-    /// relayed at once; the sender's `ack` follows when its batch commits.
+    /// Stored, then relayed (CONTRACT §6): the message goes to the writer,
+    /// and is relayed, echoed and acknowledged when its batch is durable
+    /// and the store has given it its `seq` (`on_done`). A resend of a
+    /// stored `client_id` is answered by the store as `Duplicate`: only the
+    /// `ack` goes out.
     fn publish(
         &mut self,
         conversation_id: ConversationId,
@@ -168,35 +176,27 @@ impl Shard {
         let Some(room) = self.rooms.get_mut(&conversation_id) else {
             return;
         };
-        let resent = client_id
-            .as_deref()
-            .and_then(|cid| room.recent.get(sender_id, cid));
         let message = Message {
             id: ObjectId::new(),
             conversation_id,
             sender_id,
             text,
             created_at: now(),
+            seq: 0,
             client_id,
             viewed_by: None,
             viewed_at: None,
         };
-        // A resend is written again only to learn, in order behind the
-        // original, when the original is durable: the store answers
-        // `Duplicate` with the first id, and that id is acknowledged.
-        let frame = resent.is_none().then(|| protocol::message_event(&message));
-        let id = message.id;
-        let client_id = message.client_id.clone();
-        let reply_client_id = client_id.clone();
+        // A copy to relay once stored: the store takes the original.
+        let relayed = message.clone();
+        let refusal_client_id = message.client_id.clone();
         let done_tx = self.done_tx.clone();
         let submitted = self.writer.submit(
             WriteOp::Insert(message),
             Box::new(move |outcome| {
                 let _ = done_tx.send(Done::Stored {
-                    conversation_id,
                     conn_id,
-                    id,
-                    client_id: reply_client_id,
+                    message: relayed,
                     outcome,
                 });
             }),
@@ -205,17 +205,10 @@ impl Shard {
             let refusal = protocol::error_event(
                 ErrorCode::Overloaded,
                 "the server cannot store messages fast enough; resend later",
-                client_id.as_deref(),
+                refusal_client_id.as_deref(),
             );
             room.settle(conn_id);
             room.send_to(conn_id, refusal);
-            return;
-        }
-        if let Some(frame) = frame {
-            if let Some(cid) = client_id.as_deref() {
-                room.recent.insert(sender_id, cid, id);
-            }
-            room.relay(&frame, conn_id);
         }
     }
 
@@ -270,27 +263,31 @@ impl Shard {
     fn on_done(&mut self, done: Done) {
         match done {
             Done::Stored {
-                conversation_id,
                 conn_id,
-                id,
-                client_id,
+                mut message,
                 outcome,
             } => {
+                let conversation_id = message.conversation_id;
                 let Some(room) = self.rooms.get_mut(&conversation_id) else {
                     return;
                 };
                 room.settle(conn_id);
-                let frame = match outcome {
-                    Ok(WriteOutcome::Inserted) => protocol::ack_event(&id, client_id.as_deref()),
-                    Ok(WriteOutcome::Duplicate { existing }) => {
-                        protocol::ack_event(&existing, client_id.as_deref())
+                let client_id = message.client_id.as_deref();
+                let ack = match outcome {
+                    Ok(WriteOutcome::Inserted { seq }) => {
+                        message.seq = seq;
+                        room.relay(&protocol::message_event(&message), seq, conn_id);
+                        protocol::ack_event(&message.id, seq, message.client_id.as_deref())
+                    }
+                    Ok(WriteOutcome::Duplicate { existing, seq }) => {
+                        protocol::ack_event(&existing, seq, client_id)
                     }
                     Ok(other) => {
                         tracing::error!(outcome = ?other, %conversation_id, "message not stored");
                         protocol::error_event(
                             ErrorCode::Internal,
                             "the message could not be stored",
-                            client_id.as_deref(),
+                            client_id,
                         )
                     }
                     Err(error) => {
@@ -298,11 +295,11 @@ impl Shard {
                         protocol::error_event(
                             ErrorCode::Internal,
                             "the message could not be stored; resend it",
-                            client_id.as_deref(),
+                            client_id,
                         )
                     }
                 };
-                room.send_to(conn_id, frame);
+                room.send_to(conn_id, ack);
             }
             Done::Viewed {
                 conversation_id,
@@ -353,14 +350,6 @@ impl Shard {
         self.typing_held.retain(|id| match rooms.get_mut(id) {
             Some(room) => room.flush_typing(now),
             None => false,
-        });
-    }
-
-    fn drop_lingering_rooms(&mut self) {
-        let now = Instant::now();
-        self.rooms.retain(|_, room| match room.emptied_at {
-            Some(at) => room.is_empty() && now.duration_since(at) < ROOM_LINGER,
-            None => true,
         });
     }
 }

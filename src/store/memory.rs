@@ -13,7 +13,8 @@ use super::{
     WriteOutcome,
 };
 use crate::model::{
-    Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, ObjectId, UserId,
+    Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, ObjectId, Seq,
+    UserId,
 };
 
 #[derive(Default)]
@@ -31,6 +32,9 @@ struct State {
     /// The messages with a client id, by sender and id: `recent_client_ids`
     /// reads the newest without visiting anyone else's.
     with_client_id: BTreeSet<(ConversationId, UserId, MessageId)>,
+    /// Each message's id by (conversation, seq); the last entry of a
+    /// conversation is its `last_seq`.
+    by_seq: BTreeMap<(ConversationId, Seq), MessageId>,
 }
 
 impl MemoryStore {
@@ -40,12 +44,27 @@ impl MemoryStore {
 }
 
 impl State {
+    fn last_seq(&self, conversation: ConversationId) -> Seq {
+        self.by_seq
+            .range((conversation, 0)..=(conversation, Seq::MAX))
+            .next_back()
+            .map_or(0, |(&(_, seq), _)| seq)
+    }
+
+    /// `conversation` with its current `last_seq`.
+    fn current(&self, conversation: &Conversation) -> Conversation {
+        Conversation {
+            last_seq: self.last_seq(conversation.id),
+            ..conversation.clone()
+        }
+    }
+
     fn apply(&mut self, op: WriteOp) -> WriteOutcome {
         match op {
-            WriteOp::Insert(message) => {
+            WriteOp::Insert(mut message) => {
                 let key = (message.conversation_id, message.id);
-                if self.messages.contains_key(&key) {
-                    return WriteOutcome::Inserted;
+                if let Some(stored) = self.messages.get(&key) {
+                    return WriteOutcome::Inserted { seq: stored.seq };
                 }
                 if let Some(client_id) = &message.client_id {
                     let dedupe = (
@@ -54,8 +73,10 @@ impl State {
                         client_id.clone(),
                     );
                     if let Some(existing) = self.client_ids.get(&dedupe) {
+                        let seq = self.messages[&(message.conversation_id, *existing)].seq;
                         return WriteOutcome::Duplicate {
                             existing: *existing,
+                            seq,
                         };
                     }
                     self.client_ids.insert(dedupe, message.id);
@@ -65,8 +86,12 @@ impl State {
                         message.id,
                     ));
                 }
+                message.seq = self.last_seq(message.conversation_id) + 1;
+                let seq = message.seq;
+                self.by_seq
+                    .insert((message.conversation_id, seq), message.id);
                 self.messages.insert(key, message);
-                WriteOutcome::Inserted
+                WriteOutcome::Inserted { seq }
             }
             WriteOp::View {
                 conversation_id,
@@ -93,7 +118,7 @@ impl Store for MemoryStore {
     ) -> StoreFuture<'_, Conversation> {
         let mut state = self.state.lock();
         let conversation = match state.by_key.get(&key) {
-            Some(id) => state.conversations[id].clone(),
+            Some(id) => state.current(&state.conversations[id]),
             None => {
                 let conversation = Conversation {
                     id: ObjectId::new(),
@@ -101,6 +126,7 @@ impl Store for MemoryStore {
                     mentor_id: key.mentor_id,
                     student_id: key.student_id,
                     created_at,
+                    last_seq: 0,
                 };
                 state.by_key.insert(key, conversation.id);
                 state
@@ -113,21 +139,22 @@ impl Store for MemoryStore {
     }
 
     fn conversation(&self, id: ConversationId) -> StoreFuture<'_, Option<Conversation>> {
-        let found = self.state.lock().conversations.get(&id).cloned();
+        let state = self.state.lock();
+        let found = state.conversations.get(&id).map(|c| state.current(c));
         Box::pin(async move { Ok(found) })
     }
 
     fn conversations(&self, filter: ConversationFilter) -> StoreFuture<'_, Vec<Conversation>> {
-        let mut list: Vec<Conversation> = self
-            .state
-            .lock()
+        let state = self.state.lock();
+        let mut list: Vec<Conversation> = state
             .conversations
             .values()
             .filter(|c| filter.mentor_id.is_none_or(|m| c.mentor_id == m))
             .filter(|c| filter.student_id.is_none_or(|s| c.student_id == s))
             .filter(|c| filter.participant.is_none_or(|p| c.has_participant(p)))
-            .cloned()
+            .map(|c| state.current(c))
             .collect();
+        drop(state);
         // Oldest by the caller's `created_at`, which need not follow the
         // id (creation) order the map keeps.
         list.sort_by_key(|c| (c.created_at, c.id));
@@ -153,6 +180,20 @@ impl Store for MemoryStore {
         }
         let page = page.finish();
         Box::pin(async move { Ok(page) })
+    }
+
+    fn message_at_seq(
+        &self,
+        conversation_id: ConversationId,
+        seq: Seq,
+    ) -> StoreFuture<'_, Option<MessageId>> {
+        let found = self
+            .state
+            .lock()
+            .by_seq
+            .get(&(conversation_id, seq))
+            .copied();
+        Box::pin(async move { Ok(found) })
     }
 
     fn recent_client_ids(

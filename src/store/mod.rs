@@ -17,7 +17,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::model::{
-    Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, UserId, ViewEffect,
+    Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, Seq, UserId,
+    ViewEffect,
 };
 
 /// A boxed future, so `Store` can be a trait object shared by REST, the
@@ -169,10 +170,12 @@ impl PageBuilder {
 /// One write the writer hands to [`Store::write_batch`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteOp {
-    /// Insert a message. Idempotent: if a message with the same `id` is
-    /// already stored this is [`WriteOutcome::Inserted`] again (a retried
-    /// batch); if one with the same (conversation, sender, client_id) is,
-    /// it is [`WriteOutcome::Duplicate`] naming the stored id.
+    /// Insert a message, giving it the next `seq` of its conversation (its
+    /// own `seq` field is ignored). Idempotent: if a message with the same
+    /// `id` is already stored this is [`WriteOutcome::Inserted`] again with
+    /// the seq it got (a retried batch); if one with the same (conversation,
+    /// sender, client_id) is, it is [`WriteOutcome::Duplicate`] naming the
+    /// stored id and seq, and no seq is used.
     Insert(Message),
     /// Mark a message viewed: sets `viewed_by` and `viewed_at` only on the
     /// message `message_id` of `conversation_id` whose sender is not
@@ -190,11 +193,12 @@ pub enum WriteOp {
 /// What one [`WriteOp`] did, in the order the ops were given.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteOutcome {
-    /// The message is stored (now, or already by an earlier try of this batch).
-    Inserted,
+    /// The message is stored (now, or already by an earlier try of this
+    /// batch) as number `seq` of its conversation.
+    Inserted { seq: Seq },
     /// Another message with this (conversation, sender, client_id) was stored
     /// first; nothing was written.
-    Duplicate { existing: MessageId },
+    Duplicate { existing: MessageId, seq: Seq },
     /// The view was recorded.
     Viewed,
     /// The message was viewed by this viewer before (another `View` op):
@@ -224,7 +228,10 @@ impl From<ViewEffect> for WriteOutcome {
 ///   number of concurrent calls for one key return the same conversation.
 /// - `write_batch` applies ops in order (a `View` after the `Insert` it names
 ///   in the same batch sees it) and returns one outcome per op. `Ok` means
-///   every `Inserted`/`Viewed` outcome is durable. `Err(Unavailable)` means
+///   every `Inserted`/`Viewed` outcome is durable. Each conversation's
+///   inserts get seqs 1, 2, 3 … in the order they are applied, with no gap
+///   and no repeat, also across restarts and retried batches (the one
+///   writer of a conversation's seqs is the store's writer). `Err(Unavailable)` means
 ///   the batch may be partly applied and is safe to retry whole: inserts are
 ///   idempotent by id and by client_id, views by value.
 /// - Reads never wait behind a write batch for long: they do not share one
@@ -247,6 +254,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// One page of history; see [`HistoryQuery`].
     fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, HistoryPage>;
+
+    /// The id of message number `seq` of `conversation_id`, if stored: the
+    /// seq cursors of REST and recovery are resolved to id cursors with it
+    /// (within a conversation, seq order is id order).
+    fn message_at_seq(
+        &self,
+        conversation_id: ConversationId,
+        seq: Seq,
+    ) -> StoreFuture<'_, Option<MessageId>>;
 
     /// The `client_id`s (with their message ids) of the newest `limit`
     /// messages `sender_id` sent to `conversation_id` with a client id, so a

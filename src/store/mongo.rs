@@ -398,6 +398,19 @@ impl Store for MongoStore {
         Box::pin(self.bounded("write_batch", self.apply_batch(ops)))
     }
 
+    fn message_at_seq(
+        &self,
+        conversation_id: ConversationId,
+        seq: crate::model::Seq,
+    ) -> StoreFuture<'_, Option<MessageId>> {
+        Box::pin(async move {
+            let _ = (conversation_id, seq);
+            Err(StoreError::Internal(
+                "mongodb: seq lookups are not implemented yet".into(),
+            ))
+        })
+    }
+
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(self.ping_now())
     }

@@ -26,6 +26,7 @@
 
 mod errors;
 mod journal;
+mod legacy_seq;
 mod pragmas;
 mod priority;
 mod readers;
@@ -53,7 +54,7 @@ use super::{
     ConversationFilter, HistoryPage, HistoryQuery, Store, StoreError, StoreFuture, WriteOp,
     WriteOutcome,
 };
-use crate::model::{Conversation, ConversationId, ConversationKey, MessageId, Millis, UserId};
+use crate::model::{Conversation, ConversationId, ConversationKey, MessageId, Millis, Seq, UserId};
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "chat.sqlite3";
@@ -212,27 +213,63 @@ impl Store for SqliteStore {
         Box::pin(async move {
             // Almost always the conversation exists: look it up on a reader
             // so an upgrade does not queue behind write batches.
-            if let Some(found) = self
+            let found = match self
                 .read(move |conn| sql::conversation_by_key(conn, &key))
                 .await?
             {
-                return Ok(found);
-            }
-            self.write(|reply| WriteJob::ConversationFor {
-                key,
-                created_at,
-                reply,
-            })
-            .await
+                Some(found) => found,
+                None => {
+                    self.write(|reply| WriteJob::ConversationFor {
+                        key,
+                        created_at,
+                        reply,
+                    })
+                    .await?
+                }
+            };
+            let mut conversation = found;
+            with_tail_seq(&mut conversation, &self.tail.read());
+            Ok(conversation)
         })
     }
 
     fn conversation(&self, id: ConversationId) -> StoreFuture<'_, Option<Conversation>> {
-        self.read(move |conn| sql::conversation_by_id(conn, id))
+        let tail = Arc::clone(&self.tail);
+        self.read(move |conn| {
+            let mut found = sql::conversation_by_id(conn, id)?;
+            if let Some(conversation) = &mut found {
+                with_tail_seq(conversation, &tail.read());
+            }
+            Ok(found)
+        })
     }
 
     fn conversations(&self, filter: ConversationFilter) -> StoreFuture<'_, Vec<Conversation>> {
-        self.read(move |conn| sql::conversations(conn, &filter))
+        let tail = Arc::clone(&self.tail);
+        self.read(move |conn| {
+            let mut list = sql::conversations(conn, &filter)?;
+            let tail = tail.read();
+            for conversation in &mut list {
+                with_tail_seq(conversation, &tail);
+            }
+            Ok(list)
+        })
+    }
+
+    fn message_at_seq(
+        &self,
+        conversation_id: ConversationId,
+        seq: Seq,
+    ) -> StoreFuture<'_, Option<MessageId>> {
+        let tail = Arc::clone(&self.tail);
+        self.read(move |conn| {
+            // The tail first, as in `messages`: a merge moves a message
+            // into SQLite before it leaves the tail.
+            if let Some(id) = tail.read().message_at_seq(conversation_id, seq) {
+                return Ok(Some(id));
+            }
+            sql::message_at_seq(conn, conversation_id, seq)
+        })
     }
 
     fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, HistoryPage> {
@@ -268,6 +305,11 @@ impl Store for SqliteStore {
     fn ping(&self) -> StoreFuture<'_, ()> {
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
     }
+}
+
+/// SQLite's `last_seq` does not count the tail's newer messages.
+fn with_tail_seq(conversation: &mut Conversation, tail: &Tail) {
+    conversation.last_seq = conversation.last_seq.max(tail.last_seq(conversation.id));
 }
 
 fn spawn_thread(

@@ -12,7 +12,7 @@ use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
 use super::{frame, json_guard};
-use crate::model::{ConversationId, Message, MessageId, ObjectId, UserId};
+use crate::model::{ConversationId, Message, MessageId, ObjectId, Seq, UserId};
 
 /// Longest `client_id`, in bytes.
 pub(crate) const MAX_CLIENT_ID_BYTES: usize = 64;
@@ -230,11 +230,12 @@ struct MessageEvent<'a> {
     sender_id: UserId,
     text: &'a str,
     created_at: String,
+    seq: Seq,
     #[serde(skip_serializing_if = "Option::is_none")]
     client_id: Option<&'a str>,
 }
 
-/// `{"type":"message","id","conversation_id","sender_id","text","created_at","client_id"?}`
+/// `{"type":"message","id","conversation_id","sender_id","text","created_at","seq","client_id"?}`
 pub fn message_event(message: &Message) -> Bytes {
     encode(&MessageEvent {
         kind: "message",
@@ -243,7 +244,35 @@ pub fn message_event(message: &Message) -> Bytes {
         sender_id: message.sender_id,
         text: &message.text,
         created_at: message.created_at.rfc3339(),
+        seq: message.seq,
         client_id: message.client_id.as_deref(),
+    })
+}
+
+#[derive(Serialize)]
+struct RecoveredEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    conversation_id: &'a ConversationId,
+    from_seq: Seq,
+    last_seq: Seq,
+    complete: bool,
+}
+
+/// `{"type":"recovered","conversation_id","from_seq","last_seq","complete"}`:
+/// the replay asked for with `since_seq` is over (CONTRACT §6).
+pub fn recovered_event(
+    conversation_id: &ConversationId,
+    from_seq: Seq,
+    last_seq: Seq,
+    complete: bool,
+) -> Bytes {
+    encode(&RecoveredEvent {
+        kind: "recovered",
+        conversation_id,
+        from_seq,
+        last_seq,
+        complete,
     })
 }
 
@@ -295,15 +324,17 @@ struct AckEvent<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     id: &'a MessageId,
+    seq: Seq,
     #[serde(skip_serializing_if = "Option::is_none")]
     client_id: Option<&'a str>,
 }
 
-/// `{"type":"ack","id","client_id"?}`: the message is durable.
-pub fn ack_event(id: &MessageId, client_id: Option<&str>) -> Bytes {
+/// `{"type":"ack","id","seq","client_id"?}`: the message is durable.
+pub fn ack_event(id: &MessageId, seq: Seq, client_id: Option<&str>) -> Bytes {
     encode(&AckEvent {
         kind: "ack",
         id,
+        seq,
         client_id,
     })
 }
@@ -482,6 +513,7 @@ mod tests {
             sender_id: 10,
             text: "Hello!".into(),
             created_at: Millis(1_735_725_600_000),
+            seq: 0,
             client_id: Some("c1".into()),
             viewed_by: None,
             viewed_at: None,
@@ -514,12 +546,16 @@ mod tests {
             serde_json::json!({"type":"viewed","message_id":msg.to_string(),"viewer_id":15,"conversation_id":conv.to_string()})
         );
         assert_eq!(
-            json_of(&ack_event(&msg, None)),
-            serde_json::json!({"type":"ack","id":msg.to_string()})
+            json_of(&ack_event(&msg, 7, None)),
+            serde_json::json!({"type":"ack","id":msg.to_string(),"seq":7})
         );
         assert_eq!(
-            json_of(&ack_event(&msg, Some("x"))),
-            serde_json::json!({"type":"ack","id":msg.to_string(),"client_id":"x"})
+            json_of(&ack_event(&msg, 8, Some("x"))),
+            serde_json::json!({"type":"ack","id":msg.to_string(),"seq":8,"client_id":"x"})
+        );
+        assert_eq!(
+            json_of(&recovered_event(&conv, 4, 9, false)),
+            serde_json::json!({"type":"recovered","conversation_id":conv.to_string(),"from_seq":4,"last_seq":9,"complete":false})
         );
         assert_eq!(
             json_of(&presence_event(15, true)),
@@ -535,6 +571,7 @@ mod tests {
             sender_id: 1,
             text: "x".repeat(70_000),
             created_at: Millis(0),
+            seq: 0,
             client_id: None,
             viewed_by: None,
             viewed_at: None,

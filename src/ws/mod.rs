@@ -5,4 +5,5 @@
 
 pub(crate) mod rate;
 pub mod reader;
+pub(crate) mod recovery;
 pub(crate) mod session;

@@ -21,9 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::rate::{RateLimit, TokenBucket, Verdict};
 use super::reader::{FrameReader, Received};
+use super::recovery::Recovery;
 use crate::hub::conn::Receiver;
 use crate::hub::{Command, ConnHandle};
-use crate::model::{Conversation, MessageId, UserId};
+use crate::model::{Conversation, UserId};
 use crate::wire::close::{self, Close};
 use crate::wire::frame;
 use crate::wire::protocol::{self, ErrorCode, Inbound};
@@ -58,7 +59,9 @@ pub(crate) struct Session {
     pub(crate) conn_id: u64,
     pub(crate) user_id: UserId,
     pub(crate) conversation: Conversation,
-    pub(crate) recent_client_ids: Vec<(String, MessageId)>,
+    /// Set when the client asked for a replay (`since_seq`); boxed, since
+    /// most connections never do.
+    pub(crate) recovery: Option<Box<Recovery>>,
     pub(crate) shard: mpsc::Sender<Command>,
     pub(crate) limits: SessionLimits,
     /// Cancelled when the server shuts down: the session closes with 1001.
@@ -93,14 +96,28 @@ impl Session {
             ConnHandle::new(self.conn_id, self.user_id, self.limits.outbound_queue_bytes);
         conn.touch();
         let conversation_id = self.conversation.id;
+        let (recovery, recovering) = match self.recovery {
+            Some(recovery) => {
+                let (joined, on_join) = tokio::sync::oneshot::channel();
+                (Some((recovery, on_join)), Some(joined))
+            }
+            None => (None, None),
+        };
         let join = Command::Join {
             conversation: self.conversation.clone(),
             conn: conn.clone(),
-            recent_client_ids: self.recent_client_ids,
+            recovering,
         };
         if self.shard.send(join).await.is_err() {
             conn.close(Close::Shutdown);
         }
+        // Before the reader starts: the client's frames wait while its
+        // replay is queued (its writer drains it meanwhile).
+        let replay = async {
+            if let Some((recovery, joined)) = recovery {
+                Box::pin(recovery.run(joined, &conn, &self.shard, conversation_id)).await;
+            }
+        };
         let frames = FrameReader::new(read, self.limits.max_frame_bytes);
         let reader = Reader {
             conn: conn.clone(),
@@ -116,7 +133,10 @@ impl Session {
         // joined here is held whole for the connection's life: keep them
         // few and small (rarely taken paths are boxed).
         let ((), why) = tokio::join!(
-            reader.run(frames),
+            async {
+                replay.await;
+                reader.run(frames).await
+            },
             write_loop(&mut write, outbound, &conn, &self.shutdown, self.limits),
         );
         // Leave the room before the socket closes: a client that has seen
@@ -676,8 +696,9 @@ mod tests {
                 mentor_id: 1,
                 student_id: 2,
                 created_at: Millis(0),
+                last_seq: 0,
             },
-            recent_client_ids: Vec::new(),
+            recovery: None,
             shard,
             limits: limits(),
             shutdown: CancellationToken::new(),

@@ -69,6 +69,13 @@ impl Store for TempSqlite {
     fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, HistoryPage> {
         self.store.messages(query)
     }
+    fn message_at_seq(
+        &self,
+        conversation_id: ConversationId,
+        seq: u64,
+    ) -> StoreFuture<'_, Option<MessageId>> {
+        self.store.message_at_seq(conversation_id, seq)
+    }
     fn recent_client_ids(
         &self,
         conversation_id: ConversationId,
@@ -127,6 +134,7 @@ pub fn message(
         sender_id,
         text: text.to_string(),
         created_at: Millis(1_735_725_600_000),
+        seq: 0,
         client_id: client_id.map(str::to_string),
         viewed_by: None,
         viewed_at: None,

@@ -109,7 +109,7 @@ impl MongoStore {
             },
         };
         for (position, _) in inserts {
-            outcomes[*position] = Some(WriteOutcome::Inserted);
+            outcomes[*position] = Some(WriteOutcome::Inserted { seq: 0 });
         }
         let mut duplicates = Vec::new();
         for write_error in write_errors {
@@ -181,9 +181,12 @@ impl MongoStore {
         .await?;
         for (position, message) in duplicates {
             let outcome = if stored.iter().any(|key| key.id == message.id) {
-                WriteOutcome::Inserted
+                WriteOutcome::Inserted { seq: 0 }
             } else if let Some(first) = stored.iter().find(|key| key.same_client_message(message)) {
-                WriteOutcome::Duplicate { existing: first.id }
+                WriteOutcome::Duplicate {
+                    existing: first.id,
+                    seq: 0,
+                }
             } else {
                 // Blocked by some other unique index: retrying cannot help.
                 WriteOutcome::Rejected("duplicate key on an unexpected unique index".into())

@@ -36,6 +36,11 @@ pub(crate) fn message_document(message: &Message) -> Document {
     if let Some(at) = message.viewed_at {
         document.insert("viewed_at", bson_date(at));
     }
+    if let Ok(seq) = i64::try_from(message.seq) {
+        if seq > 0 {
+            document.insert("seq", Bson::Int64(seq));
+        }
+    }
     document
 }
 
@@ -47,6 +52,8 @@ pub(crate) fn conversation_from(document: &Document) -> Result<Conversation, Sto
         mentor_id: required_int(document, "mentor_id", "conversation")?,
         student_id: required_int(document, "student_id", "conversation")?,
         created_at: date_or_id_time(document, id),
+        // Filled by the reads that know it.
+        last_seq: 0,
     })
 }
 
@@ -70,6 +77,10 @@ pub(crate) fn message_from(document: &Document) -> Result<Message, StoreError> {
         // User ids are positive; a 0 is a Go zero value, i.e. "nobody".
         viewed_by: int(document, "viewed_by").filter(|viewer: &UserId| *viewer > 0),
         viewed_at: optional_date(document, "viewed_at"),
+        // Absent: a legacy message before the numbering at start.
+        seq: int(document, "seq")
+            .and_then(|seq| u64::try_from(seq).ok())
+            .unwrap_or(0),
     })
 }
 
@@ -134,6 +145,7 @@ mod tests {
             sender_id: 10,
             text: "héllo".into(),
             created_at: Millis(1_735_725_600_123),
+            seq: 0,
             client_id: Some("c-1".into()),
             viewed_by: None,
             viewed_at: None,

@@ -12,7 +12,8 @@
 //!
 //! All integers are little-endian.
 //!
-//! - Header, 16 bytes: magic `CHATJNL\0`, u32 version (1), u32 reserved (0).
+//! - Header, 16 bytes: magic `CHATJNL\0`, u32 version (2; 1 is still
+//!   read), u32 reserved (0).
 //!   A wrong magic or version is an error, never a torn segment: the service
 //!   must refuse to start rather than ignore someone else's file.
 //! - Records, one per `WriteOp`, back to back: u32 payload length, u32
@@ -24,7 +25,9 @@
 //! - Payload: u8 tag, then fixed-order fields: ids as their 12 raw bytes,
 //!   i64 as 8 bytes, strings as u32 length + UTF-8, `Option` as u8 0/1 then
 //!   the value when 1. Insert (tag 1): conversation_id, id, sender_id,
-//!   created_at, text, client_id, viewed_by, viewed_at. View (tag 2):
+//!   created_at, text, client_id, viewed_by, viewed_at, and from version 2
+//!   seq as u64 (a version-1 insert has none: seq 0, numbered at open like
+//!   a legacy message). View (tag 2):
 //!   conversation_id, message_id, viewer_id, at. No self-describing
 //!   encoding: only this binary reads the journal, and any change bumps the
 //!   version. Unknown tags and leftover bytes are damage.
@@ -46,7 +49,9 @@ use crate::store::WriteOp;
 pub(super) use replay::replay;
 
 const MAGIC: &[u8; 8] = b"CHATJNL\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// The version before `seq`: still replayed after an upgrade.
+const VERSION_WITHOUT_SEQ: u32 = 1;
 const HEADER_LEN: u64 = 16;
 const RECORD_HEADER_LEN: usize = 8;
 const MAX_PAYLOAD: usize = 16 << 20;
@@ -243,13 +248,14 @@ pub(crate) fn read_segment(path: &Path) -> io::Result<SegmentContents> {
     if &magic != MAGIC {
         return Err(invalid("not a chat journal segment (bad magic)".into()));
     }
-    if version != VERSION {
+    if version != VERSION && version != VERSION_WITHOUT_SEQ {
         return Err(invalid(format!("unsupported journal version {version}")));
     }
+    let with_seq = version == VERSION;
     let mut records = Vec::new();
     let mut valid_len = HEADER_LEN;
     while !cursor.rest.is_empty() {
-        match next_record(&mut cursor) {
+        match next_record(&mut cursor, with_seq) {
             Some(record) => {
                 records.push(record);
                 valid_len = (data.len() - cursor.rest.len()) as u64;
@@ -273,7 +279,7 @@ fn header() -> [u8; HEADER_LEN as usize] {
 }
 
 /// The next framed record, or `None` when the rest is cut short or damaged.
-fn next_record(cursor: &mut Cursor<'_>) -> Option<WriteOp> {
+fn next_record(cursor: &mut Cursor<'_>, with_seq: bool) -> Option<WriteOp> {
     let len = cursor.u32()? as usize;
     let crc = cursor.u32()?;
     if len > MAX_PAYLOAD {
@@ -283,7 +289,7 @@ fn next_record(cursor: &mut Cursor<'_>) -> Option<WriteOp> {
     if crc32fast::hash(payload) != crc {
         return None;
     }
-    decode_payload(payload)
+    decode_payload(payload, with_seq)
 }
 
 /// Appends one framed record to `buf`; refuses payloads over the limit
@@ -323,6 +329,7 @@ fn encode_payload(buf: &mut Vec<u8>, record: &WriteOp) {
             put_opt(buf, m.viewed_at, |buf, v| {
                 buf.extend_from_slice(&v.0.to_le_bytes())
             });
+            buf.extend_from_slice(&m.seq.to_le_bytes());
         }
         WriteOp::View {
             conversation_id,
@@ -357,7 +364,7 @@ fn put_opt<T>(buf: &mut Vec<u8>, value: Option<T>, put: impl FnOnce(&mut Vec<u8>
 }
 
 /// `None` for anything but a complete, well-formed payload.
-fn decode_payload(payload: &[u8]) -> Option<WriteOp> {
+fn decode_payload(payload: &[u8], with_seq: bool) -> Option<WriteOp> {
     let mut c = Cursor { rest: payload };
     let record = match c.u8()? {
         TAG_INSERT => WriteOp::Insert(Message {
@@ -369,6 +376,7 @@ fn decode_payload(payload: &[u8]) -> Option<WriteOp> {
             client_id: c.opt(Cursor::string)?,
             viewed_by: c.opt(Cursor::i64)?,
             viewed_at: c.opt(|c| c.i64().map(Millis))?,
+            seq: if with_seq { c.u64()? } else { 0 },
         }),
         TAG_VIEW => WriteOp::View {
             conversation_id: c.id()?,
@@ -404,6 +412,10 @@ impl<'a> Cursor<'a> {
 
     fn u32(&mut self) -> Option<u32> {
         self.array().map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        self.array().map(u64::from_le_bytes)
     }
 
     fn i64(&mut self) -> Option<i64> {
@@ -446,6 +458,7 @@ mod tests {
             sender_id: 7 + i64::from(n),
             text: text.to_owned(),
             created_at: Millis(1_700_000_000_000 + i64::from(n)),
+            seq: 0,
             client_id: client_id.map(str::to_owned),
             viewed_by: viewed.map(|(user, _)| user),
             viewed_at: viewed.map(|(_, at)| Millis(at)),
@@ -694,16 +707,16 @@ mod tests {
         for record in first.iter().chain(&second) {
             let mut bytes = Vec::new();
             encode_payload(&mut bytes, record);
-            assert_eq!(decode_payload(&bytes).as_ref(), Some(record));
+            assert_eq!(decode_payload(&bytes, true).as_ref(), Some(record));
             for end in 0..bytes.len() {
-                assert_eq!(decode_payload(&bytes[..end]), None, "prefix {end}");
+                assert_eq!(decode_payload(&bytes[..end], true), None, "prefix {end}");
             }
             let mut longer = bytes.clone();
             longer.push(0);
-            assert_eq!(decode_payload(&longer), None);
+            assert_eq!(decode_payload(&longer, true), None);
             let mut unknown_tag = bytes.clone();
             unknown_tag[0] = 3;
-            assert_eq!(decode_payload(&unknown_tag), None);
+            assert_eq!(decode_payload(&unknown_tag, true), None);
             valid.push(bytes);
         }
         let mut bad_utf8 = Vec::new();
@@ -712,7 +725,7 @@ mod tests {
             &WriteOp::Insert(message(1, "ab", None, None)),
         );
         bad_utf8[1 + 12 + 12 + 8 + 8 + 4] = 0xff;
-        assert_eq!(decode_payload(&bad_utf8), None);
+        assert_eq!(decode_payload(&bad_utf8, true), None);
 
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = || {
@@ -744,13 +757,13 @@ mod tests {
             .collect();
         for bytes in changed.chain(random) {
             // Anything that decodes must be exactly what it encodes to.
-            if let Some(record) = decode_payload(&bytes) {
+            if let Some(record) = decode_payload(&bytes, true) {
                 let mut again = Vec::new();
                 encode_payload(&mut again, &record);
                 assert_eq!(again, bytes);
             }
             let mut cursor = Cursor { rest: &bytes };
-            while next_record(&mut cursor).is_some() {}
+            while next_record(&mut cursor, true).is_some() {}
         }
     }
 }

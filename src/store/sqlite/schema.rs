@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS messages (
     client_id       TEXT,
     viewed_by       INTEGER,
     viewed_at       INTEGER,
+    seq             INTEGER,
     PRIMARY KEY (conversation_id, id)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
@@ -50,6 +51,13 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
 -- clients send none); `client_id` last makes it covering.
 CREATE INDEX IF NOT EXISTS messages_recent_client_ids
     ON messages (conversation_id, sender_id, id, client_id) WHERE client_id IS NOT NULL;
+";
+
+/// After `seq` exists (a database from before it gets the column first).
+/// NULLs (legacy messages before their numbering) are distinct, so the
+/// index is unique without being partial; `last_seq` is one probe of it.
+const SEQ_INDEX: &str = "
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_seq ON messages (conversation_id, seq);
 ";
 
 /// Creates what is missing and records the version; refuses a database a
@@ -68,6 +76,14 @@ pub(super) fn create_schema(conn: &Connection) -> Result<(), StoreError> {
     let building = version > 0 && !index_exists(conn, RECENT_CLIENT_IDS_INDEX)?;
     let started = std::time::Instant::now();
     conn.execute_batch(SCHEMA).map_err(store_error)?;
+    if !column_exists(conn, "messages", "seq")? {
+        // A database from before seq: its messages are numbered at open
+        // (`legacy_seq`). Nullable, so an older build still writes rows.
+        conn.execute_batch("ALTER TABLE messages ADD COLUMN seq INTEGER")
+            .map_err(store_error)?;
+        tracing::info!("SQLite column messages.seq added to the existing database");
+    }
+    conn.execute_batch(SEQ_INDEX).map_err(store_error)?;
     if building {
         tracing::info!(
             index = RECENT_CLIENT_IDS_INDEX,
@@ -77,6 +93,15 @@ pub(super) fn create_schema(conn: &Connection) -> Result<(), StoreError> {
     }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(store_error)
+}
+
+fn column_exists(conn: &Connection, table: &str, column: &str) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+        [table, column],
+        |row| row.get(0),
+    )
+    .map_err(store_error)
 }
 
 fn index_exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {

@@ -8,7 +8,8 @@ use super::rows::{
     conversation_from_row, message_from_row, message_params, CONVERSATION_COLUMNS, MESSAGE_COLUMNS,
 };
 use crate::model::{
-    Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, ObjectId, UserId,
+    Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, ObjectId, Seq,
+    UserId,
 };
 use crate::store::{ConversationFilter, HistoryPage, HistoryQuery, PageBuilder, StoreError};
 
@@ -17,8 +18,8 @@ use crate::store::{ConversationFilter, HistoryPage, HistoryQuery, PageBuilder, S
 /// journaled copy carries is kept. Any other conflict (a resend's client id
 /// the write path let through) stores nothing.
 pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages
-    (conversation_id, id, sender_id, text, created_at, client_id, viewed_by, viewed_at)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+    (conversation_id, id, sender_id, text, created_at, client_id, viewed_by, viewed_at, seq)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
     ON CONFLICT (conversation_id, id) DO UPDATE
         SET viewed_by = excluded.viewed_by, viewed_at = excluded.viewed_at
         WHERE excluded.viewed_by IS NOT NULL
@@ -34,8 +35,13 @@ pub(super) const VIEW_TARGET: &str = "SELECT 1 FROM messages
 /// An earlier message with this client id (a resend). The message's own id
 /// is not looked up: a retried message SQLite already holds is journaled
 /// again, reported `Inserted`, and its second insert does nothing at merge.
-pub(super) const STORED_CLIENT_ID: &str = "SELECT id FROM messages
+pub(super) const STORED_CLIENT_ID: &str = "SELECT id, seq FROM messages
     WHERE conversation_id = ?1 AND sender_id = ?2 AND client_id = ?3";
+/// A conversation's newest seq in SQLite (the write thread adds the tail's).
+pub(super) const LAST_SEQ: &str =
+    "SELECT coalesce(max(seq), 0) FROM messages WHERE conversation_id = ?1";
+/// The id of a conversation's message number ?2.
+const MESSAGE_AT_SEQ: &str = "SELECT id FROM messages WHERE conversation_id = ?1 AND seq = ?2";
 /// A sender's newest client ids; planned onto `messages_recent_client_ids`
 /// (a test checks the plan).
 const RECENT_CLIENT_IDS: &str = "SELECT client_id, id FROM messages
@@ -82,7 +88,7 @@ pub(super) fn insert_message(
 pub(super) fn stored_client_id(
     by_client_id: &mut Statement<'_>,
     message: &Message,
-) -> rusqlite::Result<Option<MessageId>> {
+) -> rusqlite::Result<Option<(MessageId, Seq)>> {
     let Some(client_id) = message.client_id.as_deref() else {
         return Ok(None);
     };
@@ -93,10 +99,39 @@ pub(super) fn stored_client_id(
                 message.sender_id,
                 client_id,
             ),
-            |row| row.get::<_, [u8; 12]>(0),
+            |row| Ok((row.get::<_, [u8; 12]>(0)?, row.get::<_, Option<i64>>(1)?)),
         )
         .optional()?;
-    Ok(stored.map(ObjectId::from_bytes))
+    Ok(stored.map(|(id, seq)| (ObjectId::from_bytes(id), seq_of(seq))))
+}
+
+/// A stored seq; NULL (a legacy message before its numbering) is 0.
+fn seq_of(stored: Option<i64>) -> Seq {
+    stored.and_then(|seq| seq.try_into().ok()).unwrap_or(0)
+}
+
+/// Runs a prepared [`LAST_SEQ`].
+pub(super) fn last_seq(
+    last: &mut Statement<'_>,
+    conversation: ConversationId,
+) -> rusqlite::Result<Seq> {
+    let seq: i64 = last.query_row([conversation.bytes()], |row| row.get(0))?;
+    Ok(seq_of(Some(seq)))
+}
+
+/// The stored part of `Store::message_at_seq`.
+pub(super) fn message_at_seq(
+    conn: &Connection,
+    conversation: ConversationId,
+    seq: Seq,
+) -> rusqlite::Result<Option<MessageId>> {
+    let Ok(seq) = i64::try_from(seq) else {
+        return Ok(None);
+    };
+    conn.prepare_cached(MESSAGE_AT_SEQ)?
+        .query_row((conversation.bytes(), seq), |row| row.get::<_, [u8; 12]>(0))
+        .optional()
+        .map(|id| id.map(ObjectId::from_bytes))
 }
 
 pub(super) fn get_or_create(

@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use foldhash::fast::RandomState as FastHash;
 use rusqlite::Statement;
 
-use super::sql::stored_client_id;
+use super::sql::{last_seq, stored_client_id};
 use super::tail::{ClientKey, Tail};
-use crate::model::{ConversationId, Message, MessageId, Millis, UserId, ViewEffect};
+use crate::model::{ConversationId, Message, MessageId, Millis, Seq, UserId, ViewEffect};
 use crate::store::{WriteOp, WriteOutcome};
 
 /// A view's fields: conversation, message, viewer, time.
@@ -30,6 +30,18 @@ pub(super) struct Staged {
     by_client_id: HashMap<ClientKey, MessageId, FastHash>,
     /// The last view this batch records of each tail message: (viewer, at).
     tail_views: HashMap<(ConversationId, MessageId), (UserId, Millis), FastHash>,
+    /// The last seq this batch gave in each conversation; the write thread
+    /// keeps them only once the batch is journaled.
+    pub(super) last_seqs: HashMap<ConversationId, Seq, FastHash>,
+}
+
+/// What staging reads besides the batch: the tail, SQLite's statements,
+/// and the write thread's last seqs (those it knows; others are read).
+pub(super) struct Lookups<'a, 'conn> {
+    pub(super) tail: &'a Tail,
+    pub(super) by_client_id: &'a mut Statement<'conn>,
+    pub(super) last_seq: &'a mut Statement<'conn>,
+    pub(super) known_seqs: &'a HashMap<ConversationId, Seq, FastHash>,
 }
 
 impl Staged {
@@ -44,12 +56,12 @@ impl Staged {
     /// Decides `op`'s outcome (see `insert` and `view`).
     pub(super) fn push(
         &mut self,
-        tail: &Tail,
-        by_client_id: &mut Statement<'_>,
+        lookups: &mut Lookups<'_, '_>,
         op: WriteOp,
     ) -> rusqlite::Result<()> {
+        let tail = lookups.tail;
         let outcome = match op {
-            WriteOp::Insert(message) => self.insert(tail, by_client_id, message)?,
+            WriteOp::Insert(message) => self.insert(lookups, message)?,
             WriteOp::View {
                 conversation_id,
                 message_id,
@@ -62,21 +74,33 @@ impl Staged {
     }
 
     /// A conflict with this batch, the tail or SQLite (looked up with a
-    /// prepared `STORED_CLIENT_ID`), else staged.
+    /// prepared `STORED_CLIENT_ID`), else staged with the conversation's
+    /// next seq.
     fn insert(
         &mut self,
-        tail: &Tail,
-        by_client_id: &mut Statement<'_>,
-        message: Message,
+        lookups: &mut Lookups<'_, '_>,
+        mut message: Message,
     ) -> rusqlite::Result<WriteOutcome> {
-        if let Some(existing) = self.conflict(tail, &message) {
+        if let Some(existing) = self.conflict(lookups.tail, &message) {
             return Ok(conflict_outcome(&message, existing));
         }
-        if let Some(existing) = stored_client_id(by_client_id, &message)? {
+        if let Some(existing) = stored_client_id(lookups.by_client_id, &message)? {
             return Ok(conflict_outcome(&message, existing));
         }
+        let conversation = message.conversation_id;
+        let last = match self.last_seqs.get(&conversation) {
+            Some(&seq) => seq,
+            None => match lookups.known_seqs.get(&conversation) {
+                Some(&seq) => seq,
+                None => last_seq(lookups.last_seq, conversation)?
+                    .max(lookups.tail.last_seq(conversation)),
+            },
+        };
+        message.seq = last + 1;
+        self.last_seqs.insert(conversation, message.seq);
+        let seq = message.seq;
         self.push_insert(message);
-        Ok(WriteOutcome::Inserted)
+        Ok(WriteOutcome::Inserted { seq })
     }
 
     /// Applied to this batch's insert or to the tail's copy; a message
@@ -124,17 +148,26 @@ impl Staged {
     }
 
     /// A message this batch or the tail already holds with the same id or
-    /// client id.
-    fn conflict(&self, tail: &Tail, message: &Message) -> Option<MessageId> {
-        let (conversation, id) = (message.conversation_id, message.id);
-        if self.by_id.contains_key(&(conversation, id)) || tail.get(conversation, id).is_some() {
-            return Some(id);
+    /// client id: its id and seq.
+    fn conflict(&self, tail: &Tail, message: &Message) -> Option<(MessageId, Seq)> {
+        let conversation = message.conversation_id;
+        let seq_of = |id: MessageId| match self.by_id.get(&(conversation, id)) {
+            Some(&index) => match &self.records[index] {
+                WriteOp::Insert(staged) => Some(staged.seq),
+                WriteOp::View { .. } => None,
+            },
+            None => tail.get(conversation, id).map(|stored| stored.seq),
+        };
+        if let Some(seq) = seq_of(message.id) {
+            return Some((message.id, seq));
         }
         let key = (conversation, message.sender_id, message.client_id.clone()?);
-        self.by_client_id
+        let existing = self
+            .by_client_id
             .get(&key)
             .copied()
-            .or_else(|| tail.by_client_id(&key))
+            .or_else(|| tail.by_client_id(&key))?;
+        Some((existing, seq_of(existing)?))
     }
 
     fn push_insert(&mut self, message: Message) {
@@ -163,10 +196,10 @@ impl Staged {
 }
 
 /// A conflict with the message itself (a retry) is its insert again.
-fn conflict_outcome(message: &Message, existing: MessageId) -> WriteOutcome {
+fn conflict_outcome(message: &Message, (existing, seq): (MessageId, Seq)) -> WriteOutcome {
     if existing == message.id {
-        WriteOutcome::Inserted
+        WriteOutcome::Inserted { seq }
     } else {
-        WriteOutcome::Duplicate { existing }
+        WriteOutcome::Duplicate { existing, seq }
     }
 }

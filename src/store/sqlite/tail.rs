@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
-use crate::model::{ConversationId, Message, MessageId, ObjectId, UserId};
+use crate::model::{ConversationId, Message, MessageId, ObjectId, Seq, UserId};
 use crate::store::{HistoryPage, HistoryQuery, PageBuilder};
 
 type MessageKey = (ConversationId, MessageId);
@@ -139,6 +139,31 @@ impl Tail {
             .get(key)
             .or_else(|| self.merging.client_ids.get(key))
             .copied()
+    }
+
+    /// The newest seq of `conversation` in the tail, 0 when it has none:
+    /// seq order is id order, so it is the last entry of the range.
+    pub(super) fn last_seq(&self, conversation: ConversationId) -> Seq {
+        [&self.active, &self.merging]
+            .iter()
+            .filter_map(|generation| generation.range(conversation, None, None).next_back())
+            .map(|message| message.seq)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The id of `conversation`'s message number `seq`, if the tail has it.
+    pub(super) fn message_at_seq(
+        &self,
+        conversation: ConversationId,
+        seq: Seq,
+    ) -> Option<MessageId> {
+        [&self.active, &self.merging].iter().find_map(|generation| {
+            generation
+                .range(conversation, None, None)
+                .find(|message| message.seq == seq)
+                .map(|message| message.id)
+        })
     }
 
     /// Starts a merge: what was written so far becomes `merging`. Only when
@@ -304,6 +329,7 @@ mod tests {
             sender_id: 1,
             text: "x".repeat(text_len),
             created_at: Millis(0),
+            seq: 0,
             client_id: None,
             viewed_by: None,
             viewed_at: None,
@@ -321,6 +347,7 @@ mod tests {
             sender_id: sender,
             text: "t".into(),
             created_at: Millis(0),
+            seq: 0,
             client_id: client_id.map(str::to_string),
             viewed_by: None,
             viewed_at: None,

@@ -13,20 +13,24 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
+use foldhash::fast::RandomState as FastHash;
 use parking_lot::RwLock;
 use rusqlite::Connection;
 
 use super::errors::{drop_if_refused, journal_error, refuses_only_this_op, store_error};
 use super::journal::{self, remove_segment, Segment};
+use super::legacy_seq::number_unnumbered;
 use super::priority::lower_priority;
 use super::sql::{
-    get_or_create, in_transaction, insert_message, INSERT_MESSAGE, STORED_CLIENT_ID, VIEW_MESSAGE,
-    VIEW_TARGET,
+    get_or_create, in_transaction, insert_message, INSERT_MESSAGE, LAST_SEQ, STORED_CLIENT_ID,
+    VIEW_MESSAGE, VIEW_TARGET,
 };
-use super::staging::{Staged, View};
+use super::staging::{Lookups, Staged, View};
 use super::tail::Tail;
 use super::WriteJob;
-use crate::model::Message;
+use crate::model::{ConversationId, Message, Seq};
 use crate::store::{StoreError, WriteOp, WriteOutcome};
 
 /// A merge starts when this many messages wait in the tail...
@@ -56,6 +60,9 @@ pub(super) struct WriteThread {
     /// The files of the generation being merged, removed once it is merged.
     merging_segments: Vec<PathBuf>,
     merge_retry: Option<(Instant, Duration)>,
+    /// The last seq given in each conversation written to since start: this
+    /// thread is the only writer of seqs, so once read it stays exact.
+    last_seqs: HashMap<ConversationId, Seq, FastHash>,
 }
 
 impl WriteThread {
@@ -69,6 +76,9 @@ impl WriteThread {
         tail: Arc<RwLock<Tail>>,
     ) -> Result<WriteThread, StoreError> {
         let next = journal::replay(&conn, dir, MERGE_CHUNK)?;
+        // After the replay, which may bring unnumbered messages of a
+        // version-1 journal.
+        number_unnumbered(&conn)?;
         let segment = Segment::create(dir, next, sync).map_err(journal_error)?;
         Ok(WriteThread {
             conn,
@@ -80,6 +90,7 @@ impl WriteThread {
             active_retired: Vec::new(),
             merging_segments: Vec::new(),
             merge_retry: None,
+            last_seqs: HashMap::default(),
         })
     }
 
@@ -153,6 +164,7 @@ impl WriteThread {
                 }
                 return Err(journal_error(e));
             }
+            self.last_seqs.extend(staged.last_seqs);
             let mut tail = self.tail.write();
             for record in staged.records {
                 match record {
@@ -171,8 +183,12 @@ impl WriteThread {
             }
         }
         // Memory stays bounded: beyond the limit the ack waits for merges.
+        // The batch is durable already, so a failed merge does not fail it
+        // (a retry would be the same batch again); merging resumes later.
         while self.tail.read().len() > self.tail_limit {
-            self.merge_step()?;
+            if self.merge_step().is_err() {
+                break;
+            }
         }
         Ok(outcomes)
     }
@@ -186,8 +202,15 @@ impl WriteThread {
         in_transaction(&self.conn, "BEGIN", |conn| {
             let tail = self.tail.read();
             let mut by_client_id = conn.prepare_cached(STORED_CLIENT_ID)?;
+            let mut last_seq = conn.prepare_cached(LAST_SEQ)?;
+            let mut lookups = Lookups {
+                tail: &tail,
+                by_client_id: &mut by_client_id,
+                last_seq: &mut last_seq,
+                known_seqs: &self.last_seqs,
+            };
             for op in ops {
-                staged.push(&tail, &mut by_client_id, op)?;
+                staged.push(&mut lookups, op)?;
             }
             Ok(())
         })?;
