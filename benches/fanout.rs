@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use chat_service::config::Config;
 use chat_service::hub::conn::Receiver;
-use chat_service::hub::{Command, ConnHandle, Hub};
+use chat_service::hub::{Command, ConnHandle, Hub, HubSettings};
 use chat_service::model::{Conversation, Millis, ObjectId};
 use chat_service::store::memory::MemoryStore;
 use chat_service::store::writer::{Writer, WriterConfig};
@@ -83,7 +83,11 @@ async fn room(size: usize) -> (Hub, mpsc::Sender<Command>, Vec<Receiver>, Object
         },
     );
     std::mem::forget(writer); // lives for the whole bench
-    let (hub, _shards) = Hub::start(1, handle);
+    let settings = HubSettings {
+        shards: 1,
+        ..HubSettings::from(&Config::defaults())
+    };
+    let (hub, _shards) = Hub::start(settings, handle);
     let conversation = Conversation {
         id: ObjectId::new(),
         lesson_id: 1,

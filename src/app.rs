@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::django::{DjangoClient, DjangoSettings};
 use crate::capacity::{ConnectionGate, HistoryGate};
 use crate::config::Config;
-use crate::hub::Hub;
+use crate::hub::{Hub, HubSettings};
 use crate::store::mongo::{MongoSettings, MongoStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::writer::{Writer, WriterConfig, WriterHandle};
@@ -80,7 +80,7 @@ impl App {
             DjangoClient::new(DjangoSettings::from(&config)).map_err(StartError::Django)?;
         let (writer, writer_handle) =
             Writer::spawn(Arc::clone(&store), WriterConfig::from(&config));
-        let (hub, shards) = Hub::start(config.shard_count(), writer_handle.clone());
+        let (hub, shards) = Hub::start(HubSettings::from(&config), writer_handle.clone());
         let app = App {
             gate: ConnectionGate::from(&config),
             history: HistoryGate::from(&config),

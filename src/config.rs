@@ -218,6 +218,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_WRITER_QUEUE", value_name = "CHAT_WRITER_QUEUE", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub(crate) writer_queue: u32,
 
+    /// A typing indicator not refreshed by a new `is_typing: true` for this
+    /// long ends with `is_typing: false` to the others, in seconds; keep it
+    /// above the clients' repeat interval plus a second.
+    #[arg(long, env = "CHAT_TYPING_TTL_S", value_name = "CHAT_TYPING_TTL_S", default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub(crate) typing_ttl_s: u64,
+
     /// How long shutdown may take to close sockets and flush, in seconds.
     #[arg(long, env = "CHAT_SHUTDOWN_TIMEOUT_S", value_name = "CHAT_SHUTDOWN_TIMEOUT_S", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub(crate) shutdown_timeout_s: u64,
@@ -275,6 +281,10 @@ impl Config {
 
     pub(crate) fn header_timeout(&self) -> Duration {
         Duration::from_secs(self.header_timeout_s)
+    }
+
+    pub(crate) fn typing_ttl(&self) -> Duration {
+        Duration::from_secs(self.typing_ttl_s)
     }
 
     pub(crate) fn shutdown_timeout(&self) -> Duration {
@@ -430,6 +440,10 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.contains("CHAT_HISTORY_CONCURRENCY"), "{err}");
+        for bad in ["0", "301"] {
+            let err = parse(&["--django-base-url", "http://h", "--typing-ttl-s", bad]).unwrap_err();
+            assert!(err.contains("CHAT_TYPING_TTL_S"), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -476,6 +490,7 @@ mod tests {
         assert_eq!(cfg.recovery_max, 1000);
         assert_eq!(cfg.writer_queue, 262_144);
         assert_eq!(cfg.shutdown_timeout_s, 10);
+        assert_eq!(cfg.typing_ttl_s, 6);
         assert_eq!(cfg.mongo_pool_size, 32);
         assert_eq!(cfg.mongo_timeout_ms, 5000);
         assert_eq!(cfg.mongo_w, "majority");

@@ -189,7 +189,16 @@ async fn a_typing_flood_never_fills_the_others_queue() {
             .await
             .unwrap();
     }
-    // The last state is "typing".
+    // A message after the flood still arrives: the mentor was not closed.
+    // It ends the student's typing (CONTRACT §6), so the last state,
+    // "typing", comes after it.
+    student
+        .ws
+        .feed(Message::text(
+            json!({"type": "message", "text": "after"}).to_string(),
+        ))
+        .await
+        .unwrap();
     student
         .ws
         .feed(Message::text(
@@ -198,10 +207,6 @@ async fn a_typing_flood_never_fills_the_others_queue() {
         .await
         .unwrap();
     student.ws.flush().await.unwrap();
-    // A message after the flood still arrives: the mentor was not closed.
-    student
-        .send(json!({"type": "message", "text": "after"}))
-        .await;
     let mut typing = Vec::new();
     loop {
         match mentor.next_within(Duration::from_secs(2)).await {

@@ -7,6 +7,8 @@ mod common;
 use common::django::DjangoStandin;
 use common::server::Server;
 use common::ws::{Client, Next};
+use std::time::Duration;
+
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -226,6 +228,75 @@ async fn typing_goes_to_every_other_connection_but_not_back() {
         mentor.expect("typing").await["is_typing"],
         false,
         "false is sent, not omitted"
+    );
+}
+
+/// CONTRACT §6: a typing indicator cannot get stuck. A `true` not
+/// refreshed for `CHAT_TYPING_TTL_S` ends with `false`, though the student
+/// sends nothing more and stays connected.
+#[tokio::test]
+async fn typing_not_refreshed_for_the_ttl_ends_with_false() {
+    let chat = chat(&[("CHAT_TYPING_TTL_S", "1")]).await;
+    let (mut student, mut mentor) = chat.pair().await;
+    student
+        .send(json!({"type": "typing", "is_typing": true}))
+        .await;
+    let started = mentor.expect("typing").await;
+    assert_eq!(started["is_typing"], true);
+    // A lower bound only: the server cannot end it early.
+    match mentor.next_within(Duration::from_millis(700)).await {
+        Next::Nothing => {}
+        other => panic!("ended before the TTL: {other:?}"),
+    }
+    assert_eq!(
+        mentor.expect("typing").await,
+        json!({
+            "type": "typing",
+            "conversation_id": started["conversation_id"],
+            "sender_id": 25,
+            "is_typing": false,
+        })
+    );
+    student.expect_silence().await;
+}
+
+/// CONTRACT §6: the typer's message, or their last tab closing, ends their
+/// typing at once (well inside the default 6 s TTL).
+#[tokio::test]
+async fn a_message_or_the_last_tab_closing_ends_typing() {
+    let chat = chat(&[]).await;
+    let (mut student, mut mentor) = chat.pair().await;
+    student
+        .send(json!({"type": "typing", "is_typing": true}))
+        .await;
+    assert_eq!(mentor.expect("typing").await["is_typing"], true);
+    student
+        .send(json!({"type": "message", "text": "typed"}))
+        .await;
+    assert_eq!(mentor.expect("typing").await["is_typing"], false);
+    assert_eq!(mentor.expect("message").await["text"], "typed");
+    student.expect("message").await;
+    student.expect("ack").await;
+
+    // Typing again right after the message is news, not a repeat.
+    student
+        .send(json!({"type": "typing", "is_typing": true}))
+        .await;
+    assert_eq!(mentor.expect("typing").await["is_typing"], true);
+
+    let mut tab2 = chat.connect(STUDENT).await;
+    tab2.expect("presence").await;
+    student.close().await;
+    mentor.expect_silence().await; // the student is still here
+    tab2.close().await;
+    assert_eq!(
+        mentor.expect("typing").await["is_typing"],
+        false,
+        "before presence"
+    );
+    assert_eq!(
+        mentor.expect("presence").await,
+        json!({"type":"presence","user_id":25,"online":false})
     );
 }
 

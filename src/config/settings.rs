@@ -7,6 +7,7 @@
 
 use crate::auth::django::DjangoSettings;
 use crate::capacity::{self, ConnectionGate, HistoryGate};
+use crate::hub::HubSettings;
 use crate::store::mongo::MongoSettings;
 use crate::store::sqlite::SqliteOptions;
 use crate::store::writer::{self, WriterConfig};
@@ -60,6 +61,15 @@ impl From<&Config> for DjangoSettings {
             lesson_path: config.django_lesson_path.clone(),
             timeout: config.django_timeout(),
             cache_ttl: config.auth_cache_ttl(),
+        }
+    }
+}
+
+impl From<&Config> for HubSettings {
+    fn from(config: &Config) -> Self {
+        HubSettings {
+            shards: config.shard_count(),
+            typing_ttl: config.typing_ttl(),
         }
     }
 }
@@ -170,6 +180,22 @@ mod tests {
         assert_eq!(limits.ping_interval, Duration::from_secs(25));
         assert_eq!(limits.idle_timeout, Duration::from_secs(60));
         assert_eq!(limits.message_rate, RateLimit::new(20, 2000));
+    }
+
+    #[test]
+    fn hub_settings_take_the_shards_and_the_typing_ttl() {
+        let config = Config {
+            shards: Some(3),
+            typing_ttl_s: 9,
+            ..Config::defaults()
+        };
+        assert_eq!(
+            HubSettings::from(&config),
+            HubSettings {
+                shards: 3,
+                typing_ttl: Duration::from_secs(9),
+            }
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod shard;
 mod viewed;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -68,6 +69,16 @@ pub enum Command {
     },
 }
 
+/// What the hub is started with; `config` fills it in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HubSettings {
+    /// Shard tasks (at least one is started).
+    pub shards: usize,
+    /// A relayed `is_typing: true` not refreshed for this long ends with
+    /// `is_typing: false` (`CHAT_TYPING_TTL_S`).
+    pub typing_ttl: Duration,
+}
+
 /// Routes commands to shards. Cloned into the app; dropping every clone and
 /// every session's shard sender stops the shards.
 #[derive(Clone)]
@@ -77,14 +88,16 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Starts `shard_count` shard tasks writing through `writer`.
-    pub fn start(shard_count: usize, writer: WriterHandle) -> (Hub, Vec<JoinHandle<()>>) {
+    /// Starts `settings.shards` shard tasks writing through `writer`.
+    pub fn start(settings: HubSettings, writer: WriterHandle) -> (Hub, Vec<JoinHandle<()>>) {
+        let shard_count = settings.shards.max(1);
         let mut senders = Vec::with_capacity(shard_count);
         let mut tasks = Vec::with_capacity(shard_count);
-        for _ in 0..shard_count.max(1) {
+        for _ in 0..shard_count {
             let (tx, rx) = mpsc::channel(SHARD_QUEUE);
             senders.push(tx);
-            tasks.push(tokio::spawn(shard::Shard::new(rx, writer.clone()).run()));
+            let shard = shard::Shard::new(rx, writer.clone(), settings.typing_ttl);
+            tasks.push(tokio::spawn(shard.run()));
         }
         let hub = Hub {
             shards: senders.into(),

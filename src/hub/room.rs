@@ -95,6 +95,10 @@ struct TypingSlot {
     relayed_at: Instant,
     /// (is_typing, the connection that sent it): relayed at the next flush.
     held: Option<(bool, u64)>,
+    /// The last `is_typing: true` received (not relayed: a repeat is
+    /// relayed only every [`TYPING_REFRESH`]) and the connection that sent
+    /// it; a relayed `true` ends [`Room::expire_typing`]'s TTL after it.
+    refreshed: Option<(Instant, u64)>,
 }
 
 impl Room {
@@ -121,7 +125,7 @@ impl Room {
         is_typing: bool,
         now: Instant,
     ) -> bool {
-        let index = match self.typing.iter().position(|slot| slot.user == user) {
+        let index = match self.typing_slot(user) {
             Some(index) => index,
             None => {
                 self.typing.push(TypingSlot {
@@ -129,11 +133,15 @@ impl Room {
                     relayed: None,
                     relayed_at: now,
                     held: None,
+                    refreshed: None,
                 });
                 self.typing.len() - 1
             }
         };
         let slot = &mut self.typing[index];
+        if is_typing {
+            slot.refreshed = Some((now, conn_id));
+        }
         if slot.held.is_some() {
             slot.held = Some((is_typing, conn_id));
             return true;
@@ -155,7 +163,10 @@ impl Room {
     /// while some change is still held.
     pub(crate) fn flush_typing(&mut self, now: Instant) -> bool {
         let mut still_held = false;
-        for index in 0..self.typing.len() {
+        for user in self.typing_users() {
+            let Some(index) = self.typing_slot(user) else {
+                continue;
+            };
             let slot = &mut self.typing[index];
             let Some((is_typing, conn_id)) = slot.held else {
                 continue;
@@ -170,6 +181,53 @@ impl Room {
             }
         }
         still_held
+    }
+
+    /// Ends every relayed `true` not refreshed for `ttl`, as if its typer
+    /// had sent `false` (CONTRACT §6: typing cannot get stuck).
+    pub(crate) fn expire_typing(&mut self, now: Instant, ttl: Duration) {
+        for user in self.typing_users() {
+            let Some(index) = self.typing_slot(user) else {
+                continue;
+            };
+            let slot = &self.typing[index];
+            if let (Some(true), Some((at, _))) = (slot.relayed, slot.refreshed) {
+                if now >= at + ttl {
+                    self.stop_typing(index, now);
+                }
+            }
+        }
+    }
+
+    /// `user` sent a message: their typing ends at once, and a change still
+    /// held is dropped (it was typed before the message).
+    pub(crate) fn end_typing(&mut self, user: UserId, now: Instant) {
+        if let Some(index) = self.typing_slot(user) {
+            self.stop_typing(index, now);
+        }
+    }
+
+    /// The users with a typing slot, copied: a relay may drop a member
+    /// whose queue is gone, and their leaving removes their slot, so a loop
+    /// over slots finds each again by user rather than by index.
+    fn typing_users(&self) -> Vec<UserId> {
+        self.typing.iter().map(|slot| slot.user).collect()
+    }
+
+    fn typing_slot(&self, user: UserId) -> Option<usize> {
+        self.typing.iter().position(|slot| slot.user == user)
+    }
+
+    /// Relays `false` for a slot whose relayed state is `true`, to every
+    /// connection but the one that sent the last `true`: the `false` that
+    /// connection would have sent. Drops a held change either way.
+    fn stop_typing(&mut self, index: usize, now: Instant) {
+        let slot = &mut self.typing[index];
+        slot.held = None;
+        // A relayed `true` was received, so `refreshed` names its sender.
+        if let (Some(true), Some((_, typer))) = (slot.relayed, slot.refreshed) {
+            self.relay_typing(index, false, typer, now);
+        }
     }
 
     fn relay_typing(&mut self, index: usize, is_typing: bool, conn_id: u64, now: Instant) {
@@ -235,6 +293,11 @@ impl Room {
         let user = self.members.swap_remove(index).user_id();
         self.held.retain(|held| held.conn_id != conn_id);
         if !self.is_here(user) {
+            // A typer who is gone is not typing: the others hear it before
+            // the user goes offline.
+            if let Some(index) = self.typing_slot(user) {
+                self.stop_typing(index, Instant::now());
+            }
             // Nothing held is relayed after the user is gone, and their
             // first `typing` after a return is news again.
             self.typing.retain(|slot| slot.user != user);
@@ -498,6 +561,200 @@ mod tests {
         drain(&mut mentor_rx);
         assert!(!room.typing(20, 3, true, typing_at + TYPING_REFRESH));
         assert_eq!(drain(&mut mentor_rx).len(), 1);
+    }
+
+    const TTL: Duration = Duration::from_secs(6);
+
+    fn typing(is_typing: bool, room: &Room) -> serde_json::Value {
+        serde_json::json!({
+            "type": "typing",
+            "conversation_id": room.conversation.id.to_string(),
+            "sender_id": 20,
+            "is_typing": is_typing,
+        })
+    }
+
+    /// Mentor 10 on connection 1, student 20 on connections 2 and 3, with
+    /// the presence events of joining drained.
+    fn room_with_two_student_tabs() -> (Room, Receiver, Receiver, Receiver) {
+        let mut room = Room::new(conversation());
+        let (mentor, mut mentor_rx) = ConnHandle::new(1, 10, 65536);
+        let (tab1, mut tab1_rx) = ConnHandle::new(2, 20, 65536);
+        let (tab2, mut tab2_rx) = ConnHandle::new(3, 20, 65536);
+        room.join(mentor);
+        room.join(tab1);
+        room.join(tab2);
+        drain(&mut mentor_rx);
+        drain(&mut tab1_rx);
+        drain(&mut tab2_rx);
+        (room, mentor_rx, tab1_rx, tab2_rx)
+    }
+
+    #[test]
+    fn typing_not_refreshed_for_the_ttl_ends_as_if_the_typer_sent_false() {
+        let (mut room, mut mentor_rx, mut tab1_rx, mut tab2_rx) = room_with_two_student_tabs();
+        let start = Instant::now();
+        assert!(!room.typing(20, 2, true, start));
+        assert_eq!(drain(&mut mentor_rx), vec![typing(true, &room)]);
+        assert_eq!(drain(&mut tab2_rx), vec![typing(true, &room)]);
+
+        // A repeat inside TYPING_REFRESH is not relayed, but refreshes.
+        let refreshed = start + Duration::from_secs(1);
+        assert!(!room.typing(20, 2, true, refreshed));
+        assert!(drain(&mut mentor_rx).is_empty());
+        room.expire_typing(start + TTL, TTL);
+        assert!(
+            drain(&mut mentor_rx).is_empty(),
+            "the TTL runs from the last true received, not relayed"
+        );
+        room.expire_typing(refreshed + TTL - Duration::from_millis(1), TTL);
+        assert!(drain(&mut mentor_rx).is_empty(), "not before the TTL");
+
+        room.expire_typing(refreshed + TTL, TTL);
+        assert_eq!(drain(&mut mentor_rx), vec![typing(false, &room)]);
+        assert_eq!(
+            drain(&mut tab2_rx),
+            vec![typing(false, &room)],
+            "the typer's other tab sees it, as it saw the true"
+        );
+        assert!(
+            drain(&mut tab1_rx).is_empty(),
+            "the typing connection gets no echo, as of its own false"
+        );
+        room.expire_typing(refreshed + TTL * 2, TTL);
+        assert!(drain(&mut mentor_rx).is_empty(), "ended once");
+
+        // Typing again is news.
+        let again = refreshed + TTL * 2;
+        assert!(!room.typing(20, 3, true, again));
+        assert_eq!(drain(&mut mentor_rx), vec![typing(true, &room)]);
+        assert_eq!(drain(&mut tab1_rx), vec![typing(true, &room)]);
+        // A false from the typer ends it: nothing is left to expire.
+        assert!(!room.typing(20, 3, false, again + TYPING_INTERVAL));
+        assert_eq!(drain(&mut mentor_rx), vec![typing(false, &room)]);
+        room.expire_typing(again + TTL, TTL);
+        assert!(drain(&mut mentor_rx).is_empty());
+    }
+
+    #[test]
+    fn a_refresh_from_another_tab_keeps_typing_and_moves_the_echo() {
+        let (mut room, mut mentor_rx, mut tab1_rx, mut tab2_rx) = room_with_two_student_tabs();
+        let start = Instant::now();
+        assert!(!room.typing(20, 2, true, start));
+        let refreshed = start + Duration::from_secs(4);
+        assert!(!room.typing(20, 3, true, refreshed));
+        drain(&mut mentor_rx);
+        drain(&mut tab1_rx);
+        drain(&mut tab2_rx);
+        room.expire_typing(start + TTL, TTL);
+        assert!(drain(&mut mentor_rx).is_empty());
+        room.expire_typing(refreshed + TTL, TTL);
+        assert_eq!(drain(&mut mentor_rx), vec![typing(false, &room)]);
+        assert_eq!(drain(&mut tab1_rx), vec![typing(false, &room)]);
+        assert!(drain(&mut tab2_rx).is_empty(), "tab 2 sent the last true");
+    }
+
+    #[test]
+    fn the_typers_last_connection_leaving_ends_typing_before_presence() {
+        let (mut room, mut mentor_rx, _tab1_rx, mut tab2_rx) = room_with_two_student_tabs();
+        let start = Instant::now();
+        assert!(!room.typing(20, 2, true, start));
+        drain(&mut mentor_rx);
+        drain(&mut tab2_rx);
+
+        room.leave(2);
+        assert!(
+            drain(&mut mentor_rx).is_empty(),
+            "the student is still here on another tab (the TTL ends it)"
+        );
+        room.leave(3);
+        assert_eq!(
+            drain(&mut mentor_rx),
+            vec![
+                typing(false, &room),
+                serde_json::json!({"type":"presence","user_id":20,"online":false}),
+            ]
+        );
+        room.expire_typing(start + TTL, TTL);
+        assert!(
+            drain(&mut mentor_rx).is_empty(),
+            "the slot went with the user"
+        );
+    }
+
+    #[test]
+    fn leaving_after_typing_false_sends_only_presence() {
+        let (mut room, mut mentor_rx, _tab1_rx, _tab2_rx) = room_with_two_student_tabs();
+        let start = Instant::now();
+        assert!(!room.typing(20, 2, true, start));
+        assert!(!room.typing(20, 2, false, start + TYPING_INTERVAL));
+        drain(&mut mentor_rx);
+        room.leave(2);
+        room.leave(3);
+        assert_eq!(
+            drain(&mut mentor_rx),
+            vec![serde_json::json!({"type":"presence","user_id":20,"online":false})]
+        );
+    }
+
+    #[test]
+    fn a_message_ends_typing_and_drops_a_held_change() {
+        let (mut room, mut mentor_rx, mut tab1_rx, mut tab2_rx) = room_with_two_student_tabs();
+        let start = Instant::now();
+        assert!(!room.typing(20, 2, true, start));
+        drain(&mut mentor_rx);
+        drain(&mut tab2_rx);
+        room.end_typing(10, start);
+        assert!(
+            drain(&mut mentor_rx).is_empty(),
+            "the mentor was not typing"
+        );
+
+        let sent = start + Duration::from_millis(10);
+        room.end_typing(20, sent);
+        assert_eq!(drain(&mut mentor_rx), vec![typing(false, &room)]);
+        assert_eq!(drain(&mut tab2_rx), vec![typing(false, &room)]);
+        assert!(drain(&mut tab1_rx).is_empty());
+        room.end_typing(20, sent);
+        assert!(drain(&mut mentor_rx).is_empty(), "ended once");
+        room.expire_typing(start + TTL, TTL);
+        assert!(drain(&mut mentor_rx).is_empty(), "nothing left to expire");
+
+        // A true typed before the message, still held, is not relayed
+        // after it.
+        assert!(room.typing(20, 2, true, sent + Duration::from_millis(1)));
+        room.end_typing(20, sent + Duration::from_millis(2));
+        assert!(!room.flush_typing(sent + TYPING_INTERVAL * 2));
+        assert!(drain(&mut mentor_rx).is_empty());
+    }
+
+    /// A relay that finds a member's queue gone drops the member, and with
+    /// its user's last connection their typing slot: the loop over slots
+    /// must not index past the end (it did, and the shard task panicked).
+    #[test]
+    fn a_relay_that_drops_a_typer_does_not_break_the_loop_over_slots() {
+        let mut room = Room::new(conversation());
+        let (student, _student_rx) = ConnHandle::new(1, 20, 65536);
+        let (mentor, mentor_rx) = ConnHandle::new(2, 10, 65536);
+        room.join(student);
+        room.join(mentor);
+        let start = Instant::now();
+        assert!(!room.typing(20, 1, true, start));
+        assert!(!room.typing(10, 2, true, start));
+        // The student's change is held; the mentor's session ends before
+        // its Leave reaches the room.
+        assert!(room.typing(20, 1, false, start + Duration::from_millis(1)));
+        drop(mentor_rx);
+        assert!(!room.flush_typing(start + TYPING_INTERVAL));
+        assert!(room.member(2).is_none());
+
+        let (mentor, mentor_rx) = ConnHandle::new(3, 10, 65536);
+        room.join(mentor);
+        assert!(!room.typing(20, 1, true, start + TYPING_INTERVAL * 2));
+        assert!(!room.typing(10, 3, true, start + TYPING_INTERVAL * 2));
+        drop(mentor_rx);
+        room.expire_typing(start + TYPING_INTERVAL * 2 + TTL, TTL);
+        assert!(room.member(3).is_none());
     }
 
     #[test]

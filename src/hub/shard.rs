@@ -2,7 +2,8 @@
 //! takes no lock. Commands come from sessions; results of writes come back
 //! from the writer on a second lane, and both are handled here, in order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -44,10 +45,21 @@ pub(super) struct Shard {
     writer: WriterHandle,
     /// Rooms holding back a typing change (see `Room::typing`).
     typing_held: Vec<ConversationId>,
+    /// How long a relayed `is_typing: true` lasts without a new one.
+    typing_ttl: Duration,
+    /// (received + TTL, room) for every `is_typing: true` received: the TTL
+    /// is one constant, so pushing at the back keeps it sorted, and only
+    /// the front needs a timer. An entry whose typer was refreshed since,
+    /// or stopped, finds nothing to end.
+    typing_deadlines: VecDeque<(Instant, ConversationId)>,
 }
 
 impl Shard {
-    pub(super) fn new(commands: mpsc::Receiver<Command>, writer: WriterHandle) -> Self {
+    pub(super) fn new(
+        commands: mpsc::Receiver<Command>,
+        writer: WriterHandle,
+        typing_ttl: Duration,
+    ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Shard {
             rooms: HashMap::new(),
@@ -56,6 +68,8 @@ impl Shard {
             done_tx,
             writer,
             typing_held: Vec::new(),
+            typing_ttl,
+            typing_deadlines: VecDeque::new(),
         }
     }
 
@@ -66,7 +80,16 @@ impl Shard {
         let mut done = Vec::with_capacity(BATCH);
         let mut typing_tick = tokio::time::interval(TYPING_INTERVAL / 2);
         typing_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Armed at the front typing deadline, polled only while there is
+        // one: nobody typing costs nothing.
+        let typing_expiry = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(typing_expiry);
         loop {
+            if let Some(&(deadline, _)) = self.typing_deadlines.front() {
+                if typing_expiry.deadline() != deadline {
+                    typing_expiry.as_mut().reset(deadline);
+                }
+            }
             // Every arm is cancel-safe: `recv_many` on an mpsc receiver and
             // `Interval::tick` lose nothing when another arm wins.
             tokio::select! {
@@ -80,6 +103,9 @@ impl Shard {
                 // Timers before commands: a flood of commands must not
                 // starve them (ticks are rare and cheap).
                 _ = typing_tick.tick(), if !self.typing_held.is_empty() => self.flush_typing(),
+                () = typing_expiry.as_mut(), if !self.typing_deadlines.is_empty() => {
+                    self.expire_typing();
+                }
                 n = self.commands.recv_many(&mut commands, BATCH) => {
                     if n == 0 {
                         break;
@@ -145,9 +171,14 @@ impl Shard {
                 is_typing,
             } => {
                 if let Some(room) = self.rooms.get_mut(&conversation_id) {
-                    let held = room.typing(sender_id, conn_id, is_typing, Instant::now());
+                    let now = Instant::now();
+                    let held = room.typing(sender_id, conn_id, is_typing, now);
                     if held && !self.typing_held.contains(&conversation_id) {
                         self.typing_held.push(conversation_id);
+                    }
+                    if is_typing {
+                        self.typing_deadlines
+                            .push_back((now + self.typing_ttl, conversation_id));
                     }
                 }
             }
@@ -176,6 +207,7 @@ impl Shard {
         let Some(room) = self.rooms.get_mut(&conversation_id) else {
             return;
         };
+        room.end_typing(sender_id, Instant::now());
         let message = Message {
             id: ObjectId::new(),
             conversation_id,
@@ -352,4 +384,22 @@ impl Shard {
             None => false,
         });
     }
+
+    /// Ends the typing whose deadline has come (`Room::expire_typing`
+    /// checks against the latest `true`, so a stale entry ends nothing).
+    fn expire_typing(&mut self) {
+        let now = Instant::now();
+        while let Some(&(deadline, conversation_id)) = self.typing_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.typing_deadlines.pop_front();
+            if let Some(room) = self.rooms.get_mut(&conversation_id) {
+                room.expire_typing(now, self.typing_ttl);
+            }
+        }
+    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -302,6 +302,13 @@ impl Reader {
                     }
                 }
                 self.conn.request_sent();
+                // The room ends this user's typing with the message: a
+                // change held here was typed before it, and the next
+                // `true` is news again, not a repeat.
+                if let Some(others) = self.others.as_mut() {
+                    others.held_typing = None;
+                    others.last_typing = None;
+                }
                 Command::Publish {
                     conversation_id: self.conversation_id,
                     conn_id: self.conn.id(),
