@@ -157,6 +157,13 @@ impl Server {
         self.spawn();
     }
 
+    /// Starts the server again on the same data directory (after
+    /// `terminate`).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
