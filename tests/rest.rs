@@ -143,7 +143,8 @@ async fn message_history_has_the_seed_shape_oldest_first() {
     keys.sort();
     assert_eq!(
         keys,
-        ["conversation_id", "created_at", "id", "sender_id", "text"]
+        // The seed's keys, plus `seq` (CONTRACT §6).
+        ["conversation_id", "created_at", "id", "sender_id", "seq", "text"]
     );
     assert_eq!(first["sender_id"], 25);
     assert_eq!(first["conversation_id"], f.conversation.as_str());
@@ -417,7 +418,8 @@ async fn conversations_are_scoped_to_the_caller() {
     keys.sort();
     assert_eq!(
         keys,
-        ["created_at", "id", "lesson_id", "mentor_id", "student_id"]
+        // The seed's keys, plus `last_seq` (CONTRACT §6).
+        ["created_at", "id", "last_seq", "lesson_id", "mentor_id", "student_id"]
     );
     assert_eq!(list[0]["id"], f.conversation.as_str());
     assert_eq!(
