@@ -5,7 +5,7 @@
 //! message is broadcast before any database round trip.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,8 +21,18 @@ pub type MessageId = ObjectId;
 pub type Seq = u64;
 
 /// A 12-byte MongoDB ObjectId: 4 bytes of seconds, 5 bytes unique to this
-/// process, 3 bytes of counter. Byte order is creation order within a
-/// process, which history pagination relies on.
+/// process, 3 bytes of counter. Byte order is creation order, within a
+/// process and across its restarts, which history pagination and the seq
+/// cursors rely on (within a conversation, seq order is id order):
+///
+/// - the seconds never go back and the counter restarts each second, so
+///   ids of one process strictly increase (a clock stepped back keeps the
+///   last second; more than 15 million ids in one second borrow the next);
+/// - the process part is the process's start time in milliseconds (its
+///   low 40 bits: they wrap in 2039), so a restarted process's ids in the
+///   same second sort after its predecessor's. The counter starts each
+///   second at a random offset below 2^20, so two nodes started in the
+///   same millisecond still rarely meet.
 ///
 /// Not a newtype over `bson::oid::ObjectId` (linked through the driver),
 /// by measurement (`cargo bench --bench protocol -- object_id`): generation
@@ -35,30 +45,37 @@ pub type Seq = u64;
 pub struct ObjectId([u8; 12]);
 
 impl ObjectId {
-    /// A fresh id, unique across processes (random process part) and
-    /// increasing within this one.
+    /// A fresh id: unique across processes and increasing, see the type.
     pub fn new() -> Self {
         Self::with_seconds(unix_seconds())
     }
 
     fn with_seconds(seconds: u32) -> Self {
-        static PROCESS_UNIQUE: OnceLock<[u8; 5]> = OnceLock::new();
-        static COUNTER: OnceLock<AtomicU32> = OnceLock::new();
-        let process = PROCESS_UNIQUE.get_or_init(|| {
-            let mut bytes = [0u8; 5];
-            fill_random(&mut bytes);
-            bytes
+        static PROCESS_UNIQUE: OnceLock<([u8; 5], u64)> = OnceLock::new();
+        // (seconds << 24) | counter of the last id: one CAS keeps both
+        // monotonic together.
+        static LAST: AtomicU64 = AtomicU64::new(0);
+        let (process, offset) = *PROCESS_UNIQUE.get_or_init(|| {
+            let started = now().0.max(0) as u64 & ((1 << 40) - 1);
+            let mut process = [0u8; 5];
+            process.copy_from_slice(&started.to_be_bytes()[3..]);
+            let mut random = [0u8; 4];
+            fill_random(&mut random);
+            (process, u64::from(u32::from_be_bytes(random)) & 0x000f_ffff)
         });
-        let counter = COUNTER.get_or_init(|| {
-            let mut bytes = [0u8; 4];
-            fill_random(&mut bytes);
-            AtomicU32::new(u32::from_be_bytes(bytes) & 0x00ff_ffff)
-        });
-        let count = counter.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
+        let first_of_second = (u64::from(seconds) << 24) | offset;
+        let mut last = LAST.load(Ordering::Relaxed);
+        let next = loop {
+            let next = first_of_second.max(last + 1);
+            match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => break next,
+                Err(actual) => last = actual,
+            }
+        };
         let mut id = [0u8; 12];
-        id[..4].copy_from_slice(&seconds.to_be_bytes());
-        id[4..9].copy_from_slice(process);
-        id[9..].copy_from_slice(&count.to_be_bytes()[1..]);
+        id[..4].copy_from_slice(&((next >> 24) as u32).to_be_bytes());
+        id[4..9].copy_from_slice(&process);
+        id[9..].copy_from_slice(&(next as u32).to_be_bytes()[1..]);
         ObjectId(id)
     }
 
@@ -424,15 +441,32 @@ mod tests {
     }
 
     #[test]
-    fn object_ids_increase_within_a_process() {
-        let ids: Vec<ObjectId> = (0..1000)
-            .map(|_| ObjectId::with_seconds(1_700_000_000))
-            .collect();
-        // The counter may wrap once in 2^24; across 1000 ids from a random start
-        // that happens at most once, so at most one step may go down.
+    fn object_ids_strictly_increase_even_when_the_clock_steps_back() {
+        let mut ids: Vec<ObjectId> = (0..100_000).map(|_| ObjectId::new()).collect();
+        // A clock stepped back to 1970 keeps the last second.
+        ids.push(ObjectId::with_seconds(1));
+        ids.push(ObjectId::new());
         let downs = ids.windows(2).filter(|w| w[0] >= w[1]).count();
-        assert!(downs <= 1, "{downs} non-increasing steps");
-        assert_eq!(ids[0].timestamp(), Millis(1_700_000_000_000));
+        assert_eq!(downs, 0, "every id is greater than the one before");
+        let age = now().0 - ids[0].timestamp().0;
+        assert!(
+            (0..60_000).contains(&age),
+            "the id carries the time: {age} ms"
+        );
+    }
+
+    #[test]
+    fn a_restarted_process_sorts_after_its_predecessor_in_the_same_second() {
+        // The process part is the start time in ms: later start, larger part.
+        let mine = ObjectId::new().bytes();
+        let later = now().0 as u64 & ((1 << 40) - 1);
+        let mut part = [0u8; 8];
+        part[3..].copy_from_slice(&mine[4..9]);
+        let started = u64::from_be_bytes(part);
+        assert!(
+            started <= later && later - started < 3_600_000,
+            "{started} vs {later}"
+        );
     }
 
     #[test]

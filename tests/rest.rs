@@ -144,7 +144,14 @@ async fn message_history_has_the_seed_shape_oldest_first() {
     assert_eq!(
         keys,
         // The seed's keys, plus `seq` (CONTRACT §6).
-        ["conversation_id", "created_at", "id", "sender_id", "seq", "text"]
+        [
+            "conversation_id",
+            "created_at",
+            "id",
+            "sender_id",
+            "seq",
+            "text"
+        ]
     );
     assert_eq!(first["sender_id"], 25);
     assert_eq!(first["conversation_id"], f.conversation.as_str());
@@ -419,7 +426,14 @@ async fn conversations_are_scoped_to_the_caller() {
     assert_eq!(
         keys,
         // The seed's keys, plus `last_seq` (CONTRACT §6).
-        ["created_at", "id", "last_seq", "lesson_id", "mentor_id", "student_id"]
+        [
+            "created_at",
+            "id",
+            "last_seq",
+            "lesson_id",
+            "mentor_id",
+            "student_id"
+        ]
     );
     assert_eq!(list[0]["id"], f.conversation.as_str());
     assert_eq!(

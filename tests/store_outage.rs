@@ -2,10 +2,10 @@
 //! SQLite's write lock, so every commit fails with SQLITE_BUSY, and the
 //! journal is off (`CHAT_SQLITE_JOURNAL_MAX=0`), so every batch needs a
 //! commit before its ack (with the journal on, the lock only delays merges
-//! until the journal is full: tests/sqlite_store.rs). Messages
-//! keep flowing in real time, nothing is acked before it is stored, the
-//! bounded queue refuses with `overloaded`, `/readyz` turns 503, and all of
-//! it recovers by itself when the lock is released.
+//! until the journal is full: tests/sqlite_store.rs). Nothing is relayed
+//! or acked before it is stored (CONTRACT §6), the bounded queue refuses
+//! with `overloaded`, `/readyz` turns 503, and all of it recovers by itself
+//! when the lock is released: the held messages are relayed then.
 
 mod common;
 
@@ -45,37 +45,24 @@ async fn a_locked_store_refuses_beyond_the_queue_and_recovers() {
             .send(json!({"type": "message", "text": format!("m{i}"), "client_id": format!("c{i}")}))
             .await;
     }
-    let mut delivered = Vec::new();
     let mut refused = Vec::new();
-    while delivered.len() + refused.len() < 10 {
+    while refused.len() < 6 {
         match student.next_within(Duration::from_secs(10)).await {
-            Next::Event(e) if e["type"] == "message" => {
-                delivered.push(e["client_id"].as_str().unwrap().to_string())
-            }
             Next::Event(e) if e["type"] == "error" => {
                 assert_eq!(e["code"], "overloaded", "{e}");
                 refused.push(e["client_id"].as_str().unwrap().to_string());
             }
-            Next::Event(e) if e["type"] == "ack" => {
-                panic!("acked while the store cannot commit: {e}")
-            }
-            other => panic!("unexpected {other:?}"),
+            other => panic!("only refusals while the store cannot commit: {other:?}"),
         }
     }
     assert_eq!(
-        delivered.len(),
-        4,
-        "the queue holds 4 writes: delivered {delivered:?}, refused {refused:?}"
+        refused,
+        ["c4", "c5", "c6", "c7", "c8", "c9"],
+        "the queue holds 4 writes"
     );
-    assert_eq!(refused.len(), 6);
-    for client_id in &delivered {
-        assert_eq!(
-            mentor.expect("message").await["client_id"],
-            client_id.as_str(),
-            "delivered in real time"
-        );
-    }
-    mentor.expect_silence().await; // refused messages are not delivered
+    // Stored, then relayed: the 4 held ones reach nobody yet.
+    mentor.expect_silence().await;
+    student.expect_silence().await;
 
     let mut unready = false;
     for _ in 0..50 {
@@ -92,16 +79,26 @@ async fn a_locked_store_refuses_beyond_the_queue_and_recovers() {
     // The store comes back: the held writes commit and are acked, by themselves.
     lock.execute_batch("ROLLBACK").unwrap();
     drop(lock);
+    let held = ["c0", "c1", "c2", "c3"];
     let mut acked = Vec::new();
     while acked.len() < 4 {
         match student.next_within(Duration::from_secs(15)).await {
             Next::Event(e) if e["type"] == "ack" => {
                 acked.push(e["client_id"].as_str().unwrap().to_string())
             }
-            other => panic!("expected acks after recovery, got {other:?}"),
+            Next::Event(e) if e["type"] == "message" => {}
+            other => panic!("expected echoes and acks after recovery, got {other:?}"),
         }
     }
-    assert_eq!(acked, delivered);
+    assert_eq!(acked, held);
+    for client_id in held {
+        assert_eq!(
+            mentor.expect("message").await["client_id"],
+            client_id,
+            "relayed once stored"
+        );
+    }
+    let delivered = held;
     let mut ready = false;
     for _ in 0..100 {
         if server.get("/readyz", None, None).await.status == 200 {
@@ -133,7 +130,7 @@ async fn a_locked_store_refuses_beyond_the_queue_and_recovers() {
         .iter()
         .map(|m| m["client_id"].as_str().unwrap())
         .collect();
-    let mut expected: Vec<&str> = delivered.iter().map(String::as_str).collect();
+    let mut expected = delivered.to_vec();
     expected.push("after");
     assert_eq!(stored, expected);
 }

@@ -96,6 +96,7 @@ async fn a_message_reaches_every_connection_and_is_acked_once_durable() {
             "created_at",
             "id",
             "sender_id",
+            "seq",
             "text",
             "type"
         ]
@@ -115,7 +116,7 @@ async fn a_message_reaches_every_connection_and_is_acked_once_durable() {
     let ack = student.expect("ack").await;
     assert_eq!(
         ack,
-        json!({"type": "ack", "id": to_mentor["id"], "client_id": "c-1"})
+        json!({"type": "ack", "id": to_mentor["id"], "seq": 1, "client_id": "c-1"})
     );
     mentor.expect_silence().await;
 
@@ -136,7 +137,7 @@ async fn a_message_reaches_every_connection_and_is_acked_once_durable() {
 }
 
 #[tokio::test]
-async fn an_ack_without_client_id_has_only_the_id() {
+async fn an_ack_without_client_id_has_only_the_id_and_seq() {
     let chat = chat(&[]).await;
     let (mut student, mut mentor) = chat.pair().await;
     mentor.send(json!({"type": "message", "text": "hi"})).await;
@@ -144,7 +145,7 @@ async fn an_ack_without_client_id_has_only_the_id() {
     assert!(event.get("client_id").is_none());
     assert_eq!(
         mentor.expect("ack").await,
-        json!({"type": "ack", "id": event["id"]})
+        json!({"type": "ack", "id": event["id"], "seq": 1})
     );
     student.expect("message").await;
 }
@@ -163,7 +164,7 @@ async fn a_resend_with_the_same_client_id_is_neither_stored_nor_delivered_again(
     student.send(json!({"type": "message", "text": "once (resent, even with other text)", "client_id": "same"})).await;
     assert_eq!(
         student.expect("ack").await,
-        json!({"type": "ack", "id": first["id"], "client_id": "same"})
+        json!({"type": "ack", "id": first["id"], "seq": 1, "client_id": "same"})
     );
     mentor.expect_silence().await;
 

@@ -138,7 +138,7 @@ mod tests {
             WriterConfig::from(&config),
             WriterConfig {
                 max_batch: 16_384,
-                window: Duration::from_millis(2),
+                window: Duration::ZERO,
                 queue_capacity: 262_144,
                 retry_initial: Duration::from_millis(50),
                 retry_max: Duration::from_secs(5),

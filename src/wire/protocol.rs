@@ -513,7 +513,7 @@ mod tests {
             sender_id: 10,
             text: "Hello!".into(),
             created_at: Millis(1_735_725_600_000),
-            seq: 0,
+            seq: 42,
             client_id: Some("c1".into()),
             viewed_by: None,
             viewed_at: None,
@@ -528,6 +528,7 @@ mod tests {
                 "sender_id": 10,
                 "text": "Hello!",
                 "created_at": "2025-01-01T10:00:00.000Z",
+                "seq": 42,
                 "client_id": "c1"
             })
         );

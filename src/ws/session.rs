@@ -99,7 +99,7 @@ impl Session {
         let (recovery, recovering) = match self.recovery {
             Some(recovery) => {
                 let (joined, on_join) = tokio::sync::oneshot::channel();
-                (Some((recovery, on_join)), Some(joined))
+                (Some(Box::new((*recovery, on_join))), Some(joined))
             }
             None => (None, None),
         };
@@ -111,13 +111,7 @@ impl Session {
         if self.shard.send(join).await.is_err() {
             conn.close(Close::Shutdown);
         }
-        // Before the reader starts: the client's frames wait while its
-        // replay is queued (its writer drains it meanwhile).
-        let replay = async {
-            if let Some((recovery, joined)) = recovery {
-                Box::pin(recovery.run(joined, &conn, &self.shard, conversation_id)).await;
-            }
-        };
+
         let frames = FrameReader::new(read, self.limits.max_frame_bytes);
         let reader = Reader {
             conn: conn.clone(),
@@ -127,16 +121,14 @@ impl Session {
             message_rate: self.limits.message_rate,
             bucket: TokenBucket::new(self.limits.message_rate, tokio::time::Instant::now()),
             others: None,
+            recovery,
         };
         let mut write = write;
         // The task's future is memory per connection, and every future
         // joined here is held whole for the connection's life: keep them
         // few and small (rarely taken paths are boxed).
         let ((), why) = tokio::join!(
-            async {
-                replay.await;
-                reader.run(frames).await
-            },
+            reader.run(frames),
             write_loop(&mut write, outbound, &conn, &self.shutdown, self.limits),
         );
         // Leave the room before the socket closes: a client that has seen
@@ -167,6 +159,8 @@ struct Reader {
     /// most connections never send one, and every byte of the session's
     /// future is memory per connection.
     others: Option<Box<OtherLimits>>,
+    /// The replay asked for with `since_seq`, run before the first read.
+    recovery: Option<Box<(Recovery, tokio::sync::oneshot::Receiver<()>)>>,
 }
 
 struct OtherLimits {
@@ -216,6 +210,13 @@ fn view_rate(messages: RateLimit) -> RateLimit {
 
 impl Reader {
     async fn run<R: AsyncRead + Unpin>(mut self, mut frames: FrameReader<R>) {
+        // Before the first read: the client's frames wait while its replay
+        // is queued (the writer drains it meanwhile). Boxed: rare.
+        if let Some(recovery) = self.recovery.take() {
+            let (recovery, joined) = *recovery;
+            let replay = recovery.run(joined, &self.conn, &self.shard, self.conversation_id);
+            Box::pin(replay).await;
+        }
         let conn = self.conn.clone();
         let linger = async {
             conn.closing().await;

@@ -42,6 +42,8 @@ pub(super) struct Lookups<'a, 'conn> {
     pub(super) by_client_id: &'a mut Statement<'conn>,
     pub(super) last_seq: &'a mut Statement<'conn>,
     pub(super) known_seqs: &'a HashMap<ConversationId, Seq, FastHash>,
+    /// Messages of a journaled batch whose ack failed (see the write thread).
+    pub(super) journaled_unacked: &'a HashMap<(ConversationId, MessageId), Seq, FastHash>,
 }
 
 impl Staged {
@@ -83,6 +85,10 @@ impl Staged {
     ) -> rusqlite::Result<WriteOutcome> {
         if let Some(existing) = self.conflict(lookups.tail, &message) {
             return Ok(conflict_outcome(&message, existing));
+        }
+        let key = (message.conversation_id, message.id);
+        if let Some(&seq) = lookups.journaled_unacked.get(&key) {
+            return Ok(WriteOutcome::Inserted { seq });
         }
         if let Some(existing) = stored_client_id(lookups.by_client_id, &message)? {
             return Ok(conflict_outcome(&message, existing));

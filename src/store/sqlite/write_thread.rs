@@ -30,7 +30,7 @@ use super::sql::{
 use super::staging::{Lookups, Staged, View};
 use super::tail::Tail;
 use super::WriteJob;
-use crate::model::{ConversationId, Message, Seq};
+use crate::model::{ConversationId, Message, MessageId, Seq};
 use crate::store::{StoreError, WriteOp, WriteOutcome};
 
 /// A merge starts when this many messages wait in the tail...
@@ -63,6 +63,27 @@ pub(super) struct WriteThread {
     /// The last seq given in each conversation written to since start: this
     /// thread is the only writer of seqs, so once read it stays exact.
     last_seqs: HashMap<ConversationId, Seq, FastHash>,
+    /// The inserts of a batch that was journaled but then failed (its
+    /// merge did), with their seqs, until the next batch: its retry gets
+    /// the same seqs even for messages a merge moved out of the tail.
+    journaled_unacked: HashMap<MessageKey, Seq, FastHash>,
+}
+
+type MessageKey = (ConversationId, MessageId);
+
+/// The seq each inserted op got, by message.
+fn inserted_seqs(
+    outcomes: &[WriteOutcome],
+    keys: &[Option<MessageKey>],
+) -> HashMap<MessageKey, Seq, FastHash> {
+    outcomes
+        .iter()
+        .zip(keys)
+        .filter_map(|(outcome, key)| match (outcome, key) {
+            (WriteOutcome::Inserted { seq }, Some(key)) => Some((*key, *seq)),
+            _ => None,
+        })
+        .collect()
 }
 
 impl WriteThread {
@@ -91,6 +112,7 @@ impl WriteThread {
             merging_segments: Vec::new(),
             merge_retry: None,
             last_seqs: HashMap::default(),
+            journaled_unacked: HashMap::default(),
         })
     }
 
@@ -155,6 +177,13 @@ impl WriteThread {
     }
 
     fn write_batch(&mut self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, StoreError> {
+        let ops_keys: Vec<Option<MessageKey>> = ops
+            .iter()
+            .map(|op| match op {
+                WriteOp::Insert(message) => Some((message.conversation_id, message.id)),
+                WriteOp::View { .. } => None,
+            })
+            .collect();
         let staged = self.stage(ops)?;
         let outcomes = staged.outcomes;
         if !staged.records.is_empty() {
@@ -183,11 +212,14 @@ impl WriteThread {
             }
         }
         // Memory stays bounded: beyond the limit the ack waits for merges.
-        // The batch is durable already, so a failed merge does not fail it
-        // (a retry would be the same batch again); merging resumes later.
+        // A failed merge fails the batch, which the writer retries: its
+        // messages are journaled already, so the retry must find them with
+        // the seqs they got (a merged chunk has left the tail).
+        self.journaled_unacked.clear();
         while self.tail.read().len() > self.tail_limit {
-            if self.merge_step().is_err() {
-                break;
+            if let Err(error) = self.merge_step() {
+                self.journaled_unacked = inserted_seqs(&outcomes, &ops_keys);
+                return Err(error);
             }
         }
         Ok(outcomes)
@@ -208,6 +240,7 @@ impl WriteThread {
                 by_client_id: &mut by_client_id,
                 last_seq: &mut last_seq,
                 known_seqs: &self.last_seqs,
+                journaled_unacked: &self.journaled_unacked,
             };
             for op in ops {
                 staged.push(&mut lookups, op)?;
