@@ -3,6 +3,11 @@
 //!
 //! Every call is bounded by a deadline (the driver has no socket timeout), and
 //! failures a retry may fix are `StoreError::Unavailable` (see [`errors`]).
+//!
+//! Seqs (CONTRACT §6): the writer gives them in `inserts` (why they have no
+//! gap is told there), conversation reads add `last_seq` through
+//! `last_seq`, and `legacy_seq` numbers the messages stored without one
+//! when the store connects.
 
 mod batch;
 mod documents;

@@ -221,13 +221,17 @@ impl MongoStore {
             };
             // Ordered: everything before the refused document is stored,
             // nothing after it.
-            let stored = refused.as_ref().map_or(pending.len(), |error| error.index);
-            if stored >= pending.len() && refused.is_some() {
-                return Err(StoreError::Internal(format!(
-                    "mongodb insert: write error for document {stored} of {}",
-                    pending.len()
-                )));
-            }
+            let stored = match &refused {
+                None => pending.len(),
+                Some(error) if error.index < pending.len() => error.index,
+                Some(error) => {
+                    return Err(StoreError::Internal(format!(
+                        "mongodb insert: write error for document {} of {}",
+                        error.index,
+                        pending.len()
+                    )))
+                }
+            };
             for (n, message) in &pending[..stored] {
                 results[*n] = Some(WriteOutcome::Inserted { seq: message.seq });
                 last.insert(message.conversation_id, message.seq);
