@@ -581,9 +581,9 @@ mod tests {
         let (mentor, mut mentor_rx) = ConnHandle::new(1, 10, 65536);
         let (tab1, mut tab1_rx) = ConnHandle::new(2, 20, 65536);
         let (tab2, mut tab2_rx) = ConnHandle::new(3, 20, 65536);
-        room.join(mentor);
-        room.join(tab1);
-        room.join(tab2);
+        room.join(mentor, false);
+        room.join(tab1, false);
+        room.join(tab2, false);
         drain(&mut mentor_rx);
         drain(&mut tab1_rx);
         drain(&mut tab2_rx);
@@ -736,8 +736,8 @@ mod tests {
         let mut room = Room::new(conversation());
         let (student, _student_rx) = ConnHandle::new(1, 20, 65536);
         let (mentor, mentor_rx) = ConnHandle::new(2, 10, 65536);
-        room.join(student);
-        room.join(mentor);
+        room.join(student, false);
+        room.join(mentor, false);
         let start = Instant::now();
         assert!(!room.typing(20, 1, true, start));
         assert!(!room.typing(10, 2, true, start));
@@ -749,7 +749,7 @@ mod tests {
         assert!(room.member(2).is_none());
 
         let (mentor, mentor_rx) = ConnHandle::new(3, 10, 65536);
-        room.join(mentor);
+        room.join(mentor, false);
         assert!(!room.typing(20, 1, true, start + TYPING_INTERVAL * 2));
         assert!(!room.typing(10, 3, true, start + TYPING_INTERVAL * 2));
         drop(mentor_rx);

@@ -650,7 +650,7 @@ mod tests {
         let mut bad_magic = header();
         bad_magic[0] = b'X';
         let mut bad_version = header();
-        bad_version[8] = 2;
+        bad_version[8] = 3;
         for bytes in [bad_magic, bad_version] {
             fs::write(&path, bytes).unwrap();
             let err = read_segment(&path).unwrap_err();
