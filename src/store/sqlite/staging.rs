@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use foldhash::fast::RandomState as FastHash;
 use rusqlite::Statement;
 
-use super::sql::{last_seq, stored_client_id};
+use super::sql::{last_seq, stored_client_id, stored_id};
 use super::tail::{ClientKey, Tail};
 use crate::model::{ConversationId, Message, MessageId, Millis, Seq, UserId, ViewEffect};
 use crate::store::{WriteOp, WriteOutcome};
@@ -40,6 +40,7 @@ pub(super) struct Staged {
 pub(super) struct Lookups<'a, 'conn> {
     pub(super) tail: &'a Tail,
     pub(super) by_client_id: &'a mut Statement<'conn>,
+    pub(super) by_id: &'a mut Statement<'conn>,
     pub(super) last_seq: &'a mut Statement<'conn>,
     pub(super) known_seqs: &'a HashMap<ConversationId, Seq, FastHash>,
 }
@@ -74,8 +75,8 @@ impl Staged {
     }
 
     /// A conflict with this batch, the tail or SQLite (looked up with a
-    /// prepared `STORED_CLIENT_ID`), else staged with the conversation's
-    /// next seq.
+    /// prepared `STORED_CLIENT_ID`, or `STORED_ID` without a client id),
+    /// else staged with the conversation's next seq.
     fn insert(
         &mut self,
         lookups: &mut Lookups<'_, '_>,
@@ -85,6 +86,9 @@ impl Staged {
             return Ok(conflict_outcome(&message, existing));
         }
         if let Some(existing) = stored_client_id(lookups.by_client_id, &message)? {
+            return Ok(conflict_outcome(&message, existing));
+        }
+        if let Some(existing) = stored_id(lookups.by_id, &message)? {
             return Ok(conflict_outcome(&message, existing));
         }
         let conversation = message.conversation_id;

@@ -25,7 +25,7 @@ use super::legacy_seq::number_unnumbered;
 use super::priority::lower_priority;
 use super::sql::{
     get_or_create, in_transaction, insert_message, INSERT_MESSAGE, LAST_SEQ, STORED_CLIENT_ID,
-    VIEW_MESSAGE, VIEW_TARGET,
+    STORED_ID, VIEW_MESSAGE, VIEW_TARGET,
 };
 use super::staging::{Lookups, Staged, View};
 use super::tail::Tail;
@@ -202,10 +202,12 @@ impl WriteThread {
         in_transaction(&self.conn, "BEGIN", |conn| {
             let tail = self.tail.read();
             let mut by_client_id = conn.prepare_cached(STORED_CLIENT_ID)?;
+            let mut by_id = conn.prepare_cached(STORED_ID)?;
             let mut last_seq = conn.prepare_cached(LAST_SEQ)?;
             let mut lookups = Lookups {
                 tail: &tail,
                 by_client_id: &mut by_client_id,
+                by_id: &mut by_id,
                 last_seq: &mut last_seq,
                 known_seqs: &self.last_seqs,
             };
