@@ -1193,7 +1193,7 @@ mod checks {
         let resend = WriteOp::Insert(message(ids[2], c, student, "hello", Some("k1")));
         assert_eq!(
             write(&*store, vec![resend.clone()]).await,
-            [duplicate_of_first.clone()]
+            std::slice::from_ref(&duplicate_of_first)
         );
         // The next insert is number 3: the resend used no seq.
         let next = message(ids[3], c, student, "next", Some("k2"));
