@@ -24,6 +24,7 @@
 //! batch's decisions, `journal` the journal and its replay, `tail` the
 //! unmerged messages, `priority` the write thread's nice value.
 
+mod checkpoint;
 mod errors;
 mod inbox;
 mod journal;
@@ -91,6 +92,9 @@ pub struct SqliteStore {
     /// Journaled messages not yet in SQLite, which readers add to theirs.
     tail: Arc<RwLock<Tail>>,
     write_thread: Option<thread::JoinHandle<()>>,
+    /// Dropped after the write thread ended (field order): its last
+    /// merges are checkpointed by SQLite when the last connection closes.
+    _checkpointer: checkpoint::Checkpointer,
 }
 
 impl Drop for SqliteStore {
@@ -171,12 +175,14 @@ impl SqliteStore {
         let (writes, write_jobs) = mpsc::channel();
         let write_thread = spawn_thread("sqlite-writer", move || write_thread.run(write_jobs))?;
         let reads = readers.start()?;
+        let checkpointer = checkpoint::Checkpointer::start(&path)?;
 
         Ok(SqliteStore {
             writes: Some(writes),
             reads,
             tail,
             write_thread: Some(write_thread),
+            _checkpointer: checkpointer,
         })
     }
 

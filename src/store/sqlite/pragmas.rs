@@ -46,7 +46,9 @@ fn configure_writer_pragmas(conn: &Connection, options: SqliteOptions) -> rusqli
     conn.pragma_update(None, "mmap_size", 268_435_456)?;
     // Checkpoint every ~64 MiB of WAL instead of 4 MiB: a conversation's
     // hot page is rewritten by many commits but copied back once.
-    conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
+    // Checkpoints run on their own thread (`checkpoint`), never at a
+    // commit of this connection, which would hold up the journal.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     // Keep the WAL file from staying huge after a burst.
     conn.pragma_update(None, "journal_size_limit", 67_108_864)?;
     Ok(())

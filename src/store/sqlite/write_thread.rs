@@ -38,9 +38,15 @@ use crate::store::{StoreError, WriteOp, WriteOutcome};
 const MERGE_AT: usize = 65_536;
 /// ...or when the oldest has waited this long.
 const MERGE_AFTER: Duration = Duration::from_secs(5);
-/// Messages per merge transaction: large enough that a conversation's run
-/// rarely splits, small enough that a waiting batch is not held up long.
+/// Messages per merge transaction at most: large enough that a
+/// conversation's run rarely splits.
 const MERGE_CHUNK: usize = 8_192;
+/// How long one merge step between jobs may take: a batch that arrives
+/// meanwhile waits at most this (plus the commit) before its append. The
+/// step's size follows what fits (`MergeStepSize`).
+const MERGE_STEP_BUDGET: Duration = Duration::from_millis(2);
+/// The smallest merge step, so a slow disk still makes progress.
+const MERGE_STEP_MIN: usize = 64;
 /// Pause after a failed merge (another process holds SQLite's lock, a full
 /// disk), doubled up to `MERGE_RETRY_MAX`.
 const MERGE_RETRY_MIN: Duration = Duration::from_millis(50);
@@ -61,6 +67,8 @@ pub(super) struct WriteThread {
     /// The files of the generation being merged, removed once it is merged.
     merging_segments: Vec<PathBuf>,
     merge_retry: Option<(Instant, Duration)>,
+    /// Messages the next merge step takes (see `MERGE_STEP_BUDGET`).
+    merge_step_size: usize,
     /// The last seq given in each conversation written to since start: this
     /// thread is the only writer of seqs, so once read it stays exact.
     last_seqs: HashMap<ConversationId, Seq, FastHash>,
@@ -91,6 +99,7 @@ impl WriteThread {
             active_retired: Vec::new(),
             merging_segments: Vec::new(),
             merge_retry: None,
+            merge_step_size: 1_024,
             last_seqs: HashMap::default(),
         })
     }
@@ -126,7 +135,7 @@ impl WriteThread {
                 None => {}
             }
             if self.merge_due() {
-                let _ = self.merge_step();
+                let _ = self.merge_step(MERGE_STEP_BUDGET);
             }
         }
         // Closing: merge everything, so a clean shutdown leaves no journal.
@@ -194,7 +203,7 @@ impl WriteThread {
         }
         // Memory stays bounded: beyond the limit the ack waits for merges.
         while self.tail.read().len() > self.tail_limit {
-            self.merge_step()?;
+            self.merge_step(MERGE_STEP_BUDGET)?;
         }
         Ok(outcomes)
     }
@@ -262,22 +271,37 @@ impl WriteThread {
 
     /// One step of merging: starts a merge if none runs, else moves one chunk
     /// into SQLite; removes the merged generation's file when it is done.
-    fn merge_step(&mut self) -> Result<(), StoreError> {
+    fn merge_step(&mut self, budget: Duration) -> Result<(), StoreError> {
         if !self.tail.read().is_merging() {
             self.rotate()?;
         }
-        let chunk = self.tail.read().next_chunk(MERGE_CHUNK);
+        let chunk = self.tail.read().next_chunk(self.merge_step_size);
         if !chunk.is_empty() {
-            if let Err(e) = merge_chunk(&self.conn, &chunk) {
-                let pause = self.merge_retry.map_or(MERGE_RETRY_MIN, |(_, pause)| {
-                    (pause * 2).min(MERGE_RETRY_MAX)
-                });
-                self.merge_retry = Some((Instant::now() + pause, pause));
-                tracing::warn!("journal merge failed, retrying in {pause:?}: {e}");
-                return Err(e);
+            let started = Instant::now();
+            let merged = merge_chunk(&self.conn, &chunk, started + budget);
+            if let Ok(count) = merged {
+                self.merge_step_size = next_step_size(
+                    self.merge_step_size,
+                    count,
+                    chunk.len(),
+                    started.elapsed(),
+                    budget,
+                );
             }
-            self.merge_retry = None;
-            self.tail.write().remove_merged(&chunk);
+            match merged {
+                Ok(count) => {
+                    self.merge_retry = None;
+                    self.tail.write().remove_merged(&chunk[..count]);
+                }
+                Err(e) => {
+                    let pause = self.merge_retry.map_or(MERGE_RETRY_MIN, |(_, pause)| {
+                        (pause * 2).min(MERGE_RETRY_MAX)
+                    });
+                    self.merge_retry = Some((Instant::now() + pause, pause));
+                    tracing::warn!("journal merge failed, retrying in {pause:?}: {e}");
+                    return Err(e);
+                }
+            }
         }
         if !self.tail.read().is_merging() {
             for path in self.merging_segments.drain(..) {
@@ -317,8 +341,10 @@ impl WriteThread {
 
     fn merge_all(&mut self) -> Result<(), StoreError> {
         self.merge_retry = None;
+        // Nothing waits at shutdown: whole chunks.
+        self.merge_step_size = MERGE_CHUNK;
         while self.tail.read().len() > 0 {
-            self.merge_step()?;
+            self.merge_step(Duration::from_secs(3600))?;
         }
         for path in self.active_retired.drain(..) {
             remove_segment(&path);
@@ -343,13 +369,92 @@ fn move_cursors(
     })
 }
 
-/// One merge transaction.
-fn merge_chunk(conn: &Connection, chunk: &[Message]) -> Result<(), StoreError> {
+/// One merge transaction: inserts `chunk` in order until `deadline`,
+/// then commits; returns how many it merged (at least a few dozen).
+fn merge_chunk(
+    conn: &Connection,
+    chunk: &[Message],
+    deadline: Instant,
+) -> Result<usize, StoreError> {
+    // The clock is read once per this many inserts.
+    const CHECK_EVERY: usize = 32;
     in_transaction(conn, "BEGIN IMMEDIATE", |conn| {
         let mut insert = conn.prepare_cached(INSERT_MESSAGE)?;
-        for message in chunk {
+        for (n, message) in chunk.iter().enumerate() {
+            if n > 0 && n % CHECK_EVERY == 0 && Instant::now() >= deadline {
+                return Ok(n);
+            }
             drop_if_refused(insert_message(&mut insert, message), message.id, "merge")?;
         }
-        Ok(())
+        Ok(chunk.len())
     })
+}
+
+/// The next merge step's size: what fit in the budget when the deadline
+/// cut it, twice as much when it finished in half the budget, within
+/// [`MERGE_STEP_MIN`, `MERGE_CHUNK`].
+fn next_step_size(
+    size: usize,
+    merged: usize,
+    offered: usize,
+    took: Duration,
+    budget: Duration,
+) -> usize {
+    let next = if merged < offered {
+        merged
+    } else if took < budget / 2 && offered == size {
+        size * 2
+    } else {
+        size
+    };
+    next.clamp(MERGE_STEP_MIN, MERGE_CHUNK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_merge_step_stops_at_its_deadline_and_the_size_follows() {
+        let conn = Connection::open_in_memory().unwrap();
+        super::super::schema::create_schema(&conn).unwrap();
+        let conversation = crate::model::ObjectId::new();
+        let chunk: Vec<Message> = (0..500u64)
+            .map(|n| Message {
+                id: crate::model::ObjectId::new(),
+                conversation_id: conversation,
+                sender_id: 1,
+                text: format!("m{n}"),
+                created_at: crate::model::Millis(0),
+                seq: n + 1,
+                client_id: None,
+                viewed_by: None,
+                viewed_at: None,
+            })
+            .collect();
+        // A deadline already passed: one check's worth, committed.
+        let merged = merge_chunk(&conn, &chunk, Instant::now()).unwrap();
+        assert_eq!(merged, 32);
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM messages", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows, 32);
+        // Time enough: the rest.
+        let far = Instant::now() + Duration::from_secs(60);
+        assert_eq!(merge_chunk(&conn, &chunk[32..], far).unwrap(), 468);
+
+        let budget = MERGE_STEP_BUDGET;
+        assert_eq!(next_step_size(1024, 300, 1024, budget, budget), 300);
+        assert_eq!(
+            next_step_size(1024, 10, 1024, budget, budget),
+            MERGE_STEP_MIN
+        );
+        assert_eq!(next_step_size(1024, 1024, 1024, budget / 4, budget), 2048);
+        assert_eq!(
+            next_step_size(8192, 8192, 8192, budget / 4, budget),
+            MERGE_CHUNK
+        );
+        // A short tail offered less than the size: no growth from it.
+        assert_eq!(next_step_size(1024, 10, 10, budget / 4, budget), 1024);
+    }
 }
