@@ -104,6 +104,13 @@ impl Store for FaultStore {
     fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, HistoryPage> {
         self.inner.messages(query)
     }
+    fn inbox(
+        &self,
+        caller: UserId,
+        conversations: Vec<Conversation>,
+    ) -> StoreFuture<'_, Vec<chat_service::store::InboxEntry>> {
+        self.inner.inbox(caller, conversations)
+    }
     fn message_at_seq(
         &self,
         conversation_id: ConversationId,

@@ -12,8 +12,8 @@ use super::query::{parse_positive_id, Query};
 use super::Body;
 use crate::app::App;
 use crate::auth::{access, caller};
-use crate::model::{ObjectId, Seq, UserId};
-use crate::store::{HistoryPage, HistoryQuery};
+use crate::model::{Millis, ObjectId, Seq, UserId};
+use crate::store::{HistoryPage, HistoryQuery, InboxEntry};
 
 /// Largest page `limit` a client may ask for (CONTRACT §4).
 const MAX_PAGE: i64 = 1000;
@@ -43,7 +43,46 @@ async fn authenticate<B>(app: &App, request: &Request<B>) -> Result<UserId, ApiE
     Ok(user.id)
 }
 
-/// `GET /conversations[?mentor_id=][&student_id=]`
+/// How `/conversations` orders its list (CONTRACT §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sort {
+    /// Oldest conversation first (the seed's order).
+    Created,
+    /// Newest `last_message` first; conversations without one last.
+    Recent,
+    /// Longest-waiting first (oldest `waiting_since`); not waiting last.
+    Waiting,
+}
+
+impl Sort {
+    fn parse(text: Option<&str>) -> Result<Sort, ApiError> {
+        match text {
+            None | Some("created") => Ok(Sort::Created),
+            Some("recent") => Ok(Sort::Recent),
+            Some("waiting") => Ok(Sort::Waiting),
+            Some(_) => Err(ApiError::bad_request(
+                "sort must be one of created, recent, waiting",
+            )),
+        }
+    }
+
+    /// Stable, so ties keep the created order.
+    fn apply(self, list: &mut [InboxEntry]) {
+        match self {
+            Sort::Created => {}
+            Sort::Recent => list.sort_by_key(|entry| {
+                std::cmp::Reverse(entry.last_message.as_ref().map(|m| (m.created_at, m.seq)))
+            }),
+            Sort::Waiting => list.sort_by_key(|entry| match entry.waiting_since {
+                Some(since) => (0, since),
+                None => (1, Millis(0)),
+            }),
+        }
+    }
+}
+
+/// `GET /conversations[?mentor_id=][&student_id=][&lesson_id=][&sort=][&unread=true]`:
+/// the caller's conversations with their read state (CONTRACT §6).
 pub(crate) async fn conversations<B>(
     app: &App,
     request: &Request<B>,
@@ -51,6 +90,13 @@ pub(crate) async fn conversations<B>(
     let query = Query::parse(request.uri().query());
     let mentor_id = query.id("mentor_id")?;
     let student_id = query.id("student_id")?;
+    let lesson_id = query.id("lesson_id")?;
+    let sort = Sort::parse(query.get("sort"))?;
+    let unread_only = match query.get("unread") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::bad_request("unread must be true or false")),
+    };
     let caller = authenticate(app, request).await?;
     let filter = access::conversation_filter(
         caller,
@@ -58,8 +104,16 @@ pub(crate) async fn conversations<B>(
         student_id,
         app.config.max_history as usize,
     )?;
-    let list = app.store.conversations(filter).await?;
-    Ok(json_response(StatusCode::OK, &list))
+    let mut list = app.store.conversations(filter).await?;
+    if let Some(lesson_id) = lesson_id {
+        list.retain(|conversation| conversation.lesson_id == lesson_id);
+    }
+    let mut inbox = app.store.inbox(caller, list).await?;
+    if unread_only {
+        inbox.retain(|entry| entry.unread_count > 0);
+    }
+    sort.apply(&mut inbox);
+    Ok(json_response(StatusCode::OK, &inbox))
 }
 
 /// `GET /conversations/{id}`
@@ -73,7 +127,8 @@ pub(crate) async fn conversation<B>(
     let caller = authenticate(app, request).await?;
     match app.store.conversation(id).await? {
         Some(conversation) if access::can_read(caller, &conversation) => {
-            Ok(json_response(StatusCode::OK, &conversation))
+            let entry = app.store.inbox(caller, vec![conversation]).await?;
+            Ok(json_response(StatusCode::OK, &entry.first()))
         }
         _ => Err(ApiError::not_found("conversation not found")),
     }

@@ -67,6 +67,13 @@ pub enum Command {
         viewer_id: UserId,
         message_id: MessageId,
     },
+    /// Inbound `read`: move the user's cursor to `seq`.
+    Read {
+        conversation_id: ConversationId,
+        conn_id: u64,
+        user_id: UserId,
+        seq: Seq,
+    },
 }
 
 /// What the hub is started with; `config` fills it in.

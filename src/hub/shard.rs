@@ -12,7 +12,7 @@ use super::room::{Room, TYPING_INTERVAL};
 use super::Command;
 use crate::model::{now, ConversationId, Message, MessageId, ObjectId, UserId};
 use crate::store::writer::WriterHandle;
-use crate::store::{StoreError, WriteOp, WriteOutcome};
+use crate::store::{ReadUpTo, StoreError, WriteOp, WriteOutcome};
 use crate::wire::protocol::{self, ErrorCode};
 
 /// Commands taken per wake-up: amortises the wake-up over a burst.
@@ -31,6 +31,14 @@ pub(super) enum Done {
         conn_id: u64,
         message_id: MessageId,
         viewer_id: UserId,
+        outcome: Result<WriteOutcome, StoreError>,
+    },
+    Read {
+        conversation_id: ConversationId,
+        conn_id: u64,
+        user_id: UserId,
+        /// An inbound `read` (answered here), not one riding on a `viewed`.
+        request: bool,
         outcome: Result<WriteOutcome, StoreError>,
     },
 }
@@ -188,6 +196,16 @@ impl Shard {
                 viewer_id,
                 message_id,
             } => self.view(conversation_id, conn_id, viewer_id, message_id),
+            Command::Read {
+                conversation_id,
+                conn_id,
+                user_id,
+                seq,
+            } => {
+                if self.rooms.contains_key(&conversation_id) {
+                    self.read(conversation_id, conn_id, user_id, ReadUpTo::Seq(seq));
+                }
+            }
         }
     }
 
@@ -289,11 +307,102 @@ impl Shard {
             );
             room.settle(conn_id);
             room.send_to(conn_id, refusal);
+            return;
+        }
+        // A `viewed` also moves the viewer's cursor to the message; the
+        // store applies it after the view, and refuses it with the view.
+        self.read(
+            conversation_id,
+            conn_id,
+            viewer_id,
+            ReadUpTo::Message(message_id),
+        );
+    }
+
+    /// Moves a read cursor through the writer; a move is relayed to every
+    /// connection of the room, the reader's own included (its other tabs
+    /// clear their badges). `ReadUpTo::Seq` is a request of its own (it
+    /// settles); `ReadUpTo::Message` rides on a `viewed`, which settles.
+    fn read(
+        &mut self,
+        conversation_id: ConversationId,
+        conn_id: u64,
+        user_id: UserId,
+        up_to: ReadUpTo,
+    ) {
+        let request = matches!(up_to, ReadUpTo::Seq(_));
+        let done_tx = self.done_tx.clone();
+        let submitted = self.writer.submit(
+            WriteOp::Read {
+                conversation_id,
+                user_id,
+                up_to,
+            },
+            Box::new(move |outcome| {
+                let _ = done_tx.send(Done::Read {
+                    conversation_id,
+                    conn_id,
+                    user_id,
+                    request,
+                    outcome,
+                });
+            }),
+        );
+        if submitted.is_err() && request {
+            if let Some(room) = self.rooms.get_mut(&conversation_id) {
+                room.settle(conn_id);
+                room.send_to(
+                    conn_id,
+                    protocol::error_event(
+                        ErrorCode::Overloaded,
+                        "the server cannot store read state fast enough; resend later",
+                        None,
+                    ),
+                );
+            }
         }
     }
 
     fn on_done(&mut self, done: Done) {
         match done {
+            Done::Read {
+                conversation_id,
+                conn_id,
+                user_id,
+                request,
+                outcome,
+            } => {
+                let Some(room) = self.rooms.get_mut(&conversation_id) else {
+                    return;
+                };
+                if request {
+                    room.settle(conn_id);
+                }
+                let refusal = match outcome {
+                    Ok(WriteOutcome::ReadMoved { last_read_seq }) => {
+                        let frame = protocol::read_event(&conversation_id, user_id, last_read_seq);
+                        room.broadcast(&frame, None);
+                        None
+                    }
+                    Ok(WriteOutcome::ReadUnchanged { .. }) => None,
+                    Ok(WriteOutcome::SeqBeyondLast { last_seq }) => Some((
+                        ErrorCode::BadSeq,
+                        format!("seq is beyond the conversation's last seq {last_seq}"),
+                    )),
+                    // The `viewed` it rode on reports the missing message.
+                    Ok(WriteOutcome::ViewTargetMissing) if !request => None,
+                    other => {
+                        tracing::error!(outcome = ?other, %conversation_id, "read cursor not stored");
+                        Some((
+                            ErrorCode::Internal,
+                            "the read state could not be stored".into(),
+                        ))
+                    }
+                };
+                if let (Some((code, message)), true) = (refusal, request) {
+                    room.send_to(conn_id, protocol::error_event(code, &message, None));
+                }
+            }
             Done::Stored {
                 conn_id,
                 mut message,

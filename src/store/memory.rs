@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use parking_lot::Mutex;
 
 use super::{
-    ConversationFilter, HistoryPage, HistoryQuery, PageBuilder, Store, StoreFuture, WriteOp,
-    WriteOutcome,
+    ConversationFilter, HistoryPage, HistoryQuery, InboxEntry, PageBuilder, ReadUpTo, Store,
+    StoreFuture, WriteOp, WriteOutcome,
 };
 use crate::model::{
     Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, ObjectId, Seq,
@@ -35,6 +35,9 @@ struct State {
     /// Each message's id by (conversation, seq); the last entry of a
     /// conversation is its `last_seq`.
     by_seq: BTreeMap<(ConversationId, Seq), MessageId>,
+    /// Read cursors moved by `read`/`viewed` (posting moves one without
+    /// an entry: see `read_cursor`).
+    cursors: HashMap<(ConversationId, UserId), Seq>,
 }
 
 impl MemoryStore {
@@ -49,6 +52,99 @@ impl State {
             .range((conversation, 0)..=(conversation, Seq::MAX))
             .next_back()
             .map_or(0, |(&(_, seq), _)| seq)
+    }
+
+    /// The conversation's messages, oldest first.
+    fn messages_of(
+        &self,
+        conversation: ConversationId,
+    ) -> impl DoubleEndedIterator<Item = &Message> {
+        let lowest = (conversation, ObjectId::from_bytes([0; 12]));
+        let highest = (conversation, ObjectId::from_bytes([0xff; 12]));
+        self.messages.range(lowest..=highest).map(|(_, m)| m)
+    }
+
+    /// `user`'s cursor: what they read, or their own newest message.
+    fn read_cursor(&self, conversation: ConversationId, user: UserId) -> Seq {
+        let read = self
+            .cursors
+            .get(&(conversation, user))
+            .copied()
+            .unwrap_or(0);
+        let sent = self
+            .messages_of(conversation)
+            .filter(|m| m.sender_id == user)
+            .map(|m| m.seq)
+            .max()
+            .unwrap_or(0);
+        read.max(sent)
+    }
+
+    fn inbox_entry(&self, caller: UserId, conversation: &Conversation) -> InboxEntry {
+        let id = conversation.id;
+        let other = if caller == conversation.mentor_id {
+            conversation.student_id
+        } else {
+            conversation.mentor_id
+        };
+        let last_read_seq = self.read_cursor(id, caller);
+        let unread_count = self
+            .messages_of(id)
+            .filter(|m| m.sender_id == other && m.seq > last_read_seq)
+            .count() as u64;
+        let waiting_since = (caller == conversation.mentor_id)
+            .then(|| {
+                let mentor_last = self
+                    .messages_of(id)
+                    .filter(|m| m.sender_id == caller)
+                    .map(|m| m.seq)
+                    .max()
+                    .unwrap_or(0);
+                self.messages_of(id)
+                    .filter(|m| m.sender_id == conversation.student_id && m.seq > mentor_last)
+                    .min_by_key(|m| m.seq)
+                    .map(|m| m.created_at)
+            })
+            .flatten();
+        InboxEntry {
+            conversation: self.current(conversation),
+            last_message: self.messages_of(id).max_by_key(|m| m.seq).cloned(),
+            unread_count,
+            last_read_seq,
+            other_last_read_seq: self.read_cursor(id, other),
+            waiting_since,
+        }
+    }
+
+    fn read(
+        &mut self,
+        conversation: ConversationId,
+        user: UserId,
+        up_to: ReadUpTo,
+    ) -> WriteOutcome {
+        let target = match up_to {
+            ReadUpTo::Seq(seq) => {
+                let last_seq = self.last_seq(conversation);
+                if seq > last_seq {
+                    return WriteOutcome::SeqBeyondLast { last_seq };
+                }
+                seq
+            }
+            ReadUpTo::Message(id) => match self.messages.get(&(conversation, id)) {
+                Some(message) if message.sender_id != user => message.seq,
+                _ => return WriteOutcome::ViewTargetMissing,
+            },
+        };
+        let cursor = self.read_cursor(conversation, user);
+        if target <= cursor {
+            return WriteOutcome::ReadUnchanged {
+                last_read_seq: cursor,
+            };
+        }
+        self.cursors.insert((conversation, user), target);
+        WriteOutcome::ReadMoved {
+            last_read_seq: target,
+        }
     }
 
     /// `conversation` with its current `last_seq`.
@@ -102,6 +198,11 @@ impl State {
                 Some(message) => message.mark_viewed(viewer_id, at).into(),
                 None => WriteOutcome::ViewTargetMissing,
             },
+            WriteOp::Read {
+                conversation_id,
+                user_id,
+                up_to,
+            } => self.read(conversation_id, user_id, up_to),
         }
     }
 }
@@ -160,6 +261,19 @@ impl Store for MemoryStore {
         list.sort_by_key(|c| (c.created_at, c.id));
         list.truncate(filter.limit);
         Box::pin(async move { Ok(list) })
+    }
+
+    fn inbox(
+        &self,
+        caller: UserId,
+        conversations: Vec<Conversation>,
+    ) -> StoreFuture<'_, Vec<InboxEntry>> {
+        let state = self.state.lock();
+        let entries = conversations
+            .iter()
+            .map(|conversation| state.inbox_entry(caller, conversation))
+            .collect();
+        Box::pin(async move { Ok(entries) })
     }
 
     fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, HistoryPage> {

@@ -37,6 +37,24 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// A conversation as one participant's inbox shows it (CONTRACT §6): the
+/// conversation with the caller's read state and what is waiting.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct InboxEntry {
+    #[serde(flatten)]
+    pub conversation: Conversation,
+    /// The newest message, as `/messages` lists it.
+    pub last_message: Option<Message>,
+    /// The other participant's messages after the caller's cursor.
+    pub unread_count: u64,
+    pub last_read_seq: Seq,
+    pub other_last_read_seq: Seq,
+    /// For the conversation's mentor: `created_at` of the oldest student
+    /// message after the mentor's newest one; `None` when the mentor spoke
+    /// last or nobody spoke, and always for the student.
+    pub waiting_since: Option<Millis>,
+}
+
 /// Which conversations to list. Every set field must match.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConversationFilter {
@@ -188,6 +206,26 @@ pub enum WriteOp {
         viewer_id: UserId,
         at: Millis,
     },
+    /// Move `user_id`'s read cursor in `conversation_id` forward to `up_to`
+    /// (CONTRACT §6). A cursor never moves back; the cursor a participant
+    /// has is at least the seq of their own newest message (posting moves
+    /// it), so a read below that changes nothing.
+    Read {
+        conversation_id: ConversationId,
+        user_id: UserId,
+        up_to: ReadUpTo,
+    },
+}
+
+/// Where a [`WriteOp::Read`] moves the cursor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadUpTo {
+    /// Inbound `read`: to this seq (beyond the conversation's last seq:
+    /// [`WriteOutcome::SeqBeyondLast`]).
+    Seq(Seq),
+    /// `viewed`: to this message's seq, if it is the other participant's
+    /// (else [`WriteOutcome::ViewTargetMissing`]).
+    Message(MessageId),
 }
 
 /// What one [`WriteOp`] did, in the order the ops were given.
@@ -207,6 +245,13 @@ pub enum WriteOutcome {
     AlreadyViewed,
     /// No message of that conversation with that id and another sender.
     ViewTargetMissing,
+    /// The read cursor moved to `last_read_seq` (the `read` event's value).
+    ReadMoved { last_read_seq: Seq },
+    /// The read cursor was already at `last_read_seq`, at or past the
+    /// target: nothing was written.
+    ReadUnchanged { last_read_seq: Seq },
+    /// A `read` beyond the conversation's last seq: nothing was written.
+    SeqBeyondLast { last_seq: Seq },
     /// This op can never succeed (e.g. a constraint); the others may have.
     Rejected(String),
 }
@@ -251,6 +296,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Conversations matching `filter`, oldest first.
     fn conversations(&self, filter: ConversationFilter) -> StoreFuture<'_, Vec<Conversation>>;
+
+    /// Each of `conversations` (as `conversations` or `conversation`
+    /// returned them) with `caller`'s read state, in the same order. A
+    /// fixed number of queries, whatever the count.
+    fn inbox(
+        &self,
+        caller: UserId,
+        conversations: Vec<Conversation>,
+    ) -> StoreFuture<'_, Vec<InboxEntry>>;
 
     /// One page of history; see [`HistoryQuery`].
     fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, HistoryPage>;

@@ -398,6 +398,19 @@ impl Store for MongoStore {
         Box::pin(self.bounded("write_batch", self.apply_batch(ops)))
     }
 
+    fn inbox(
+        &self,
+        caller: crate::model::UserId,
+        conversations: Vec<Conversation>,
+    ) -> StoreFuture<'_, Vec<crate::store::InboxEntry>> {
+        Box::pin(async move {
+            let _ = (caller, conversations);
+            Err(StoreError::Internal(
+                "mongodb: the inbox is not implemented yet".into(),
+            ))
+        })
+    }
+
     fn message_at_seq(
         &self,
         conversation_id: ConversationId,

@@ -25,6 +25,7 @@
 //! unmerged messages, `priority` the write thread's nice value.
 
 mod errors;
+mod inbox;
 mod journal;
 mod legacy_seq;
 mod pragmas;
@@ -51,8 +52,8 @@ use self::write_thread::WriteThread;
 use tokio::sync::oneshot;
 
 use super::{
-    ConversationFilter, HistoryPage, HistoryQuery, Store, StoreError, StoreFuture, WriteOp,
-    WriteOutcome,
+    ConversationFilter, HistoryPage, HistoryQuery, InboxEntry, Store, StoreError, StoreFuture,
+    WriteOp, WriteOutcome,
 };
 use crate::model::{Conversation, ConversationId, ConversationKey, MessageId, Millis, Seq, UserId};
 
@@ -253,6 +254,19 @@ impl Store for SqliteStore {
                 with_tail_seq(conversation, &tail);
             }
             Ok(list)
+        })
+    }
+
+    fn inbox(
+        &self,
+        caller: UserId,
+        conversations: Vec<Conversation>,
+    ) -> StoreFuture<'_, Vec<InboxEntry>> {
+        let tail = Arc::clone(&self.tail);
+        self.reads.read_store(move |conn| {
+            // The tail first, as in `messages`.
+            let parts = inbox::tail_parts(&tail.read(), &conversations);
+            inbox::inbox(conn, caller, conversations, parts)
         })
     }
 

@@ -30,6 +30,10 @@ pub enum Inbound {
     Viewed {
         message_id: MessageId,
     },
+    /// Ours (CONTRACT §6): move the read cursor to `seq`.
+    Read {
+        seq: Seq,
+    },
 }
 
 /// The `code` of an `error` event.
@@ -41,6 +45,7 @@ pub enum ErrorCode {
     TextTooLong,
     BadClientId,
     MessageNotFound,
+    BadSeq,
     Forbidden,
     Overloaded,
     RateLimited,
@@ -56,6 +61,7 @@ impl ErrorCode {
             ErrorCode::TextTooLong => "text_too_long",
             ErrorCode::BadClientId => "bad_client_id",
             ErrorCode::MessageNotFound => "message_not_found",
+            ErrorCode::BadSeq => "bad_seq",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::RateLimited => "rate_limited",
@@ -127,6 +133,14 @@ pub fn parse(buf: &mut [u8], max_text_bytes: usize) -> Result<Inbound, Refusal> 
                     ErrorCode::MessageNotFound,
                     "\"message_id\" must be a 24-hex-digit message id",
                 )
+            }),
+        "read" => value
+            .get("seq")
+            .and_then(|seq| seq.as_u64())
+            .filter(|&seq| i64::try_from(seq).is_ok())
+            .map(|seq| Inbound::Read { seq })
+            .ok_or_else(|| {
+                Refusal::new(ErrorCode::BadSeq, "\"seq\" must be a non-negative integer")
             }),
         other => Err(Refusal::new(
             ErrorCode::UnknownType,
@@ -316,6 +330,26 @@ pub fn viewed_event(
         message_id,
         viewer_id,
         conversation_id,
+    })
+}
+
+#[derive(Serialize)]
+struct ReadEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    conversation_id: &'a ConversationId,
+    user_id: UserId,
+    last_read_seq: Seq,
+}
+
+/// `{"type":"read","conversation_id","user_id","last_read_seq"}`: a read
+/// cursor moved (CONTRACT §6).
+pub fn read_event(conversation_id: &ConversationId, user_id: UserId, last_read_seq: Seq) -> Bytes {
+    encode(&ReadEvent {
+        kind: "read",
+        conversation_id,
+        user_id,
+        last_read_seq,
     })
 }
 

@@ -362,6 +362,28 @@ impl Reader {
                     message_id,
                 }
             }
+            // Rate-limited with `viewed`: each may cost a write too.
+            Ok(Inbound::Read { seq }) => {
+                let others = self
+                    .others
+                    .get_or_insert_with(|| OtherLimits::new(self.message_rate));
+                if others.view_bucket.take(tokio::time::Instant::now()) != Verdict::Allowed {
+                    let refusal = protocol::error_event(
+                        ErrorCode::RateLimited,
+                        "too many read events; send the newest again later",
+                        None,
+                    );
+                    let _ = self.conn.send_own(refusal);
+                    return;
+                }
+                self.conn.request_sent();
+                Command::Read {
+                    conversation_id: self.conversation_id,
+                    conn_id: self.conn.id(),
+                    user_id: self.conn.user_id(),
+                    seq,
+                }
+            }
         };
         self.forward(command).await;
     }

@@ -69,6 +69,13 @@ impl Store for TempSqlite {
     fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, HistoryPage> {
         self.store.messages(query)
     }
+    fn inbox(
+        &self,
+        caller: UserId,
+        conversations: Vec<Conversation>,
+    ) -> StoreFuture<'_, Vec<chat_service::store::InboxEntry>> {
+        self.store.inbox(caller, conversations)
+    }
     fn message_at_seq(
         &self,
         conversation_id: ConversationId,

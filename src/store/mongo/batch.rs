@@ -41,8 +41,11 @@ impl MongoStore {
         let mut inserts: Vec<(usize, Message)> = Vec::new();
         let mut views_before_inserts = Vec::new();
         let mut views_after_inserts = Vec::new();
+        let mut reads = Vec::new();
+        let count = ops.len();
         for (position, op) in ops.into_iter().enumerate() {
             match op {
+                WriteOp::Read { .. } => reads.push(position),
                 WriteOp::Insert(message) => inserts.push((position, message)),
                 WriteOp::View {
                     conversation_id,
@@ -69,8 +72,12 @@ impl MongoStore {
             }
         }
 
-        let mut outcomes: Vec<Option<WriteOutcome>> =
-            vec![None; inserts.len() + views_before_inserts.len() + views_after_inserts.len()];
+        let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; count];
+        for position in reads {
+            outcomes[position] = Some(WriteOutcome::Rejected(
+                "read cursors are not stored in MongoDB yet".into(),
+            ));
+        }
         self.apply_views(&views_before_inserts, &mut outcomes)
             .await?;
         self.insert_messages(&inserts, &mut outcomes).await?;

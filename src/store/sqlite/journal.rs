@@ -296,6 +296,13 @@ fn next_record(cursor: &mut Cursor<'_>, with_seq: bool) -> Option<WriteOp> {
 /// (the reader would take them for damage) and leaves `buf` as it was.
 fn encode_record(buf: &mut Vec<u8>, record: &WriteOp) -> io::Result<()> {
     let start = buf.len();
+    if let WriteOp::Read { .. } = record {
+        // Cursors go to SQLite directly (see the write thread).
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "read cursors are not journaled",
+        ));
+    }
     buf.extend_from_slice(&[0; RECORD_HEADER_LEN]);
     encode_payload(buf, record);
     let payload_len = buf.len() - start - RECORD_HEADER_LEN;
@@ -343,6 +350,8 @@ fn encode_payload(buf: &mut Vec<u8>, record: &WriteOp) {
             buf.extend_from_slice(&viewer_id.to_le_bytes());
             buf.extend_from_slice(&at.0.to_le_bytes());
         }
+        // Refused by `encode_record` before this is reached.
+        WriteOp::Read { .. } => {}
     }
 }
 

@@ -71,10 +71,19 @@ impl Readers {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        self.read_store(move |conn| query(conn).map_err(store_error))
+    }
+
+    /// [`Readers::read`] for a query that maps its own errors.
+    pub(super) fn read_store<T, F>(&self, query: F) -> StoreFuture<'_, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         Box::pin(async move {
             let (reply, answer) = oneshot::channel();
             let job: ReadJob = Box::new(move |conn| {
-                let _ = reply.send(query(conn).map_err(store_error));
+                let _ = reply.send(query(conn));
             });
             self.jobs.send(job).map_err(|_| threads_stopped())?;
             answer.await.map_err(|_| threads_stopped())?

@@ -26,19 +26,24 @@ pub(super) fn conversation_from_row(row: &Row<'_>) -> rusqlite::Result<Conversat
 }
 
 pub(super) fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
+    message_from_row_at(row, 0)
+}
+
+/// [`MESSAGE_COLUMNS`] read from column `at` on.
+pub(super) fn message_from_row_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Message> {
     Ok(Message {
-        id: ObjectId::from_bytes(row.get(0)?),
-        conversation_id: ObjectId::from_bytes(row.get(1)?),
-        sender_id: row.get(2)?,
-        text: row.get(3)?,
-        created_at: Millis(row.get(4)?),
-        client_id: row.get(5)?,
-        viewed_by: row.get(6)?,
-        viewed_at: row.get::<_, Option<i64>>(7)?.map(Millis),
+        id: ObjectId::from_bytes(row.get(at)?),
+        conversation_id: ObjectId::from_bytes(row.get(at + 1)?),
+        sender_id: row.get(at + 2)?,
+        text: row.get(at + 3)?,
+        created_at: Millis(row.get(at + 4)?),
+        client_id: row.get(at + 5)?,
+        viewed_by: row.get(at + 6)?,
+        viewed_at: row.get::<_, Option<i64>>(at + 7)?.map(Millis),
         // NULL: a legacy message not numbered yet (only before the
         // numbering at open finished).
         seq: row
-            .get::<_, Option<i64>>(8)?
+            .get::<_, Option<i64>>(at + 8)?
             .and_then(|seq| seq.try_into().ok())
             .unwrap_or(0),
     })

@@ -58,6 +58,17 @@ CREATE INDEX IF NOT EXISTS messages_recent_client_ids
 /// index is unique without being partial; `last_seq` is one probe of it.
 const SEQ_INDEX: &str = "
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_seq ON messages (conversation_id, seq);
+-- A participant's newest message (posting moves their read cursor) and
+-- the other's messages after a cursor (unread counts, waiting_since).
+CREATE INDEX IF NOT EXISTS messages_by_sender_seq ON messages (conversation_id, sender_id, seq);
+-- Read cursors moved by `read` and `viewed` (CONTRACT §6); written by the
+-- write thread directly, not through the journal: they are few.
+CREATE TABLE IF NOT EXISTS read_cursors (
+    conversation_id BLOB    NOT NULL,
+    user_id         INTEGER NOT NULL,
+    last_read_seq   INTEGER NOT NULL,
+    PRIMARY KEY (conversation_id, user_id)
+) WITHOUT ROWID;
 ";
 
 /// Creates what is missing and records the version; refuses a database a

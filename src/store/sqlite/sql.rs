@@ -40,6 +40,19 @@ pub(super) const STORED_CLIENT_ID: &str = "SELECT id, seq FROM messages
 /// A conversation's newest seq in SQLite (the write thread adds the tail's).
 pub(super) const LAST_SEQ: &str =
     "SELECT coalesce(max(seq), 0) FROM messages WHERE conversation_id = ?1";
+/// A stored read cursor (without the own messages' part).
+pub(super) const READ_CURSOR: &str =
+    "SELECT last_read_seq FROM read_cursors WHERE conversation_id = ?1 AND user_id = ?2";
+/// A participant's newest message in SQLite.
+pub(super) const LAST_SENT: &str =
+    "SELECT coalesce(max(seq), 0) FROM messages WHERE conversation_id = ?1 AND sender_id = ?2";
+/// A stored message's seq and sender.
+pub(super) const SEQ_AND_SENDER: &str =
+    "SELECT seq, sender_id FROM messages WHERE conversation_id = ?1 AND id = ?2";
+/// A cursor only moves forward, also when two writes race.
+pub(super) const MOVE_CURSOR: &str = "INSERT INTO read_cursors
+    (conversation_id, user_id, last_read_seq) VALUES (?1, ?2, ?3)
+    ON CONFLICT DO UPDATE SET last_read_seq = max(last_read_seq, excluded.last_read_seq)";
 /// The id of a conversation's message number ?2.
 const MESSAGE_AT_SEQ: &str = "SELECT id FROM messages WHERE conversation_id = ?1 AND seq = ?2";
 /// A sender's newest client ids; planned onto `messages_recent_client_ids`

@@ -10,10 +10,12 @@ use std::collections::HashMap;
 use foldhash::fast::RandomState as FastHash;
 use rusqlite::Statement;
 
+use rusqlite::OptionalExtension;
+
 use super::sql::{last_seq, stored_client_id};
 use super::tail::{ClientKey, Tail};
 use crate::model::{ConversationId, Message, MessageId, Millis, Seq, UserId, ViewEffect};
-use crate::store::{WriteOp, WriteOutcome};
+use crate::store::{ReadUpTo, WriteOp, WriteOutcome};
 
 /// A view's fields: conversation, message, viewer, time.
 pub(super) type View = (ConversationId, MessageId, UserId, Millis);
@@ -33,6 +35,10 @@ pub(super) struct Staged {
     /// The last seq this batch gave in each conversation; the write thread
     /// keeps them only once the batch is journaled.
     pub(super) last_seqs: HashMap<ConversationId, Seq, FastHash>,
+    /// Each participant's newest message in this batch.
+    sent: HashMap<(ConversationId, UserId), Seq, FastHash>,
+    /// Read cursors this batch moves: the write thread stores them.
+    pub(super) cursors: HashMap<(ConversationId, UserId), Seq, FastHash>,
 }
 
 /// What staging reads besides the batch: the tail, SQLite's statements,
@@ -44,6 +50,10 @@ pub(super) struct Lookups<'a, 'conn> {
     pub(super) known_seqs: &'a HashMap<ConversationId, Seq, FastHash>,
     /// Messages of a journaled batch whose ack failed (see the write thread).
     pub(super) journaled_unacked: &'a HashMap<(ConversationId, MessageId), Seq, FastHash>,
+    /// `READ_CURSOR`, `LAST_SENT`, `SEQ_AND_SENDER`.
+    pub(super) read_cursor: &'a mut Statement<'conn>,
+    pub(super) last_sent: &'a mut Statement<'conn>,
+    pub(super) seq_and_sender: &'a mut Statement<'conn>,
 }
 
 impl Staged {
@@ -70,6 +80,11 @@ impl Staged {
                 viewer_id,
                 at,
             } => self.view(tail, (conversation_id, message_id, viewer_id, at)),
+            WriteOp::Read {
+                conversation_id,
+                user_id,
+                up_to,
+            } => self.read(lookups, conversation_id, user_id, up_to)?,
         };
         self.outcomes.push(outcome);
         Ok(())
@@ -94,19 +109,117 @@ impl Staged {
             return Ok(conflict_outcome(&message, existing));
         }
         let conversation = message.conversation_id;
-        let last = match self.last_seqs.get(&conversation) {
-            Some(&seq) => seq,
-            None => match lookups.known_seqs.get(&conversation) {
-                Some(&seq) => seq,
-                None => last_seq(lookups.last_seq, conversation)?
-                    .max(lookups.tail.last_seq(conversation)),
-            },
-        };
-        message.seq = last + 1;
+        message.seq = self.last_seq(lookups, conversation)? + 1;
         self.last_seqs.insert(conversation, message.seq);
+        self.sent
+            .insert((conversation, message.sender_id), message.seq);
         let seq = message.seq;
         self.push_insert(message);
         Ok(WriteOutcome::Inserted { seq })
+    }
+
+    /// The conversation's last seq so far: this batch's, the write
+    /// thread's, or SQLite's and the tail's.
+    fn last_seq(
+        &self,
+        lookups: &mut Lookups<'_, '_>,
+        conversation: ConversationId,
+    ) -> rusqlite::Result<Seq> {
+        if let Some(&seq) = self.last_seqs.get(&conversation) {
+            return Ok(seq);
+        }
+        if let Some(&seq) = lookups.known_seqs.get(&conversation) {
+            return Ok(seq);
+        }
+        Ok(last_seq(lookups.last_seq, conversation)?.max(lookups.tail.last_seq(conversation)))
+    }
+
+    /// Moves `user`'s cursor (see `WriteOp::Read`); `cursors` collects the
+    /// moves for the write thread.
+    fn read(
+        &mut self,
+        lookups: &mut Lookups<'_, '_>,
+        conversation: ConversationId,
+        user: UserId,
+        up_to: ReadUpTo,
+    ) -> rusqlite::Result<WriteOutcome> {
+        let target = match up_to {
+            ReadUpTo::Seq(seq) => {
+                let last_seq = self.last_seq(lookups, conversation)?;
+                if seq > last_seq {
+                    return Ok(WriteOutcome::SeqBeyondLast { last_seq });
+                }
+                seq
+            }
+            ReadUpTo::Message(id) => match self.seq_and_sender(lookups, conversation, id)? {
+                Some((seq, sender)) if sender != user => seq,
+                _ => return Ok(WriteOutcome::ViewTargetMissing),
+            },
+        };
+        let cursor = self.cursor(lookups, conversation, user)?;
+        if target <= cursor {
+            return Ok(WriteOutcome::ReadUnchanged {
+                last_read_seq: cursor,
+            });
+        }
+        self.cursors.insert((conversation, user), target);
+        Ok(WriteOutcome::ReadMoved {
+            last_read_seq: target,
+        })
+    }
+
+    /// `user`'s cursor: what they read, or their own newest message.
+    fn cursor(
+        &self,
+        lookups: &mut Lookups<'_, '_>,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> rusqlite::Result<Seq> {
+        let key = (conversation, user);
+        let batch = self.cursors.get(&key).copied().unwrap_or(0);
+        let sent = self.sent.get(&key).copied().unwrap_or(0);
+        let read: Option<i64> = lookups
+            .read_cursor
+            .query_row((conversation.bytes(), user), |row| row.get(0))
+            .optional()?;
+        let stored_sent: i64 = lookups
+            .last_sent
+            .query_row((conversation.bytes(), user), |row| row.get(0))?;
+        let as_seq = |value: i64| Seq::try_from(value).unwrap_or(0);
+        Ok(batch
+            .max(sent)
+            .max(read.map_or(0, as_seq))
+            .max(as_seq(stored_sent))
+            .max(lookups.tail.last_sent(conversation, user)))
+    }
+
+    /// A message's seq and sender: from this batch, the tail or SQLite.
+    fn seq_and_sender(
+        &self,
+        lookups: &mut Lookups<'_, '_>,
+        conversation: ConversationId,
+        id: MessageId,
+    ) -> rusqlite::Result<Option<(Seq, UserId)>> {
+        if let Some(&index) = self.by_id.get(&(conversation, id)) {
+            if let WriteOp::Insert(message) = &self.records[index] {
+                return Ok(Some((message.seq, message.sender_id)));
+            }
+        }
+        if let Some(message) = lookups.tail.get(conversation, id) {
+            return Ok(Some((message.seq, message.sender_id)));
+        }
+        let stored: Option<(Option<i64>, UserId)> = lookups
+            .seq_and_sender
+            .query_row((conversation.bytes(), id.bytes()), |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()?;
+        Ok(stored.map(|(seq, sender)| {
+            (
+                seq.and_then(|seq| Seq::try_from(seq).ok()).unwrap_or(0),
+                sender,
+            )
+        }))
     }
 
     /// Applied to this batch's insert or to the tail's copy; a message
@@ -160,7 +273,7 @@ impl Staged {
         let seq_of = |id: MessageId| match self.by_id.get(&(conversation, id)) {
             Some(&index) => match &self.records[index] {
                 WriteOp::Insert(staged) => Some(staged.seq),
-                WriteOp::View { .. } => None,
+                WriteOp::View { .. } | WriteOp::Read { .. } => None,
             },
             None => tail.get(conversation, id).map(|stored| stored.seq),
         };

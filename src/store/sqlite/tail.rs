@@ -152,6 +152,32 @@ impl Tail {
             .unwrap_or(0)
     }
 
+    /// The seq of `sender`'s newest message in `conversation` in the tail,
+    /// 0 when none.
+    pub(super) fn last_sent(&self, conversation: ConversationId, sender: UserId) -> Seq {
+        [&self.active, &self.merging]
+            .iter()
+            .filter_map(|generation| {
+                generation
+                    .range(conversation, None, None)
+                    .rev()
+                    .find(|message| message.sender_id == sender)
+            })
+            .map(|message| message.seq)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Every message of `conversation` in the tail, oldest (lowest seq) first.
+    pub(super) fn conversation_messages(&self, conversation: ConversationId) -> Vec<&Message> {
+        let mut messages: Vec<&Message> = [&self.merging, &self.active]
+            .iter()
+            .flat_map(|generation| generation.range(conversation, None, None))
+            .collect();
+        messages.sort_by_key(|message| message.seq);
+        messages
+    }
+
     /// The id of `conversation`'s message number `seq`, if the tail has it.
     pub(super) fn message_at_seq(
         &self,

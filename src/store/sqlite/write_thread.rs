@@ -24,13 +24,13 @@ use super::journal::{self, remove_segment, Segment};
 use super::legacy_seq::number_unnumbered;
 use super::priority::lower_priority;
 use super::sql::{
-    get_or_create, in_transaction, insert_message, INSERT_MESSAGE, LAST_SEQ, STORED_CLIENT_ID,
-    VIEW_MESSAGE, VIEW_TARGET,
+    get_or_create, in_transaction, insert_message, INSERT_MESSAGE, LAST_SENT, LAST_SEQ,
+    MOVE_CURSOR, READ_CURSOR, SEQ_AND_SENDER, STORED_CLIENT_ID, VIEW_MESSAGE, VIEW_TARGET,
 };
 use super::staging::{Lookups, Staged, View};
 use super::tail::Tail;
 use super::WriteJob;
-use crate::model::{ConversationId, Message, MessageId, Seq};
+use crate::model::{ConversationId, Message, MessageId, Seq, UserId};
 use crate::store::{StoreError, WriteOp, WriteOutcome};
 
 /// A merge starts when this many messages wait in the tail...
@@ -181,7 +181,7 @@ impl WriteThread {
             .iter()
             .map(|op| match op {
                 WriteOp::Insert(message) => Some((message.conversation_id, message.id)),
-                WriteOp::View { .. } => None,
+                WriteOp::View { .. } | WriteOp::Read { .. } => None,
             })
             .collect();
         let staged = self.stage(ops)?;
@@ -208,7 +208,17 @@ impl WriteThread {
                             message.mark_viewed(viewer_id, at);
                         }
                     }
+                    // Staging never journals one.
+                    WriteOp::Read { .. } => {}
                 }
+            }
+        }
+        // After the append: a failure here fails the batch, whose retry
+        // finds its inserts journaled (below) and moves the cursors again.
+        if !staged.cursors.is_empty() {
+            if let Err(error) = move_cursors(&self.conn, &staged.cursors) {
+                self.journaled_unacked = inserted_seqs(&outcomes, &ops_keys);
+                return Err(error);
             }
         }
         // Memory stays bounded: beyond the limit the ack waits for merges.
@@ -235,12 +245,18 @@ impl WriteThread {
             let tail = self.tail.read();
             let mut by_client_id = conn.prepare_cached(STORED_CLIENT_ID)?;
             let mut last_seq = conn.prepare_cached(LAST_SEQ)?;
+            let mut read_cursor = conn.prepare_cached(READ_CURSOR)?;
+            let mut last_sent = conn.prepare_cached(LAST_SENT)?;
+            let mut seq_and_sender = conn.prepare_cached(SEQ_AND_SENDER)?;
             let mut lookups = Lookups {
                 tail: &tail,
                 by_client_id: &mut by_client_id,
                 last_seq: &mut last_seq,
                 known_seqs: &self.last_seqs,
                 journaled_unacked: &self.journaled_unacked,
+                read_cursor: &mut read_cursor,
+                last_sent: &mut last_sent,
+                seq_and_sender: &mut seq_and_sender,
             };
             for op in ops {
                 staged.push(&mut lookups, op)?;
@@ -345,6 +361,21 @@ impl WriteThread {
         remove_segment(self.segment.path());
         Ok(())
     }
+}
+
+/// Stores the cursors a batch moved, in one transaction.
+fn move_cursors(
+    conn: &Connection,
+    cursors: &HashMap<(ConversationId, UserId), Seq, FastHash>,
+) -> Result<(), StoreError> {
+    in_transaction(conn, "BEGIN IMMEDIATE", |conn| {
+        let mut cursor = conn.prepare_cached(MOVE_CURSOR)?;
+        for (&(conversation, user), &seq) in cursors {
+            let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+            cursor.execute((conversation.bytes(), user, seq))?;
+        }
+        Ok(())
+    })
 }
 
 /// One merge transaction.

@@ -72,6 +72,8 @@ fn apply(conn: &Connection, records: &[WriteOp]) -> rusqlite::Result<()> {
                     .map(drop),
                 *message_id,
             ),
+            // Never journaled.
+            WriteOp::Read { .. } => continue,
         };
         drop_if_refused(applied, id, "replay")?;
     }
