@@ -596,9 +596,7 @@ function sendRead(conv) {
   if (state.conv !== conv || !conv.ready || document.visibilityState !== "visible") return;
   const seq = conv.newestTheirs;
   if (seq <= conv.myReadSeq) return;
-  // PHASE1: the server does not know "read" yet; viewed of the newest moves the same cursor.
-  const newest = $("messages").querySelector(`.msg.theirs[data-seq="${seq}"]`);
-  if (!newest || !sendFrame({ type: "viewed", message_id: newest.dataset.id })) return;
+  if (!sendFrame({ type: "read", seq })) return;
   conv.myReadSeq = seq; // a cursor only moves forward; the server's echo confirms it
   updateUnread(conv);
   scheduleInboxRefresh();
