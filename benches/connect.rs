@@ -1,5 +1,6 @@
-//! Connect cost: `Store::recent_client_ids`, which every /ws upgrade runs,
-//! on the real `SqliteStore`, for a conversation of 1k and of 1M seed-style
+//! Connect cost: `Store::recent_client_ids` (which every /ws upgrade ran
+//! while rooms kept recent client ids; kept while the trait has it), on
+//! the real `SqliteStore`, for a conversation of 1k and of 1M seed-style
 //! messages (no `client_id`: seed clients never send one) plus 100 messages
 //! with client ids spread among them. It must not grow with the
 //! conversation (issue 11 point 4: 130-200 ms per connect at 558k).
@@ -13,15 +14,17 @@
 use std::path::Path;
 
 use chat_service::config::Config;
-use chat_service::hub::RECENT_CLIENT_IDS;
 use chat_service::model::{Conversation, ConversationKey, Millis, ObjectId};
 use chat_service::store::sqlite::{SqliteOptions, SqliteStore, DATABASE_FILE};
 use chat_service::store::Store;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
-/// Messages with a client id in every fixture, fewer than the limit the
-/// upgrade asks for, so a scan cannot stop early.
+/// Messages with a client id in every fixture, fewer than the limit asked
+/// for, so a scan cannot stop early.
 const WITH_CLIENT_ID: usize = 100;
+/// The limit asked for: what the upgrade asked for while rooms kept recent
+/// client ids (before the store's duplicate check became the only one).
+const RECENT_CLIENT_IDS: usize = 1024;
 
 fn recent_client_ids(c: &mut Criterion) {
     let benchmarking = std::env::args().any(|arg| arg == "--bench");
@@ -86,8 +89,9 @@ fn fixture(dir: &Path, size: usize, runtime: &tokio::runtime::Runtime) -> Conver
     {
         let mut insert = tx
             .prepare(
-                "INSERT INTO messages (conversation_id, id, sender_id, text, created_at, client_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO messages
+                     (conversation_id, id, sender_id, text, created_at, client_id, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .unwrap();
         let every = size / WITH_CLIENT_ID;
@@ -107,6 +111,7 @@ fn fixture(dir: &Path, size: usize, runtime: &tokio::runtime::Runtime) -> Conver
                     "a message from a seed client, without a client id",
                     1_735_725_600_000_i64 + n as i64,
                     client_id,
+                    n as i64 + 1,
                 ))
                 .unwrap();
         }

@@ -105,7 +105,7 @@ async fn room(size: usize) -> (Hub, mpsc::Sender<Command>, Vec<Receiver>, Object
             .send(Command::Join {
                 conversation: conversation.clone(),
                 conn,
-                recent_client_ids: Vec::new(),
+                recovering: None,
             })
             .await
             .unwrap();

@@ -55,7 +55,7 @@ fn encode(c: &mut Criterion) {
         b.iter(|| black_box(protocol::viewed_event(&conversation, &id, 15)))
     });
     group.bench_function("ack", |b| {
-        b.iter(|| black_box(protocol::ack_event(&id, Some("web-7f3a-0042"))))
+        b.iter(|| black_box(protocol::ack_event(&id, 42, Some("web-7f3a-0042"))))
     });
     group.bench_function("presence", |b| {
         b.iter(|| black_box(protocol::presence_event(15, true)))

@@ -135,6 +135,10 @@ async fn a_database_the_go_service_wrote_is_read_as_it_is() {
         ids,
         seed_ids.iter().map(|id| id.bytes()).collect::<Vec<_>>()
     );
+    // Numbered at connect, in time order.
+    let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(conversation.last_seq, 3);
     assert_eq!(history[1].viewed_by, Some(10));
     assert_eq!(history[2].sender_id, 10);
     let newest_two = store
@@ -157,6 +161,10 @@ async fn a_database_the_go_service_wrote_is_read_as_it_is() {
     );
     assert!(
         indexes.contains(&"conversation_id_1_sender_id_1_client_id_1".to_string()),
+        "{indexes:?}"
+    );
+    assert!(
+        indexes.contains(&"conversation_id_1_seq_1".to_string()),
         "{indexes:?}"
     );
     database.drop().await.unwrap();
@@ -242,9 +250,12 @@ async fn resends_are_deduplicated_and_retried_batches_are_idempotent() {
     let retried = store.write_batch(batch).await.unwrap();
 
     let expected = [
-        WriteOutcome::Inserted,
-        WriteOutcome::Duplicate { existing: first.id },
-        WriteOutcome::Inserted,
+        WriteOutcome::Inserted { seq: 1 },
+        WriteOutcome::Duplicate {
+            existing: first.id,
+            seq: 1,
+        },
+        WriteOutcome::Inserted { seq: 2 },
         WriteOutcome::Viewed,
         WriteOutcome::ViewTargetMissing,
     ];
@@ -282,5 +293,200 @@ async fn resends_are_deduplicated_and_retried_batches_are_idempotent() {
         raw.get("conversation_id"),
         Some(&Bson::ObjectId(oid(conversation.id)))
     );
+    store.database().drop().await.unwrap();
+}
+
+fn history_query(conversation_id: ObjectId) -> HistoryQuery {
+    HistoryQuery {
+        conversation_id,
+        before: None,
+        after: None,
+        limit: 1000,
+        max_bytes: usize::MAX,
+    }
+}
+
+#[tokio::test]
+async fn seqs_are_gap_free_across_batches_duplicates_and_restarts() {
+    let Some(uri) = mongo_uri("seqs_are_gap_free_across_batches_duplicates_and_restarts") else {
+        return;
+    };
+    let settings = scratch_settings(&uri);
+    let store = MongoStore::connect(&settings).await.unwrap();
+    let key = |lesson_id| ConversationKey {
+        lesson_id,
+        mentor_id: 10,
+        student_id: 25,
+    };
+    let a = store.conversation_for(key(1), Millis(0)).await.unwrap();
+    let b = store.conversation_for(key(2), Millis(0)).await.unwrap();
+    assert_eq!((a.last_seq, b.last_seq), (0, 0));
+
+    let first = message(a.id, 25, "a1", Some("c-1"));
+    let outcomes = store
+        .write_batch(vec![
+            WriteOp::Insert(first.clone()),
+            WriteOp::Insert(message(b.id, 10, "b1", None)),
+            WriteOp::Insert(message(a.id, 25, "resend", Some("c-1"))),
+            WriteOp::Insert(message(a.id, 10, "a2", None)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            WriteOutcome::Inserted { seq: 1 },
+            WriteOutcome::Inserted { seq: 1 },
+            WriteOutcome::Duplicate {
+                existing: first.id,
+                seq: 1
+            },
+            WriteOutcome::Inserted { seq: 2 },
+        ]
+    );
+    // A resend in a later batch keeps the first seq and uses none.
+    let outcomes = store
+        .write_batch(vec![
+            WriteOp::Insert(message(a.id, 25, "resend", Some("c-1"))),
+            WriteOp::Insert(message(a.id, 25, "a3", Some("c-2"))),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            WriteOutcome::Duplicate {
+                existing: first.id,
+                seq: 1
+            },
+            WriteOutcome::Inserted { seq: 3 },
+        ]
+    );
+    drop(store);
+
+    // A restart: the last seqs are read from the database.
+    let store = MongoStore::connect(&settings).await.unwrap();
+    let outcomes = store
+        .write_batch(vec![
+            WriteOp::Insert(message(b.id, 25, "b2", None)),
+            WriteOp::Insert(message(a.id, 10, "a4", None)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            WriteOutcome::Inserted { seq: 2 },
+            WriteOutcome::Inserted { seq: 4 }
+        ]
+    );
+
+    for (conversation, count) in [(a.id, 4), (b.id, 2)] {
+        let history = store
+            .messages(history_query(conversation))
+            .await
+            .unwrap()
+            .messages;
+        let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=count).collect::<Vec<u64>>());
+        for message in &history {
+            assert_eq!(
+                store
+                    .message_at_seq(conversation, message.seq)
+                    .await
+                    .unwrap(),
+                Some(message.id)
+            );
+        }
+        assert_eq!(
+            store.message_at_seq(conversation, count + 1).await.unwrap(),
+            None
+        );
+        let read = store.conversation(conversation).await.unwrap().unwrap();
+        assert_eq!(read.last_seq, count);
+    }
+    let listed = store
+        .conversations(ConversationFilter {
+            mentor_id: Some(10),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let last_seqs: Vec<u64> = listed.iter().map(|c| c.last_seq).collect();
+    assert_eq!(last_seqs, [4, 2]);
+    assert_eq!(
+        store
+            .conversation_for(key(1), Millis(0))
+            .await
+            .unwrap()
+            .last_seq,
+        4
+    );
+    store.database().drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn legacy_messages_are_numbered_by_time_then_id_once() {
+    let Some(uri) = mongo_uri("legacy_messages_are_numbered_by_time_then_id_once") else {
+        return;
+    };
+    let settings = scratch_settings(&uri);
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let messages = client
+        .database(&settings.database)
+        .collection::<Document>("messages");
+    let (legacy, partly) = (bson::oid::ObjectId::new(), bson::oid::ObjectId::new());
+    let at = bson::DateTime::from_millis;
+    let ids: Vec<bson::oid::ObjectId> = (0..6).map(|_| bson::oid::ObjectId::new()).collect();
+    messages
+        .insert_many([
+            // Ids out of time order, and a time tie (broken by id).
+            doc! { "_id": ids[2], "conversation_id": legacy, "sender_id": 10_i64, "text": "3rd", "created_at": at(300) },
+            doc! { "_id": ids[1], "conversation_id": legacy, "sender_id": 10_i64, "text": "2nd", "created_at": at(100) },
+            doc! { "_id": ids[0], "conversation_id": legacy, "sender_id": 10_i64, "text": "1st", "created_at": at(100) },
+            // Numbered up to 2 by this service, then a legacy write.
+            doc! { "_id": ids[3], "conversation_id": partly, "sender_id": 10_i64, "text": "a", "created_at": at(10), "seq": 1_i64 },
+            doc! { "_id": ids[4], "conversation_id": partly, "sender_id": 10_i64, "text": "b", "created_at": at(20), "seq": 2_i64 },
+            doc! { "_id": ids[5], "conversation_id": partly, "sender_id": 10_i64, "text": "old", "created_at": at(5), "seq": Bson::Null },
+        ])
+        .await
+        .unwrap();
+    let seqs = || async {
+        let mut found = Vec::new();
+        for id in &ids {
+            let document = messages
+                .find_one(doc! { "_id": id })
+                .await
+                .unwrap()
+                .unwrap();
+            found.push(document.get("seq").cloned());
+        }
+        found
+    };
+    let expected: Vec<Option<Bson>> = [1, 2, 3, 1, 2, 3]
+        .into_iter()
+        .map(|seq: i64| Some(Bson::Int64(seq)))
+        .collect();
+
+    let store = MongoStore::connect(&settings).await.unwrap();
+    assert_eq!(seqs().await, expected);
+    drop(store);
+    // Idempotent: a second start changes nothing.
+    let store = MongoStore::connect(&settings).await.unwrap();
+    assert_eq!(seqs().await, expected);
+
+    // New messages go on after the numbered ones.
+    let conversation = ObjectId::from_bytes(legacy.bytes());
+    let outcomes = store
+        .write_batch(vec![WriteOp::Insert(message(
+            conversation,
+            10,
+            "new",
+            None,
+        ))])
+        .await
+        .unwrap();
+    assert_eq!(outcomes, [WriteOutcome::Inserted { seq: 4 }]);
     store.database().drop().await.unwrap();
 }

@@ -1,7 +1,8 @@
 //! MongoStore against a scripted MongoDB wire server on 127.0.0.1: the exact
 //! commands the real driver sends (index specs, BSON types, write concern,
-//! history filters) and how the store reads the server's answers
-//! (duplicate keys, write-concern timeouts, a dropped connection).
+//! history filters, seqs and their reads, the numbering of legacy messages)
+//! and how the store reads the server's answers (duplicate keys,
+//! write-concern timeouts, a dropped connection).
 
 #[path = "mongo_wire/server.rs"]
 mod server;
@@ -69,6 +70,93 @@ fn index_specs(command: &Document) -> Vec<Document> {
         .collect()
 }
 
+/// The stages of one `aggregate` command.
+fn pipeline(command: &Document) -> Vec<Document> {
+    command
+        .get_array("pipeline")
+        .unwrap()
+        .iter()
+        .map(|stage| stage.as_document().unwrap().clone())
+        .collect()
+}
+
+/// The batch's one look for stored duplicates (a `find` with `$or`).
+fn is_duplicate_check(command: &Document) -> bool {
+    command_name(command) == "find"
+        && command
+            .get_document("filter")
+            .is_ok_and(|filter| filter.contains_key("$or"))
+}
+
+/// A read of one conversation's last seq (a `find` sorted by seq).
+fn is_last_seq_read(command: &Document) -> bool {
+    command_name(command) == "find" && command.get_document("sort") == Ok(&doc! { "seq": -1 })
+}
+
+/// The legacy numbering's scan (an `aggregate` over messages whose first
+/// stage matches on `seq`).
+fn is_numbering_scan(command: &Document) -> bool {
+    command_name(command) == "aggregate"
+        && command.get_str("aggregate") == Ok("messages")
+        && pipeline(command)[0]
+            .get_document("$match")
+            .and_then(|stage| stage.get_document("seq"))
+            .is_ok_and(|seq| seq.contains_key("$not"))
+}
+
+/// The legacy numbering's read of the highest seqs (an `aggregate` with `$group`).
+fn is_highest_seq_read(command: &Document) -> bool {
+    command_name(command) == "aggregate"
+        && pipeline(command)
+            .iter()
+            .any(|stage| stage.contains_key("$group"))
+}
+
+/// The `updates` of an `update` command as (`q._id`, `u.$set.seq`).
+fn numbered(update: &Document) -> Vec<(Bson, Bson)> {
+    update
+        .get_array("updates")
+        .unwrap()
+        .iter()
+        .map(|statement| {
+            let statement = statement.as_document().unwrap();
+            let id = statement
+                .get_document("q")
+                .unwrap()
+                .get("_id")
+                .unwrap()
+                .clone();
+            let seq = statement
+                .get_document("u")
+                .unwrap()
+                .get_document("$set")
+                .unwrap()
+                .get("seq")
+                .unwrap()
+                .clone();
+            (id, seq)
+        })
+        .collect()
+}
+
+/// The `seq` of each document of an `insert` command.
+fn inserted_seqs(insert: &Document) -> Vec<Bson> {
+    insert
+        .get_array("documents")
+        .unwrap()
+        .iter()
+        .map(|document| document.as_document().unwrap().get("seq").unwrap().clone())
+        .collect()
+}
+
+fn names(server: &WireServer) -> Vec<String> {
+    server
+        .commands()
+        .iter()
+        .map(|c| command_name(c).to_string())
+        .collect()
+}
+
 #[tokio::test]
 async fn connect_pings_and_creates_the_contract_indexes() {
     let server = WireServer::start().await;
@@ -77,6 +165,22 @@ async fn connect_pings_and_creates_the_contract_indexes() {
     let commands = server.commands();
     assert_eq!(command_name(&commands[0]), "ping");
     assert_eq!(commands[0].get_str("$db").unwrap(), "chat");
+    // Then the indexes, then the numbering of legacy messages (before any
+    // write can give a seq).
+    let order: Vec<&str> = commands.iter().map(command_name).collect();
+    assert_eq!(
+        order,
+        [
+            "ping",
+            "createIndexes",
+            "createIndexes",
+            "createIndexes",
+            "createIndexes",
+            "createIndexes",
+            "aggregate"
+        ]
+    );
+    assert!(is_numbering_scan(&commands[6]));
     let created: Vec<(String, Document)> = server
         .commands_named("createIndexes")
         .iter()
@@ -87,7 +191,7 @@ async fn connect_pings_and_creates_the_contract_indexes() {
                 .map(move |spec| (collection.clone(), spec))
         })
         .collect();
-    assert_eq!(created.len(), 4, "{created:?}");
+    assert_eq!(created.len(), 5, "{created:?}");
 
     let (collection, seed) = &created[0];
     assert_eq!(collection, "conversations");
@@ -142,6 +246,23 @@ async fn connect_pings_and_creates_the_contract_indexes() {
         recent.get_document("partialFilterExpression").unwrap(),
         &doc! { "client_id": { "$type": "string" } }
     );
+
+    // No two messages of a conversation share a seq; legacy messages
+    // without one stay out of it until numbered.
+    let (collection, seq) = &created[4];
+    assert_eq!(collection, "messages");
+    let keys: Vec<&String> = seq.get_document("key").unwrap().keys().collect();
+    assert_eq!(keys, ["conversation_id", "seq"]);
+    assert_eq!(
+        seq.get_document("key").unwrap(),
+        &doc! { "conversation_id": 1, "seq": 1 }
+    );
+    assert_eq!(seq.get_str("name").unwrap(), "conversation_id_1_seq_1");
+    assert_eq!(seq.get("unique"), Some(&Bson::Boolean(true)));
+    assert_eq!(
+        seq.get_document("partialFilterExpression").unwrap(),
+        &doc! { "seq": { "$type": "number" } }
+    );
 }
 
 /// Collects what `tracing` writes while it is the thread's subscriber.
@@ -184,7 +305,7 @@ async fn an_index_that_cannot_be_built_is_logged_and_connect_succeeds() {
     let store = MongoStore::connect(&settings(&server)).await;
 
     assert!(store.is_ok(), "{:?}", store.err());
-    assert_eq!(server.commands_named("createIndexes").len(), 4);
+    assert_eq!(server.commands_named("createIndexes").len(), 5);
     let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(logged.contains("ERROR"), "{logged}");
     assert!(logged.contains("MONGODB INDEX NOT CREATED"), "{logged}");
@@ -214,15 +335,22 @@ async fn a_slow_index_build_does_not_hold_up_the_start() {
     assert!(store.is_ok(), "{:?}", store.err());
     assert_eq!(
         server.commands_named("createIndexes").len(),
-        4,
+        5,
         "the other indexes are still created"
     );
 }
 
 #[tokio::test]
-async fn a_batch_is_one_unordered_insert_then_one_update_with_the_write_concern() {
+async fn a_batch_is_one_duplicate_check_one_last_seq_read_one_ordered_insert_then_one_update() {
     let (server, store) = connected().await;
     let conversation = ObjectId::new();
+    server.script(|command| {
+        if is_last_seq_read(command) {
+            Reply::Document(cursor_reply(command, vec![doc! { "seq": 41_i64 }]))
+        } else {
+            Reply::Default
+        }
+    });
     let first = message(conversation, 10, "Hello, mentor!", Some("c-1"));
     let second = message(conversation, 10, "no client id", None);
     let viewed_at = Millis(1_735_725_601_000);
@@ -242,25 +370,53 @@ async fn a_batch_is_one_unordered_insert_then_one_update_with_the_write_concern(
     assert_eq!(
         outcomes,
         [
-            WriteOutcome::Inserted,
-            WriteOutcome::Inserted,
+            WriteOutcome::Inserted { seq: 42 },
+            WriteOutcome::Inserted { seq: 43 },
             WriteOutcome::Viewed
         ]
     );
-    let names: Vec<String> = server
-        .commands()
-        .iter()
-        .map(|c| command_name(c).to_string())
-        .collect();
     assert_eq!(
-        names,
-        ["insert", "update"],
-        "one round trip each, inserts first"
+        names(&server),
+        ["find", "find", "insert", "update"],
+        "one round trip each, duplicates checked and seqs given before the insert"
     );
+    let commands = server.commands();
+    assert!(is_duplicate_check(&commands[0]));
+    assert_eq!(commands[0].get_str("find").unwrap(), "messages");
+    assert_eq!(
+        commands[0].get_document("filter").unwrap(),
+        &doc! { "$or": [
+            { "_id": { "$in": [oid(first.id), oid(second.id)] } },
+            {
+                "conversation_id": oid(conversation),
+                "sender_id": Bson::Int64(10),
+                "client_id": { "$in": ["c-1"], "$type": "string" },
+            },
+        ] }
+    );
+    assert_eq!(
+        commands[0].get_document("projection").unwrap(),
+        &doc! { "_id": 1, "conversation_id": 1, "sender_id": 1, "client_id": 1, "seq": 1 }
+    );
+    assert_eq!(commands[0].get("limit").and_then(Bson::as_i64), Some(3));
+    // The last seq: the end of the conversation's range of the seq index
+    // (the filter names the index's partial filter).
+    let last_seq = &commands[1];
+    assert!(is_last_seq_read(last_seq));
+    assert_eq!(
+        last_seq.get_document("filter").unwrap(),
+        &doc! { "conversation_id": oid(conversation), "seq": { "$type": "number" } }
+    );
+    assert_eq!(last_seq.get("limit").and_then(Bson::as_i64), Some(1));
 
     let insert = &server.commands_named("insert")[0];
     assert_eq!(insert.get_str("insert").unwrap(), "messages");
-    assert_eq!(insert.get("ordered"), Some(&Bson::Boolean(false)));
+    assert_eq!(
+        insert.get("ordered"),
+        Some(&Bson::Boolean(true)),
+        "ordered: a failure stores a prefix, so no seq is skipped"
+    );
+    assert_eq!(inserted_seqs(insert), [Bson::Int64(42), Bson::Int64(43)]);
     let concern = insert.get_document("writeConcern").unwrap();
     assert_eq!(concern.get_str("w").unwrap(), "majority");
     assert_eq!(concern.get("j"), Some(&Bson::Boolean(true)));
@@ -276,7 +432,8 @@ async fn a_batch_is_one_unordered_insert_then_one_update_with_the_write_concern(
             "sender_id",
             "text",
             "created_at",
-            "client_id"
+            "client_id",
+            "seq"
         ]
     );
     assert_eq!(stored.get("_id"), Some(&Bson::ObjectId(oid(first.id))));
@@ -345,34 +502,37 @@ async fn a_batch_is_one_unordered_insert_then_one_update_with_the_write_concern(
 }
 
 #[tokio::test]
-async fn a_client_id_duplicate_reads_back_the_stored_id_and_an_id_duplicate_is_inserted() {
+async fn stored_duplicates_use_no_seq_and_report_the_stored_message_s_id_and_seq() {
     let (server, store) = connected().await;
     let conversation = ObjectId::new();
     let fresh = message(conversation, 10, "fresh", Some("c-0"));
     let resend = message(conversation, 10, "resent", Some("c-1"));
     let retried = message(conversation, 10, "retried batch", Some("c-2"));
     let stored_first = ObjectId::new();
-    server.script(move |command| match command_name(command) {
-        "insert" => Reply::Document(doc! {
-            "n": 1,
-            "writeErrors": [
-                { "index": 1, "code": 11000, "errmsg": "E11000 duplicate key error collection: chat.messages index: conversation_id_1_sender_id_1_client_id_1 dup key: { conversation_id: ObjectId('0'), sender_id: 10, client_id: \"c-1\" }" },
-                { "index": 2, "code": 11000, "errmsg": "E11000 duplicate key error collection: chat.messages index: _id_ dup key: { _id: ObjectId('0') }" },
-            ],
-            "ok": 1.0,
-        }),
-        "find" => Reply::Document(cursor_reply(command, vec![doc! {
-            "_id": oid(stored_first),
-            "conversation_id": oid(conversation),
-            "sender_id": 10_i64,
-            "client_id": "c-1",
-        }])),
-        _ => Reply::Default,
+    let retried_id = retried.id;
+    server.script(move |command| {
+        if is_duplicate_check(command) {
+            // The first send of c-1 (seq 3), and this batch's own earlier
+            // try of `retried` (seq 4).
+            Reply::Document(cursor_reply(
+                command,
+                vec![
+                    doc! { "_id": oid(stored_first), "conversation_id": oid(conversation),
+                    "sender_id": 10_i64, "client_id": "c-1", "seq": 3_i64 },
+                    doc! { "_id": oid(retried_id), "conversation_id": oid(conversation),
+                    "sender_id": 10_i64, "client_id": "c-2", "seq": Bson::Int32(4) },
+                ],
+            ))
+        } else if is_last_seq_read(command) {
+            Reply::Document(cursor_reply(command, vec![doc! { "seq": 4_i64 }]))
+        } else {
+            Reply::Default
+        }
     });
 
     let outcomes = store
         .write_batch(vec![
-            WriteOp::Insert(fresh),
+            WriteOp::Insert(fresh.clone()),
             WriteOp::Insert(resend.clone()),
             WriteOp::Insert(retried),
         ])
@@ -382,20 +542,17 @@ async fn a_client_id_duplicate_reads_back_the_stored_id_and_an_id_duplicate_is_i
     assert_eq!(
         outcomes,
         [
-            WriteOutcome::Inserted,
+            WriteOutcome::Inserted { seq: 5 },
             WriteOutcome::Duplicate {
-                existing: stored_first
+                existing: stored_first,
+                seq: 3
             },
-            WriteOutcome::Inserted,
+            WriteOutcome::Inserted { seq: 4 },
         ]
     );
-    let finds = server.commands_named("find");
-    assert_eq!(
-        finds.len(),
-        1,
-        "one read-back, only for the client_id duplicate"
-    );
-    let clauses = finds[0]
+    let check = &server.commands_named("find")[0];
+    assert!(is_duplicate_check(check));
+    let clauses = check
         .get_document("filter")
         .unwrap()
         .get_array("$or")
@@ -404,9 +561,302 @@ async fn a_client_id_duplicate_reads_back_the_stored_id_and_an_id_duplicate_is_i
     assert!(clauses.contains(&Bson::Document(doc! {
         "conversation_id": oid(conversation),
         "sender_id": Bson::Int64(10),
-        "client_id": "c-1",
+        "client_id": { "$in": ["c-0", "c-1", "c-2"], "$type": "string" },
     })));
-    assert!(clauses.contains(&Bson::Document(doc! { "_id": oid(resend.id) })));
+    let inserts = server.commands_named("insert");
+    assert_eq!(inserts.len(), 1);
+    let documents = inserts[0].get_array("documents").unwrap();
+    assert_eq!(documents.len(), 1, "only the new message is written");
+    let written = documents[0].as_document().unwrap();
+    assert_eq!(written.get("_id"), Some(&Bson::ObjectId(oid(fresh.id))));
+    assert_eq!(written.get("seq"), Some(&Bson::Int64(5)));
+}
+
+#[tokio::test]
+async fn a_resend_within_the_batch_is_a_duplicate_of_the_first_and_uses_no_seq() {
+    let (server, store) = connected().await;
+    let conversation = ObjectId::new();
+    let first = message(conversation, 10, "hello", Some("c-1"));
+    let resend = message(conversation, 10, "hello", Some("c-1"));
+    let other_sender = message(conversation, 15, "hi", Some("c-1"));
+    let after = message(conversation, 10, "after", None);
+
+    let outcomes = store
+        .write_batch(vec![
+            WriteOp::Insert(first.clone()),
+            WriteOp::Insert(resend),
+            WriteOp::Insert(other_sender.clone()),
+            WriteOp::Insert(first.clone()),
+            WriteOp::Insert(after.clone()),
+        ])
+        .await
+        .unwrap();
+
+    assert_eq!(
+        outcomes,
+        [
+            WriteOutcome::Inserted { seq: 1 },
+            WriteOutcome::Duplicate {
+                existing: first.id,
+                seq: 1
+            },
+            WriteOutcome::Inserted { seq: 2 },
+            WriteOutcome::Inserted { seq: 1 },
+            WriteOutcome::Inserted { seq: 3 },
+        ]
+    );
+    let insert = &server.commands_named("insert")[0];
+    let ids: Vec<Bson> = insert
+        .get_array("documents")
+        .unwrap()
+        .iter()
+        .map(|document| document.as_document().unwrap().get("_id").unwrap().clone())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            Bson::ObjectId(oid(first.id)),
+            Bson::ObjectId(oid(other_sender.id)),
+            Bson::ObjectId(oid(after.id))
+        ]
+    );
+    assert_eq!(
+        inserted_seqs(insert),
+        [Bson::Int64(1), Bson::Int64(2), Bson::Int64(3)]
+    );
+}
+
+#[tokio::test]
+async fn the_last_seq_is_read_once_then_kept_and_each_conversation_counts_apart() {
+    let (server, store) = connected().await;
+    let (busy, quiet) = (ObjectId::new(), ObjectId::new());
+    server.script(move |command| {
+        let conversation = command
+            .get_document("filter")
+            .ok()
+            .and_then(|filter| filter.get_object_id("conversation_id").ok());
+        if is_last_seq_read(command) && conversation == Some(oid(busy)) {
+            Reply::Document(cursor_reply(command, vec![doc! { "seq": 7_i64 }]))
+        } else {
+            Reply::Default
+        }
+    });
+    let insert = |conversation| WriteOp::Insert(message(conversation, 10, "m", None));
+
+    let first = store
+        .write_batch(vec![insert(busy), insert(quiet), insert(busy)])
+        .await
+        .unwrap();
+    let second = store
+        .write_batch(vec![insert(quiet), insert(busy)])
+        .await
+        .unwrap();
+
+    assert_eq!(
+        first,
+        [
+            WriteOutcome::Inserted { seq: 8 },
+            WriteOutcome::Inserted { seq: 1 },
+            WriteOutcome::Inserted { seq: 9 },
+        ]
+    );
+    assert_eq!(
+        second,
+        [
+            WriteOutcome::Inserted { seq: 2 },
+            WriteOutcome::Inserted { seq: 10 },
+        ]
+    );
+    let reads = server
+        .commands()
+        .into_iter()
+        .filter(is_last_seq_read)
+        .count();
+    assert_eq!(
+        reads, 2,
+        "one per conversation, the first time it is written"
+    );
+    assert_eq!(
+        names(&server)[names(&server).len() - 2..],
+        ["find", "insert"],
+        "the second batch: the duplicate check, then the insert"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_cut_by_the_deadline_forgets_its_last_seqs() {
+    let server = WireServer::start().await;
+    let mut settings = settings(&server);
+    settings.timeout = Duration::from_millis(200);
+    let store = MongoStore::connect(&settings).await.unwrap();
+    let conversation = ObjectId::new();
+    let insert = || WriteOp::Insert(message(conversation, 10, "m", None));
+    assert_eq!(
+        store.write_batch(vec![insert()]).await.unwrap(),
+        [WriteOutcome::Inserted { seq: 1 }]
+    );
+    server.forget_commands();
+    // The insert may still land after the store gave up on it.
+    server.script(|command| match command_name(command) {
+        "insert" => Reply::Never,
+        _ => Reply::Default,
+    });
+
+    let result = store.write_batch(vec![insert()]).await;
+    assert!(
+        matches!(result, Err(StoreError::Unavailable(_))),
+        "{result:?}"
+    );
+    server.script(|command| {
+        if is_last_seq_read(command) {
+            Reply::Document(cursor_reply(command, vec![doc! { "seq": 2_i64 }]))
+        } else {
+            Reply::Default
+        }
+    });
+    let outcomes = store.write_batch(vec![insert()]).await.unwrap();
+
+    assert_eq!(outcomes, [WriteOutcome::Inserted { seq: 3 }]);
+    let reads = server
+        .commands()
+        .into_iter()
+        .filter(is_last_seq_read)
+        .count();
+    assert_eq!(reads, 1, "the cut batch's conversation is read again");
+}
+
+#[tokio::test]
+async fn a_message_after_one_refused_for_good_takes_its_seq() {
+    let (server, store) = connected().await;
+    let mut inserts = 0;
+    server.script(move |command| match command_name(command) {
+        "insert" => {
+            inserts += 1;
+            if inserts == 1 {
+                // Ordered: the server stopped at the refused document.
+                Reply::Document(doc! {
+                    "n": 1,
+                    "writeErrors": [{ "index": 1, "code": 121, "codeName": "DocumentValidationFailure", "errmsg": "Document failed validation" }],
+                    "ok": 1.0,
+                })
+            } else {
+                Reply::Default
+            }
+        }
+        _ => Reply::Default,
+    });
+    let conversation = ObjectId::new();
+    let ops = vec![
+        WriteOp::Insert(message(conversation, 10, "fine", None)),
+        WriteOp::Insert(message(conversation, 10, "refused", None)),
+        WriteOp::Insert(message(conversation, 10, "after it", None)),
+        WriteOp::Insert(message(ObjectId::new(), 10, "elsewhere", None)),
+    ];
+
+    let outcomes = store.write_batch(ops).await.unwrap();
+
+    assert_eq!(
+        outcomes,
+        [
+            WriteOutcome::Inserted { seq: 1 },
+            WriteOutcome::Rejected("Document failed validation".into()),
+            WriteOutcome::Inserted { seq: 2 },
+            WriteOutcome::Inserted { seq: 1 },
+        ]
+    );
+    let sent = server.commands_named("insert");
+    assert_eq!(sent.len(), 2);
+    assert_eq!(
+        inserted_seqs(&sent[0]),
+        [
+            Bson::Int64(1),
+            Bson::Int64(2),
+            Bson::Int64(3),
+            Bson::Int64(1)
+        ]
+    );
+    assert_eq!(
+        inserted_seqs(&sent[1]),
+        [Bson::Int64(2), Bson::Int64(1)],
+        "what followed the refused document, renumbered"
+    );
+}
+
+#[tokio::test]
+async fn a_race_on_the_seq_index_is_unavailable_and_the_retry_re_reads_the_last_seq() {
+    let (server, store) = connected().await;
+    let conversation = ObjectId::new();
+    let earlier = message(conversation, 10, "earlier", None);
+    let first = message(conversation, 10, "first", None);
+    let second = message(conversation, 10, "second", None);
+    let first_id = first.id;
+    let mut tries = 0;
+    server.script(move |command| {
+        if command_name(command) == "insert" {
+            tries += 1;
+        }
+        match (command_name(command), tries) {
+            // The racing batch: its first document is stored (seq 2), then
+            // another writer turns out to hold seq 3.
+            ("insert", 2) => Reply::Document(doc! {
+                "n": 1,
+                "writeErrors": [{ "index": 1, "code": 11000, "errmsg": "E11000 duplicate key error collection: chat.messages index: conversation_id_1_seq_1 dup key: { conversation_id: ObjectId('0'), seq: 3 }" }],
+                "ok": 1.0,
+            }),
+            // Its retry: the stored first message, and the other writer's seq.
+            _ if is_duplicate_check(command) && tries == 2 => Reply::Document(cursor_reply(
+                command,
+                vec![doc! { "_id": oid(first_id), "conversation_id": oid(conversation),
+                            "sender_id": 10_i64, "seq": 2_i64 }],
+            )),
+            _ if is_last_seq_read(command) && tries == 2 => {
+                Reply::Document(cursor_reply(command, vec![doc! { "seq": 3_i64 }]))
+            }
+            _ => Reply::Default,
+        }
+    });
+    // Leaves seq 1 in the writer's cache.
+    assert_eq!(
+        store
+            .write_batch(vec![WriteOp::Insert(earlier)])
+            .await
+            .unwrap(),
+        [WriteOutcome::Inserted { seq: 1 }]
+    );
+    let ops = vec![WriteOp::Insert(first), WriteOp::Insert(second.clone())];
+
+    let result = store.write_batch(ops.clone()).await;
+    assert!(
+        matches!(result, Err(StoreError::Unavailable(_))),
+        "{result:?}"
+    );
+    let retried = store.write_batch(ops).await.unwrap();
+
+    assert_eq!(
+        retried,
+        [
+            WriteOutcome::Inserted { seq: 2 },
+            WriteOutcome::Inserted { seq: 4 }
+        ]
+    );
+    let reads = server
+        .commands()
+        .into_iter()
+        .filter(is_last_seq_read)
+        .count();
+    assert_eq!(
+        reads, 2,
+        "read at the first write, then again after the failed batch forgot it"
+    );
+    let inserts = server.commands_named("insert");
+    assert_eq!(inserted_seqs(&inserts[1]), [Bson::Int64(2), Bson::Int64(3)]);
+    let documents = inserts[2].get_array("documents").unwrap();
+    assert_eq!(documents.len(), 1);
+    assert_eq!(
+        documents[0].as_document().unwrap().get("_id"),
+        Some(&Bson::ObjectId(oid(second.id)))
+    );
+    assert_eq!(inserted_seqs(&inserts[2]), [Bson::Int64(4)]);
 }
 
 #[tokio::test]
@@ -469,7 +919,7 @@ async fn a_dropped_connection_mid_batch_is_unavailable_and_the_store_recovers() 
     server.script(|_| Reply::Default);
     assert_eq!(
         store.write_batch(vec![op]).await.unwrap(),
-        [WriteOutcome::Inserted]
+        [WriteOutcome::Inserted { seq: 1 }]
     );
     store.ping().await.unwrap();
 }
@@ -607,14 +1057,13 @@ async fn a_view_naming_a_later_insert_runs_before_it() {
 
     assert_eq!(
         outcomes,
-        [WriteOutcome::ViewTargetMissing, WriteOutcome::Inserted]
+        [
+            WriteOutcome::ViewTargetMissing,
+            WriteOutcome::Inserted { seq: 1 }
+        ]
     );
-    let names: Vec<String> = server
-        .commands()
-        .iter()
-        .map(|c| command_name(c).to_string())
-        .collect();
-    assert_eq!(names, ["update", "find", "insert"]);
+    // The view's read-back, the duplicate check, the last seq, the insert.
+    assert_eq!(names(&server), ["update", "find", "find", "find", "insert"]);
 }
 
 #[tokio::test]
@@ -766,28 +1215,124 @@ async fn history_after_reads_oldest_first_between_both_cursors() {
 async fn conversations_are_filtered_sorted_and_limited() {
     let (server, store) = connected().await;
 
+    let (with_messages, empty) = (ObjectId::new(), ObjectId::new());
+    server.script(move |command| match command_name(command) {
+        "aggregate" => Reply::Document(cursor_reply(
+            command,
+            vec![
+                doc! { "_id": oid(with_messages), "lesson_id": 7_i64, "mentor_id": 10_i64,
+                "student_id": 25_i64, "created_at": bson::DateTime::from_millis(1_000),
+                "last_message": [{ "seq": 12_i64 }] },
+                doc! { "_id": oid(empty), "lesson_id": 8_i64, "mentor_id": 10_i64,
+                "student_id": 25_i64, "created_at": bson::DateTime::from_millis(2_000),
+                "last_message": [] },
+            ],
+        )),
+        _ => Reply::Default,
+    });
+
     let filter = ConversationFilter {
         mentor_id: Some(10),
         student_id: None,
         participant: Some(10),
         limit: 20,
     };
-    store.conversations(filter).await.unwrap();
+    let listed = store.conversations(filter).await.unwrap();
 
+    let last_seqs: Vec<(ObjectId, u64)> = listed.iter().map(|c| (c.id, c.last_seq)).collect();
+    assert_eq!(last_seqs, [(with_messages, 12), (empty, 0)]);
+    assert_eq!(names(&server), ["aggregate"], "one round trip for the list");
+    let aggregate = &server.commands_named("aggregate")[0];
+    assert_eq!(aggregate.get_str("aggregate").unwrap(), "conversations");
+    assert_eq!(
+        pipeline(aggregate),
+        [
+            doc! { "$match": {
+                "mentor_id": Bson::Int64(10),
+                "$or": [{ "mentor_id": Bson::Int64(10) }, { "student_id": Bson::Int64(10) }],
+            } },
+            doc! { "$sort": { "created_at": 1, "_id": 1 } },
+            doc! { "$limit": 20_i64 },
+            last_seq_lookup(),
+        ]
+    );
+}
+
+/// The `$lookup` every conversation read ends with: per conversation, one
+/// seek at the end of its range of the seq index.
+fn last_seq_lookup() -> Document {
+    doc! { "$lookup": {
+        "from": "messages",
+        "let": { "conversation": "$_id" },
+        "pipeline": [
+            { "$match": {
+                "$expr": { "$eq": ["$conversation_id", "$$conversation"] },
+                "seq": { "$type": "number" },
+            } },
+            { "$sort": { "seq": -1 } },
+            { "$limit": 1 },
+            { "$project": { "_id": 0, "seq": 1 } },
+        ],
+        "as": "last_message",
+    } }
+}
+
+#[tokio::test]
+async fn a_conversation_is_read_with_its_last_seq() {
+    let (server, store) = connected().await;
+    let id = ObjectId::new();
+    server.script(move |command| match command_name(command) {
+        "aggregate" => Reply::Document(cursor_reply(
+            command,
+            vec![
+                doc! { "_id": oid(id), "lesson_id": 7_i64, "mentor_id": 10_i64,
+                "student_id": 25_i64, "created_at": bson::DateTime::from_millis(1_000),
+                "last_message": [{ "seq": Bson::Int32(3) }] },
+            ],
+        )),
+        _ => Reply::Default,
+    });
+
+    let conversation = store.conversation(id).await.unwrap().unwrap();
+
+    assert_eq!(conversation.last_seq, 3);
+    let aggregate = &server.commands_named("aggregate")[0];
+    assert_eq!(
+        pipeline(aggregate),
+        [
+            doc! { "$match": { "_id": oid(id) } },
+            doc! { "$limit": 1 },
+            last_seq_lookup()
+        ]
+    );
+}
+
+#[tokio::test]
+async fn message_at_seq_is_one_indexed_find() {
+    let (server, store) = connected().await;
+    let (conversation, found) = (ObjectId::new(), ObjectId::new());
+    server.script(move |command| match command_name(command) {
+        "find" => Reply::Document(cursor_reply(command, vec![doc! { "_id": oid(found) }])),
+        _ => Reply::Default,
+    });
+
+    assert_eq!(
+        store.message_at_seq(conversation, 5).await.unwrap(),
+        Some(found)
+    );
     let find = &server.commands_named("find")[0];
-    assert_eq!(find.get_str("find").unwrap(), "conversations");
+    assert_eq!(find.get_str("find").unwrap(), "messages");
     assert_eq!(
         find.get_document("filter").unwrap(),
         &doc! {
-            "mentor_id": Bson::Int64(10),
-            "$or": [{ "mentor_id": Bson::Int64(10) }, { "student_id": Bson::Int64(10) }],
+            "conversation_id": oid(conversation),
+            "seq": { "$eq": Bson::Int64(5), "$type": "number" },
         }
     );
-    assert_eq!(
-        find.get_document("sort").unwrap(),
-        &doc! { "created_at": 1, "_id": 1 }
-    );
-    assert_eq!(find.get("limit").and_then(Bson::as_i64), Some(20));
+    assert_eq!(find.get_document("projection").unwrap(), &doc! { "_id": 1 });
+
+    server.script(|_| Reply::Default);
+    assert_eq!(store.message_at_seq(conversation, 6).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -797,7 +1342,7 @@ async fn get_or_create_upserts_on_the_natural_key_and_reads_back_after_a_lost_ra
     let finds = Arc::new(Mutex::new(0));
     let counted = Arc::clone(&finds);
     server.script(move |command| match command_name(command) {
-        "find" => {
+        "aggregate" => {
             let mut finds = counted.lock().unwrap();
             *finds += 1;
             // Absent at first; after the lost race the winner's document.
@@ -806,7 +1351,7 @@ async fn get_or_create_upserts_on_the_natural_key_and_reads_back_after_a_lost_ra
             } else {
                 vec![doc! {
                     "_id": oid(winner), "lesson_id": 7_i64, "mentor_id": 10_i64, "student_id": 25_i64,
-                    "created_at": bson::DateTime::from_millis(9_000),
+                    "created_at": bson::DateTime::from_millis(9_000), "last_message": [{ "seq": 2_i64 }],
                 }]
             };
             Reply::Document(cursor_reply(command, found))
@@ -827,6 +1372,7 @@ async fn get_or_create_upserts_on_the_natural_key_and_reads_back_after_a_lost_ra
 
     assert_eq!(conversation.id, winner);
     assert_eq!(conversation.created_at, Millis(9_000));
+    assert_eq!(conversation.last_seq, 2);
     let natural_key = doc! {
         "lesson_id": Bson::Int64(7), "mentor_id": Bson::Int64(10), "student_id": Bson::Int64(25),
     };
@@ -853,9 +1399,9 @@ async fn get_or_create_upserts_on_the_natural_key_and_reads_back_after_a_lost_ra
             .unwrap(),
         "majority"
     );
-    let reads = server.commands_named("find");
+    let reads = server.commands_named("aggregate");
     assert_eq!(reads.len(), 2);
-    assert_eq!(reads[1].get_document("filter").unwrap(), &natural_key);
+    assert_eq!(pipeline(&reads[1])[0], doc! { "$match": natural_key });
 }
 
 #[tokio::test]
@@ -921,29 +1467,256 @@ async fn a_server_that_stops_answering_makes_a_read_unavailable() {
 }
 
 #[tokio::test]
-async fn a_document_the_server_can_never_accept_is_rejected_alone() {
+async fn a_conversation_this_call_creates_has_no_seq_and_needs_no_second_read() {
     let (server, store) = connected().await;
     server.script(|command| match command_name(command) {
-        "insert" => Reply::Document(doc! {
-            "n": 1,
-            "writeErrors": [{ "index": 0, "code": 121, "codeName": "DocumentValidationFailure", "errmsg": "Document failed validation" }],
-            "ok": 1.0,
-        }),
+        // The upsert inserted: the document it returns has the call's own id.
+        "findAndModify" => {
+            let on_insert = command
+                .get_document("update")
+                .unwrap()
+                .get_document("$setOnInsert")
+                .unwrap();
+            Reply::Document(doc! {
+                "lastErrorObject": { "n": 1, "updatedExisting": false },
+                "value": {
+                    "_id": on_insert.get_object_id("_id").unwrap(),
+                    "lesson_id": 7_i64, "mentor_id": 10_i64, "student_id": 25_i64,
+                    "created_at": on_insert.get_datetime("created_at").unwrap().to_owned(),
+                },
+                "ok": 1.0,
+            })
+        }
         _ => Reply::Default,
     });
-    let conversation = ObjectId::new();
-    let ops = vec![
-        WriteOp::Insert(message(conversation, 10, "refused", None)),
-        WriteOp::Insert(message(conversation, 10, "fine", None)),
-    ];
+    let key = ConversationKey {
+        lesson_id: 7,
+        mentor_id: 10,
+        student_id: 25,
+    };
 
-    let outcomes = store.write_batch(ops).await.unwrap();
+    let conversation = store.conversation_for(key, Millis(5_000)).await.unwrap();
 
+    assert_eq!(conversation.last_seq, 0);
+    assert_eq!(conversation.created_at, Millis(5_000));
+    assert_eq!(names(&server), ["aggregate", "findAndModify"]);
+}
+
+/// Scripts the legacy numbering: the scan returns `unnumbered` (as
+/// (conversation, message) in the server's sort order) and the highest
+/// seq read returns `highest`.
+fn script_numbering(
+    server: &WireServer,
+    unnumbered: Vec<(ObjectId, ObjectId)>,
+    highest: Vec<(ObjectId, i64)>,
+) {
+    server.script(move |command| {
+        if is_numbering_scan(command) {
+            let documents = unnumbered
+                .iter()
+                .map(|(conversation, id)| {
+                    doc! { "_id": oid(*id), "conversation_id": oid(*conversation),
+                    "at": bson::DateTime::from_millis(1_000) }
+                })
+                .collect();
+            Reply::Document(cursor_reply(command, documents))
+        } else if is_highest_seq_read(command) {
+            let asked: Vec<Bson> = pipeline(command)[0]
+                .get_document("$match")
+                .unwrap()
+                .get_document("conversation_id")
+                .unwrap()
+                .get_array("$in")
+                .unwrap()
+                .clone();
+            let documents = highest
+                .iter()
+                .filter(|(conversation, _)| asked.contains(&Bson::ObjectId(oid(*conversation))))
+                .map(|(conversation, seq)| doc! { "_id": oid(*conversation), "seq": *seq })
+                .collect();
+            Reply::Document(cursor_reply(command, documents))
+        } else {
+            Reply::Default
+        }
+    });
+}
+
+#[tokio::test]
+async fn legacy_messages_are_numbered_at_connect_after_each_conversation_s_highest_seq() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let server = WireServer::start().await;
+    let (legacy_only, partly_numbered) = (ObjectId::new(), ObjectId::new());
+    let [m1, m2, m3] = [ObjectId::new(), ObjectId::new(), ObjectId::new()];
+    script_numbering(
+        &server,
+        vec![(legacy_only, m1), (legacy_only, m2), (partly_numbered, m3)],
+        vec![(partly_numbered, 5)],
+    );
+
+    MongoStore::connect(&settings(&server)).await.unwrap();
+
+    let scan = server
+        .commands()
+        .into_iter()
+        .find(is_numbering_scan)
+        .unwrap();
+    assert_eq!(scan.get("allowDiskUse"), Some(&Bson::Boolean(true)));
     assert_eq!(
-        outcomes,
+        pipeline(&scan),
         [
-            WriteOutcome::Rejected("Document failed validation".into()),
-            WriteOutcome::Inserted
+            doc! { "$match": {
+                "seq": { "$not": { "$type": "number" } },
+                "conversation_id": { "$type": "objectId" },
+            } },
+            // The time reads use: `created_at`, else the id's.
+            doc! { "$project": {
+                "conversation_id": 1,
+                "at": { "$cond": [
+                    { "$eq": [{ "$type": "$created_at" }, "date"] },
+                    "$created_at",
+                    { "$convert": { "input": "$_id", "to": "date", "onError": null, "onNull": null } },
+                ] },
+            } },
+            doc! { "$sort": { "conversation_id": 1, "at": 1, "_id": 1 } },
         ]
+    );
+    let highest = server
+        .commands()
+        .into_iter()
+        .find(is_highest_seq_read)
+        .unwrap();
+    assert_eq!(highest.get_str("aggregate").unwrap(), "messages");
+    assert_eq!(
+        pipeline(&highest),
+        [
+            doc! { "$match": {
+                "conversation_id": { "$in": [oid(legacy_only), oid(partly_numbered)] },
+                "seq": { "$type": "number" },
+            } },
+            doc! { "$group": { "_id": "$conversation_id", "seq": { "$max": "$seq" } } },
+        ]
+    );
+    let updates = server.commands_named("update");
+    assert_eq!(updates.len(), 1);
+    let update = &updates[0];
+    assert_eq!(update.get_str("update").unwrap(), "messages");
+    assert_eq!(update.get("ordered"), Some(&Bson::Boolean(true)));
+    assert_eq!(
+        update
+            .get_document("writeConcern")
+            .unwrap()
+            .get_str("w")
+            .unwrap(),
+        "majority"
+    );
+    assert_eq!(
+        numbered(update),
+        [
+            (Bson::ObjectId(oid(m1)), Bson::Int64(1)),
+            (Bson::ObjectId(oid(m2)), Bson::Int64(2)),
+            (Bson::ObjectId(oid(m3)), Bson::Int64(6)),
+        ]
+    );
+    let statement = update.get_array("updates").unwrap()[0]
+        .as_document()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        statement.get_document("q").unwrap(),
+        &doc! { "_id": oid(m1), "seq": { "$not": { "$type": "number" } } },
+        "a numbered message is never numbered again"
+    );
+    assert_ne!(statement.get_bool("multi"), Ok(true));
+    assert_ne!(statement.get_bool("upsert"), Ok(true));
+    let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logged.contains("numbered the stored messages that had no seq"),
+        "{logged}"
+    );
+    assert!(logged.contains("messages=3"), "{logged}");
+}
+
+#[tokio::test]
+async fn numbering_goes_in_bounded_chunks_and_a_conversation_carries_across_them() {
+    let server = WireServer::start().await;
+    let (long, short) = (ObjectId::new(), ObjectId::new());
+    let mut unnumbered: Vec<(ObjectId, ObjectId)> =
+        (0..1001).map(|_| (long, ObjectId::new())).collect();
+    unnumbered.push((short, ObjectId::new()));
+    script_numbering(&server, unnumbered.clone(), vec![(long, 10), (short, 3)]);
+
+    MongoStore::connect(&settings(&server)).await.unwrap();
+
+    let updates = server.commands_named("update");
+    let sizes: Vec<usize> = updates
+        .iter()
+        .map(|update| update.get_array("updates").unwrap().len())
+        .collect();
+    assert_eq!(sizes, [1000, 2]);
+    let seqs: Vec<(Bson, Bson)> = updates.iter().flat_map(numbered).collect();
+    let expected: Vec<(Bson, Bson)> = unnumbered
+        .iter()
+        .enumerate()
+        .map(|(n, (conversation, id))| {
+            let seq = if *conversation == long {
+                11 + n as i64
+            } else {
+                4
+            };
+            (Bson::ObjectId(oid(*id)), Bson::Int64(seq))
+        })
+        .collect();
+    assert_eq!(seqs, expected);
+    // The second chunk goes on with `long` from the first, and reads the
+    // highest seq of `short` only.
+    let reads: Vec<Document> = server
+        .commands()
+        .into_iter()
+        .filter(is_highest_seq_read)
+        .collect();
+    assert_eq!(reads.len(), 2);
+    assert_eq!(
+        pipeline(&reads[1])[0],
+        doc! { "$match": { "conversation_id": { "$in": [oid(short)] }, "seq": { "$type": "number" } } }
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_seq_while_numbering_fails_the_start_as_unavailable() {
+    let server = WireServer::start().await;
+    let conversation = ObjectId::new();
+    let scripted = {
+        let unnumbered = ObjectId::new();
+        move |command: &Document| {
+            if command_name(command) == "update" {
+                Reply::Document(doc! {
+                    "n": 0,
+                    "writeErrors": [{ "index": 0, "code": 11000, "errmsg": "E11000 duplicate key error collection: chat.messages index: conversation_id_1_seq_1" }],
+                    "ok": 1.0,
+                })
+            } else if is_numbering_scan(command) {
+                Reply::Document(cursor_reply(
+                    command,
+                    vec![doc! { "_id": oid(unnumbered), "conversation_id": oid(conversation) }],
+                ))
+            } else {
+                Reply::Default
+            }
+        }
+    };
+    server.script(scripted);
+
+    let result = MongoStore::connect(&settings(&server)).await;
+
+    assert!(
+        matches!(result, Err(StoreError::Unavailable(_))),
+        "{:?}",
+        result.err()
     );
 }

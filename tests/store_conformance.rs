@@ -19,7 +19,7 @@ mod common;
 
 use std::sync::Arc;
 
-use chat_service::model::{Conversation, ConversationKey, Millis, ObjectId};
+use chat_service::model::{Conversation, ConversationKey, Message, Millis, ObjectId, Seq};
 use chat_service::store::{ConversationFilter, HistoryQuery, Store, WriteOp, WriteOutcome};
 use common::{history, ids, message, random_id, random_key};
 
@@ -65,6 +65,12 @@ macro_rules! store_conformance {
                 a_repeated_view_is_already_viewed_and_keeps_the_first,
                 text_round_trips_byte_exact,
                 recent_client_ids_newest_first,
+                seqs_count_each_conversations_inserts_in_write_order,
+                a_duplicate_reports_the_first_seq_and_uses_none,
+                a_retried_batch_gets_the_same_seqs,
+                a_partly_applied_batch_retried_whole_leaves_no_gap,
+                message_at_seq_finds_each_message,
+                conversations_report_last_seq,
                 ping_succeeds,
             );
 
@@ -196,7 +202,12 @@ mod forced_merges {
             .map(|id| WriteOp::Insert(message(id, conversation.id, key.mentor_id, "m", None)))
             .collect();
         let outcomes = sqlite.write_batch(ops).await.unwrap();
-        assert_eq!(outcomes, vec![WriteOutcome::Inserted; TAIL_MAX + 1]);
+        let seqs = 1..=TAIL_MAX as u64 + 1;
+        assert_eq!(
+            outcomes,
+            seqs.map(|seq| WriteOutcome::Inserted { seq })
+                .collect::<Vec<_>>()
+        );
         assert_merged(&sqlite).await;
     }
 }
@@ -215,6 +226,33 @@ mod checks {
 
     async fn write(store: &dyn Store, ops: Vec<WriteOp>) -> Vec<WriteOutcome> {
         store.write_batch(ops).await.unwrap()
+    }
+
+    /// `message` as the store returns it once it is number `seq`.
+    fn with_seq(message: &Message, seq: Seq) -> Message {
+        Message {
+            seq,
+            ..message.clone()
+        }
+    }
+
+    /// `messages` numbered `first`, `first + 1`, … in their order.
+    fn numbered(messages: &[Message], first: Seq) -> Vec<Message> {
+        (first..)
+            .zip(messages)
+            .map(|(seq, message)| with_seq(message, seq))
+            .collect()
+    }
+
+    /// One `Inserted` per seq.
+    fn inserted(seqs: impl IntoIterator<Item = Seq>) -> Vec<WriteOutcome> {
+        seqs.into_iter()
+            .map(|seq| WriteOutcome::Inserted { seq })
+            .collect()
+    }
+
+    fn seqs_of(messages: &[Message]) -> Vec<Seq> {
+        messages.iter().map(|m| m.seq).collect()
     }
 
     fn page(
@@ -409,19 +447,26 @@ mod checks {
                 message(*id, conversation.id, sender, &format!("message {n}"), None)
             })
             .collect();
-        // Given newest first, listed oldest (smallest id) first.
+        // Given newest first, listed oldest (smallest id) first; numbered
+        // in the order written, so the newest id is seq 1.
         let ops = messages
             .iter()
             .rev()
             .cloned()
             .map(WriteOp::Insert)
             .collect();
-        assert_eq!(write(&*store, ops).await, vec![WriteOutcome::Inserted; 5]);
+        assert_eq!(write(&*store, ops).await, inserted(1..=5));
         let elsewhere = message(ids[5], other.id, key.mentor_id, "elsewhere", None);
-        write(&*store, vec![WriteOp::Insert(elsewhere.clone())]).await;
+        assert_eq!(
+            write(&*store, vec![WriteOp::Insert(elsewhere.clone())]).await,
+            inserted([1])
+        );
 
-        assert_eq!(history(&*store, conversation.id).await, messages);
-        assert_eq!(history(&*store, other.id).await, [elsewhere]);
+        let expected: Vec<_> = (0..5)
+            .map(|n| with_seq(&messages[n], 5 - n as Seq))
+            .collect();
+        assert_eq!(history(&*store, conversation.id).await, expected);
+        assert_eq!(history(&*store, other.id).await, [with_seq(&elsewhere, 1)]);
     }
 
     pub async fn history_pagination(store: Arc<dyn Store>) {
@@ -441,6 +486,8 @@ mod checks {
             messages.iter().cloned().map(WriteOp::Insert).collect(),
         )
         .await;
+        // Pages carry each message's seq.
+        let messages = numbered(&messages, 1);
 
         let c = conversation.id;
         let get = |query| {
@@ -527,7 +574,7 @@ mod checks {
             .collect();
         write(&*store, inserts).await;
         let messages = history(&*store, c).await;
-        assert_eq!(messages.len(), 12);
+        assert_eq!(seqs_of(&messages), (1..=12).collect::<Vec<_>>());
         assert!(messages[4].viewed_by.is_some() && messages[9].viewed_at.is_some());
 
         let json = |page: &[chat_service::model::Message]| serde_json::to_vec(page).unwrap().len();
@@ -694,13 +741,12 @@ mod checks {
             WriteOp::Insert(plain.clone()),
             WriteOp::Insert(with_client_id.clone()),
         ];
-        let inserted = vec![WriteOutcome::Inserted; 2];
-        assert_eq!(write(&*store, batch.clone()).await, inserted);
+        assert_eq!(write(&*store, batch.clone()).await, inserted([1, 2]));
         // A retried batch: the same ids again, client id included.
-        assert_eq!(write(&*store, batch).await, inserted);
+        assert_eq!(write(&*store, batch).await, inserted([1, 2]));
         assert_eq!(
             history(&*store, conversation.id).await,
-            [plain, with_client_id]
+            numbered(&[plain, with_client_id], 1)
         );
     }
 
@@ -718,11 +764,14 @@ mod checks {
         );
         assert_eq!(
             write(&*store, vec![WriteOp::Insert(first.clone())]).await,
-            [WriteOutcome::Inserted]
+            inserted([1])
         );
         assert_eq!(
             write(&*store, vec![WriteOp::Insert(resend)]).await,
-            [WriteOutcome::Duplicate { existing: ids[0] }]
+            [WriteOutcome::Duplicate {
+                existing: ids[0],
+                seq: 1
+            }]
         );
 
         // Within one batch too.
@@ -735,11 +784,17 @@ mod checks {
             )
             .await,
             [
-                WriteOutcome::Inserted,
-                WriteOutcome::Duplicate { existing: ids[2] }
+                WriteOutcome::Inserted { seq: 2 },
+                WriteOutcome::Duplicate {
+                    existing: ids[2],
+                    seq: 2
+                }
             ]
         );
-        assert_eq!(history(&*store, conversation.id).await, [first, third]);
+        assert_eq!(
+            history(&*store, conversation.id).await,
+            [with_seq(&first, 1), with_seq(&third, 2)]
+        );
     }
 
     pub async fn same_client_id_elsewhere_is_stored(store: Arc<dyn Store>) {
@@ -781,12 +836,16 @@ mod checks {
                 batch.iter().cloned().map(WriteOp::Insert).collect()
             )
             .await,
-            vec![WriteOutcome::Inserted; 5]
+            inserted([1, 2, 1, 3, 4]),
+            "the other conversation's message is its number 1"
         );
         let mut expected = batch.clone();
         expected.remove(2);
-        assert_eq!(history(&*store, conversation.id).await, expected);
-        assert_eq!(history(&*store, other.id).await, [batch[2].clone()]);
+        assert_eq!(
+            history(&*store, conversation.id).await,
+            numbered(&expected, 1)
+        );
+        assert_eq!(history(&*store, other.id).await, [with_seq(&batch[2], 1)]);
     }
 
     pub async fn view_applies_to_another_senders_message(store: Arc<dyn Store>) {
@@ -795,6 +854,7 @@ mod checks {
         let [id] = ids(1).try_into().unwrap();
         let sent = message(id, conversation.id, key.mentor_id, "read me", None);
         write(&*store, vec![WriteOp::Insert(sent.clone())]).await;
+        let sent = with_seq(&sent, 1);
 
         let view = WriteOp::View {
             conversation_id: conversation.id,
@@ -853,8 +913,8 @@ mod checks {
         )
         .await;
         assert_eq!(outcomes, vec![WriteOutcome::ViewTargetMissing; 3]);
-        assert_eq!(history(&*store, conversation.id).await, [own]);
-        assert_eq!(history(&*store, other.id).await, [elsewhere]);
+        assert_eq!(history(&*store, conversation.id).await, [with_seq(&own, 1)]);
+        assert_eq!(history(&*store, other.id).await, [with_seq(&elsewhere, 1)]);
     }
 
     pub async fn view_after_insert_in_the_same_batch(store: Arc<dyn Store>) {
@@ -875,7 +935,10 @@ mod checks {
             ],
         )
         .await;
-        assert_eq!(outcomes, [WriteOutcome::Inserted, WriteOutcome::Viewed]);
+        assert_eq!(
+            outcomes,
+            [WriteOutcome::Inserted { seq: 1 }, WriteOutcome::Viewed]
+        );
         let stored = history(&*store, conversation.id).await;
         assert_eq!(stored[0].viewed_by, Some(key.mentor_id));
         assert_eq!(stored[0].viewed_at, Some(Millis(77)));
@@ -933,7 +996,7 @@ mod checks {
         assert_eq!(
             outcomes,
             [
-                WriteOutcome::Inserted,
+                WriteOutcome::Inserted { seq: 3 },
                 WriteOutcome::Viewed,
                 WriteOutcome::AlreadyViewed
             ]
@@ -994,7 +1057,7 @@ mod checks {
         for (stored, text) in stored.iter().zip(&texts) {
             assert_eq!(stored.text.as_bytes(), text.as_bytes());
         }
-        assert_eq!(stored, messages);
+        assert_eq!(stored, numbered(&messages, 1));
     }
 
     pub async fn recent_client_ids_newest_first(store: Arc<dyn Store>) {
@@ -1057,6 +1120,373 @@ mod checks {
             [("o0".to_string(), ids[7])]
         );
         assert_eq!(recent(other.id, mentor, 10).await, []);
+    }
+
+    /// Each conversation's inserts are numbered 1, 2, 3 … in the order
+    /// written, across batches, whatever the other conversations do.
+    pub async fn seqs_count_each_conversations_inserts_in_write_order(store: Arc<dyn Store>) {
+        let key = random_key();
+        let a = store.conversation_for(key, Millis(0)).await.unwrap();
+        let b = store
+            .conversation_for(random_key(), Millis(0))
+            .await
+            .unwrap();
+        let ids = ids(7);
+        let to = |n: usize, conversation: &Conversation| {
+            message(
+                ids[n],
+                conversation.id,
+                key.mentor_id,
+                &format!("m{n}"),
+                None,
+            )
+        };
+        // Interleaved, and a seq already set on the op is ignored.
+        let first = vec![
+            to(0, &a),
+            to(1, &b),
+            Message {
+                seq: 99,
+                ..to(2, &a)
+            },
+        ];
+        let second = vec![to(3, &b), to(4, &b), to(5, &a)];
+        let third = vec![to(6, &a)];
+        let ops = |batch: &[Message]| batch.iter().cloned().map(WriteOp::Insert).collect();
+        assert_eq!(write(&*store, ops(&first)).await, inserted([1, 1, 2]));
+        assert_eq!(write(&*store, ops(&second)).await, inserted([2, 3, 3]));
+        assert_eq!(write(&*store, ops(&third)).await, inserted([4]));
+
+        let in_a = history(&*store, a.id).await;
+        let in_b = history(&*store, b.id).await;
+        assert_eq!(seqs_of(&in_a), [1, 2, 3, 4]);
+        assert_eq!(seqs_of(&in_b), [1, 2, 3]);
+        let expected_a = [&first[0], &first[2], &second[2], &third[0]].map(|m| m.id);
+        assert_eq!(in_a.iter().map(|m| m.id).collect::<Vec<_>>(), expected_a);
+    }
+
+    /// A resend (same client id) reports the first message's id and seq,
+    /// takes no number of its own, and stays a duplicate when it is retried.
+    pub async fn a_duplicate_reports_the_first_seq_and_uses_none(store: Arc<dyn Store>) {
+        let key = random_key();
+        let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
+        let c = conversation.id;
+        let ids = ids(8);
+        let student = key.student_id;
+        let original = message(ids[0], c, student, "hello", Some("k1"));
+        let other = message(ids[1], c, key.mentor_id, "hi", None);
+        assert_eq!(
+            write(
+                &*store,
+                vec![
+                    WriteOp::Insert(original.clone()),
+                    WriteOp::Insert(other.clone())
+                ]
+            )
+            .await,
+            inserted([1, 2])
+        );
+        let duplicate_of_first = WriteOutcome::Duplicate {
+            existing: ids[0],
+            seq: 1,
+        };
+        let resend = WriteOp::Insert(message(ids[2], c, student, "hello", Some("k1")));
+        assert_eq!(
+            write(&*store, vec![resend.clone()]).await,
+            std::slice::from_ref(&duplicate_of_first)
+        );
+        // The next insert is number 3: the resend used no seq.
+        let next = message(ids[3], c, student, "next", Some("k2"));
+        assert_eq!(
+            write(&*store, vec![WriteOp::Insert(next.clone())]).await,
+            inserted([3])
+        );
+        // The resend again (a retried batch), and a resend of the newest
+        // together with new messages in one batch.
+        let later = message(ids[5], c, student, "later", None);
+        let outcomes = write(
+            &*store,
+            vec![
+                resend,
+                WriteOp::Insert(message(ids[4], c, student, "next", Some("k2"))),
+                WriteOp::Insert(later.clone()),
+            ],
+        )
+        .await;
+        assert_eq!(
+            outcomes,
+            [
+                duplicate_of_first,
+                WriteOutcome::Duplicate {
+                    existing: ids[3],
+                    seq: 3
+                },
+                WriteOutcome::Inserted { seq: 4 }
+            ]
+        );
+        // A resend within the batch that stores the original.
+        let fresh = message(ids[6], c, student, "fresh", Some("k3"));
+        let outcomes = write(
+            &*store,
+            vec![
+                WriteOp::Insert(fresh.clone()),
+                WriteOp::Insert(message(ids[7], c, student, "fresh", Some("k3"))),
+            ],
+        )
+        .await;
+        assert_eq!(
+            outcomes,
+            [
+                WriteOutcome::Inserted { seq: 5 },
+                WriteOutcome::Duplicate {
+                    existing: ids[6],
+                    seq: 5
+                }
+            ]
+        );
+        assert_eq!(
+            history(&*store, c).await,
+            numbered(&[original, other, next, later, fresh], 1)
+        );
+        assert_eq!(store.conversation(c).await.unwrap().unwrap().last_seq, 5);
+    }
+
+    /// The same batch again (the writer retries a batch whose reply was
+    /// lost) reports the seqs of its first try and stores nothing twice.
+    pub async fn a_retried_batch_gets_the_same_seqs(store: Arc<dyn Store>) {
+        let key = random_key();
+        let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
+        let other = store
+            .conversation_for(random_key(), Millis(0))
+            .await
+            .unwrap();
+        let c = conversation.id;
+        let ids = ids(6);
+        let messages = [
+            message(ids[0], c, key.student_id, "plain", None),
+            message(ids[1], c, key.student_id, "with a client id", Some("r1")),
+            message(ids[2], other.id, key.mentor_id, "elsewhere", None),
+            message(ids[3], c, key.mentor_id, "mentor", Some("r1")),
+        ];
+        let mut batch: Vec<_> = messages.iter().cloned().map(WriteOp::Insert).collect();
+        batch.push(WriteOp::View {
+            conversation_id: c,
+            message_id: ids[0],
+            viewer_id: key.mentor_id,
+            at: Millis(5),
+        });
+        let expected = {
+            let mut outcomes = inserted([1, 2, 1, 3]);
+            outcomes.push(WriteOutcome::Viewed);
+            outcomes
+        };
+        assert_eq!(write(&*store, batch.clone()).await, expected);
+        assert_eq!(write(&*store, batch.clone()).await, expected, "retried");
+        assert_eq!(write(&*store, batch).await, expected, "retried again");
+
+        // Numbering goes on after the last seq of the first try.
+        let after = message(ids[4], c, key.mentor_id, "after", None);
+        let elsewhere = message(ids[5], other.id, key.mentor_id, "elsewhere 2", None);
+        assert_eq!(
+            write(
+                &*store,
+                vec![
+                    WriteOp::Insert(after.clone()),
+                    WriteOp::Insert(elsewhere.clone())
+                ]
+            )
+            .await,
+            inserted([4, 2])
+        );
+        let mut viewed = with_seq(&messages[0], 1);
+        viewed.viewed_by = Some(key.mentor_id);
+        viewed.viewed_at = Some(Millis(5));
+        assert_eq!(
+            history(&*store, c).await,
+            [
+                viewed,
+                with_seq(&messages[1], 2),
+                with_seq(&messages[3], 3),
+                with_seq(&after, 4)
+            ]
+        );
+        assert_eq!(
+            history(&*store, other.id).await,
+            [with_seq(&messages[2], 1), with_seq(&elsewhere, 2)]
+        );
+    }
+
+    /// `Err(Unavailable)` may leave a batch partly applied; the retry of
+    /// the whole batch keeps the applied part's seqs and numbers the rest
+    /// after them.
+    pub async fn a_partly_applied_batch_retried_whole_leaves_no_gap(store: Arc<dyn Store>) {
+        let key = random_key();
+        let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
+        let c = conversation.id;
+        let messages: Vec<_> = ids(5)
+            .into_iter()
+            .enumerate()
+            .map(|(n, id)| {
+                let client_id = (n % 2 == 0).then(|| format!("p{n}"));
+                message(
+                    id,
+                    c,
+                    key.student_id,
+                    &format!("p{n}"),
+                    client_id.as_deref(),
+                )
+            })
+            .collect();
+        let ops: Vec<_> = messages.iter().cloned().map(WriteOp::Insert).collect();
+        assert_eq!(write(&*store, ops[..2].to_vec()).await, inserted([1, 2]));
+        assert_eq!(write(&*store, ops.clone()).await, inserted(1..=5));
+        assert_eq!(history(&*store, c).await, numbered(&messages, 1));
+        for seq in 1..=5 {
+            assert_eq!(
+                store.message_at_seq(c, seq).await.unwrap(),
+                Some(messages[seq as usize - 1].id),
+                "seq {seq}"
+            );
+        }
+    }
+
+    pub async fn message_at_seq_finds_each_message(store: Arc<dyn Store>) {
+        let key = random_key();
+        let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
+        let other = store
+            .conversation_for(random_key(), Millis(0))
+            .await
+            .unwrap();
+        let c = conversation.id;
+        let ids = ids(7);
+        let at = |conversation_id, seq| {
+            let store = Arc::clone(&store);
+            async move { store.message_at_seq(conversation_id, seq).await.unwrap() }
+        };
+        assert_eq!(at(c, 1).await, None, "nothing stored yet");
+        // Over three batches, the other conversation's in between.
+        let insert = |n: usize, conversation_id| {
+            WriteOp::Insert(message(ids[n], conversation_id, key.mentor_id, "m", None))
+        };
+        write(
+            &*store,
+            vec![insert(0, c), insert(1, other.id), insert(2, c)],
+        )
+        .await;
+        write(&*store, vec![insert(3, c), insert(4, other.id)]).await;
+        write(&*store, vec![insert(5, c), insert(6, c)]).await;
+
+        for (seq, n) in [(1, 0), (2, 2), (3, 3), (4, 5), (5, 6)] {
+            assert_eq!(at(c, seq).await, Some(ids[n]), "seq {seq}");
+        }
+        assert_eq!(at(other.id, 1).await, Some(ids[1]));
+        assert_eq!(at(other.id, 2).await, Some(ids[4]));
+        for seq in [
+            0,
+            6,
+            7,
+            1_000,
+            i64::MAX as Seq,
+            i64::MAX as Seq + 1,
+            Seq::MAX,
+        ] {
+            assert_eq!(at(c, seq).await, None, "seq {seq}");
+        }
+        assert_eq!(at(other.id, 3).await, None);
+        assert_eq!(at(ObjectId::new(), 1).await, None, "unknown conversation");
+    }
+
+    /// `last_seq`: 0 while empty, then the newest seq, wherever a
+    /// conversation is read (get-or-create, by id, listed).
+    pub async fn conversations_report_last_seq(store: Arc<dyn Store>) {
+        let key = random_key();
+        let created = store.conversation_for(key, Millis(10)).await.unwrap();
+        assert_eq!(created.last_seq, 0);
+        let empty_key = ConversationKey {
+            lesson_id: random_id(),
+            ..key
+        };
+        let empty = store.conversation_for(empty_key, Millis(20)).await.unwrap();
+        let c = created.id;
+        let listed = |mentor_id| {
+            let store = Arc::clone(&store);
+            async move {
+                store
+                    .conversations(ConversationFilter {
+                        mentor_id: Some(mentor_id),
+                        limit: 10,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|conversation| (conversation.id, conversation.last_seq))
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(store.conversation(c).await.unwrap().unwrap().last_seq, 0);
+        assert_eq!(listed(key.mentor_id).await, [(c, 0), (empty.id, 0)]);
+
+        let ids = ids(4);
+        let ops = |range: std::ops::Range<usize>| {
+            ids[range]
+                .iter()
+                .map(|id| WriteOp::Insert(message(*id, c, key.student_id, "x", None)))
+                .collect()
+        };
+        write(&*store, ops(0..3)).await;
+        let check = |last_seq: Seq| {
+            let store = Arc::clone(&store);
+            let created = created.clone();
+            async move {
+                let again = store.conversation_for(key, Millis(99)).await.unwrap();
+                assert_eq!(
+                    again,
+                    Conversation {
+                        last_seq,
+                        ..created.clone()
+                    },
+                    "get-or-create"
+                );
+                assert_eq!(
+                    store.conversation(c).await.unwrap().unwrap().last_seq,
+                    last_seq,
+                    "by id"
+                );
+            }
+        };
+        check(3).await;
+        assert_eq!(listed(key.mentor_id).await, [(c, 3), (empty.id, 0)]);
+        // A view changes nothing; the next insert does.
+        write(
+            &*store,
+            vec![WriteOp::View {
+                conversation_id: c,
+                message_id: ids[0],
+                viewer_id: key.mentor_id,
+                at: Millis(1),
+            }],
+        )
+        .await;
+        check(3).await;
+        write(&*store, ops(3..4)).await;
+        check(4).await;
+        assert_eq!(listed(key.mentor_id).await, [(c, 4), (empty.id, 0)]);
+        let by_participant = store
+            .conversations(ConversationFilter {
+                participant: Some(key.student_id),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            by_participant
+                .iter()
+                .map(|c| c.last_seq)
+                .collect::<Vec<_>>(),
+            [4, 0]
+        );
     }
 
     pub async fn ping_succeeds(store: Arc<dyn Store>) {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chat_service::config::Config;
 use chat_service::model::{
-    Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, UserId,
+    Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, Seq, UserId,
 };
 use chat_service::store::writer::{Completion, FlushReport, Overloaded, Writer, WriterConfig};
 use chat_service::store::{
@@ -147,7 +147,7 @@ impl Store for FaultStore {
                 .iter()
                 .filter_map(|op| match op {
                     WriteOp::Insert(m) => Some(m.id),
-                    WriteOp::View { .. } => None,
+                    WriteOp::View { .. } | WriteOp::Read { .. } => None,
                 })
                 .collect();
             let result = self.inner.write_batch(ops).await;
@@ -197,6 +197,7 @@ impl Client {
         let id = match &op {
             WriteOp::Insert(m) => m.id,
             WriteOp::View { message_id, .. } => *message_id,
+            WriteOp::Read { .. } => panic!("these tests submit no reads"),
         };
         self.handle
             .as_ref()
@@ -245,10 +246,29 @@ fn config(max_batch: usize, window: Duration) -> WriterConfig {
     }
 }
 
-fn assert_all_ok(done: &[Done], expected: &WriteOutcome) {
+/// Every completion is `Inserted` with its message's seq: `first` for
+/// `messages[0]`, `first + 1` for the next, … (the order they were written).
+fn assert_inserted(done: &[Done], messages: &[Message], first: Seq) {
     for (id, result) in done {
-        assert_eq!(result.as_ref().ok(), Some(expected), "op {id}: {result:?}");
+        let index = messages
+            .iter()
+            .position(|m| m.id == *id)
+            .unwrap_or_else(|| panic!("a completion for {id}, which is not among the messages"));
+        let seq = first + index as Seq;
+        assert_eq!(
+            result.as_ref().ok(),
+            Some(&WriteOutcome::Inserted { seq }),
+            "op {id}: {result:?}"
+        );
     }
+}
+
+/// `messages` as history returns them: numbered from `first`.
+fn numbered(messages: &[Message], first: Seq) -> Vec<Message> {
+    (first..)
+        .zip(messages)
+        .map(|(seq, m)| Message { seq, ..m.clone() })
+        .collect()
 }
 
 #[tokio::test(start_paused = true)]
@@ -261,10 +281,10 @@ async fn batches_by_count() {
         client.submit(WriteOp::Insert(m.clone())).unwrap();
     }
     let done = client.completed(25).await;
-    assert_all_ok(&done, &WriteOutcome::Inserted);
+    assert_inserted(&done, &messages, 1);
     // Two full batches at once; the rest after the (virtual) window.
     assert_eq!(store.batch_sizes(), [10, 10, 5]);
-    assert_eq!(history(&*store, conversation).await, messages);
+    assert_eq!(history(&*store, conversation).await, numbered(&messages, 1));
 }
 
 #[tokio::test(start_paused = true)]
@@ -283,7 +303,7 @@ async fn batches_by_window() {
     tokio::time::advance(Duration::from_millis(20)).await;
     client.submit(WriteOp::Insert(messages[1].clone())).unwrap();
     client.submit(WriteOp::Insert(messages[2].clone())).unwrap();
-    client.completed(3).await;
+    assert_inserted(&client.completed(3).await, &messages[..3], 1);
     assert_eq!(
         store.batch_sizes(),
         [3],
@@ -292,7 +312,7 @@ async fn batches_by_window() {
 
     client.submit(WriteOp::Insert(messages[3].clone())).unwrap();
     client.submit(WriteOp::Insert(messages[4].clone())).unwrap();
-    client.completed(2).await;
+    assert_inserted(&client.completed(2).await, &messages[3..], 4);
     assert_eq!(store.batch_sizes(), [3, 2]);
 }
 
@@ -312,7 +332,10 @@ async fn ops_keep_submission_order_across_batches() {
         })
         .unwrap();
     let done = client.completed(2).await;
-    assert_eq!(done[0].1.as_ref().unwrap(), &WriteOutcome::Inserted);
+    assert_eq!(
+        done[0].1.as_ref().unwrap(),
+        &WriteOutcome::Inserted { seq: 1 }
+    );
     assert_eq!(done[1].1.as_ref().unwrap(), &WriteOutcome::Viewed);
     assert_eq!(store.batch_sizes(), [1, 1]);
 }
@@ -330,7 +353,7 @@ async fn completions_run_only_after_commit() {
             let (id, store, seen) = (m.id, store.clone(), seen_tx.clone());
             let done: Completion = Box::new(move |result| {
                 let committed = store.committed.lock().contains(&id);
-                let _ = seen.send((result, committed));
+                let _ = seen.send(((id, result), committed));
             });
             handle.submit(WriteOp::Insert(m.clone()), done).unwrap();
         }
@@ -350,12 +373,12 @@ async fn completions_run_only_after_commit() {
     store.gate.send_replace(false);
     submit_all(&messages[10..]);
     for _ in 0..20 {
-        let (result, committed) = seen_rx.recv().await.unwrap();
-        assert_eq!(result.unwrap(), WriteOutcome::Inserted);
+        let (done, committed) = seen_rx.recv().await.unwrap();
+        assert_inserted(&[done], &messages, 1);
         assert!(committed, "completed before the store committed");
     }
     assert_eq!(handle.pending(), 0);
-    assert_eq!(history(&*store, conversation).await, messages);
+    assert_eq!(history(&*store, conversation).await, numbered(&messages, 1));
 }
 
 #[tokio::test(start_paused = true)]
@@ -381,12 +404,13 @@ async fn unavailable_is_retried_with_backoff_until_it_succeeds() {
     }
 
     let done = client.completed(20).await;
-    assert_all_ok(&done, &WriteOutcome::Inserted);
+    // The retry after the lost reply reports the seqs of the commit.
+    assert_inserted(&done, &messages, 1);
     let ids: HashSet<MessageId> = done.iter().map(|(id, _)| *id).collect();
     assert_eq!(ids.len(), 20, "every op completed exactly once");
     assert_eq!(
         history(&*store, conversation).await,
-        messages,
+        numbered(&messages, 1),
         "nothing lost or doubled"
     );
 
@@ -441,9 +465,9 @@ async fn unhealthy_while_failing_then_healthy_again() {
 
     store.down.store(false, Ordering::SeqCst);
     let done = client.completed(2).await;
-    assert_all_ok(&done, &WriteOutcome::Inserted);
+    assert_inserted(&done, &messages, 1);
     assert!(handle.is_healthy());
-    assert_eq!(history(&*store, conversation).await, messages);
+    assert_eq!(history(&*store, conversation).await, numbered(&messages, 1));
 }
 
 #[tokio::test]
@@ -470,14 +494,15 @@ async fn full_queue_is_overloaded_until_it_drains() {
     );
 
     store.gate.send_replace(false);
-    assert_all_ok(&client.completed(4).await, &WriteOutcome::Inserted);
+    assert_inserted(&client.completed(4).await, &messages[..4], 1);
     assert_eq!(handle.pending(), 0);
     client.submit(WriteOp::Insert(messages[5].clone())).unwrap();
-    assert_all_ok(&client.completed(1).await, &WriteOutcome::Inserted);
+    // The refused one took no seq.
+    assert_inserted(&client.completed(1).await, &messages[5..], 5);
 
     let mut expected = messages[..4].to_vec();
     expected.push(messages[5].clone());
-    assert_eq!(history(&*store, conversation).await, expected);
+    assert_eq!(history(&*store, conversation).await, numbered(&expected, 1));
 }
 
 #[tokio::test]
@@ -501,8 +526,11 @@ async fn internal_error_fails_the_batch_without_retry() {
 
     // The writer goes on with the next ops.
     client.submit(WriteOp::Insert(messages[3].clone())).unwrap();
-    assert_all_ok(&client.completed(1).await, &WriteOutcome::Inserted);
-    assert_eq!(history(&*store, conversation).await, [messages[3].clone()]);
+    assert_inserted(&client.completed(1).await, &messages[3..], 1);
+    assert_eq!(
+        history(&*store, conversation).await,
+        numbered(&messages[3..], 1)
+    );
 }
 
 #[tokio::test]
@@ -536,8 +564,8 @@ async fn shutdown_flushes_everything_and_reports() {
         }
     );
     assert_eq!(store.batch_sizes(), [8, 8, 4]);
-    assert_all_ok(&client.completed(20).await, &WriteOutcome::Inserted);
-    assert_eq!(history(&*store, conversation).await, messages);
+    assert_inserted(&client.completed(20).await, &messages, 1);
+    assert_eq!(history(&*store, conversation).await, numbered(&messages, 1));
     assert_eq!(handle.pending(), 0);
 }
 
@@ -600,8 +628,8 @@ async fn dropping_every_handle_flushes_and_ends_the_task() {
         client.submit(WriteOp::Insert(m.clone())).unwrap();
     }
     client.handle = None;
-    assert_all_ok(&client.completed(5).await, &WriteOutcome::Inserted);
-    assert_eq!(history(&*store, conversation).await, messages);
+    assert_inserted(&client.completed(5).await, &messages, 1);
+    assert_eq!(history(&*store, conversation).await, numbered(&messages, 1));
 
     // The task held a clone of the store until it ended.
     while Arc::strong_count(&store) > 1 {

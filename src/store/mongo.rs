@@ -3,13 +3,22 @@
 //!
 //! Every call is bounded by a deadline (the driver has no socket timeout), and
 //! failures a retry may fix are `StoreError::Unavailable` (see [`errors`]).
+//!
+//! Seqs (CONTRACT §6): the writer gives them in `inserts` (why they have no
+//! gap is told there), conversation reads add `last_seq` through
+//! `last_seq`, and `legacy_seq` numbers the messages stored without one
+//! when the store connects.
 
 mod batch;
 mod documents;
 mod errors;
 mod indexes;
+mod inserts;
+mod last_seq;
+mod legacy_seq;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, Document};
@@ -17,16 +26,18 @@ use mongodb::options::{Acknowledgment, ClientOptions, ReturnDocument, WriteConce
 use mongodb::{Client, Collection, Cursor, Database};
 
 use crate::model::{
-    Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, ObjectId, UserId,
+    Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, ObjectId, Seq,
+    UserId,
 };
 use crate::store::{
     ConversationFilter, HistoryPage, HistoryQuery, PageBuilder, Store, StoreError, StoreFuture,
-    WriteOp,
+    WriteOp, WriteOutcome,
 };
 
 use documents::{bson_date, bson_id, conversation_from, message_from, object_id};
 use errors::{is_duplicate_key, store_error};
 pub(crate) use indexes::{CONVERSATIONS, MESSAGES};
+use last_seq::{last_seq_lookup, looked_up_last_seq, SeqCache};
 
 /// How to reach MongoDB; built from `MONGO_URI`, `MONGO_DB` and
 /// `CHAT_MONGO_*`, whose defaults are `Config`'s.
@@ -79,12 +90,16 @@ pub struct MongoStore {
     write_concern: Document,
     /// Deadline of one store call: server selection plus the operation.
     call_timeout: Duration,
+    /// The writer's last seq per conversation (see `inserts`); shared by
+    /// clones, which write the same database.
+    seqs: Arc<SeqCache>,
 }
 
 impl MongoStore {
-    /// Connects, checks the server answers, and creates the indexes
-    /// (logging loudly any that cannot be built). `Err(Unavailable)` when the
-    /// server cannot be reached within `settings.timeout`.
+    /// Connects, checks the server answers, creates the indexes (logging
+    /// loudly any that cannot be built) and numbers the messages stored
+    /// without a seq (`legacy_seq`). `Err(Unavailable)` when the server
+    /// cannot be reached within `settings.timeout`.
     pub async fn connect(settings: &MongoSettings) -> Result<MongoStore, StoreError> {
         let mut options = ClientOptions::parse(&settings.uri).await.map_err(|error| {
             match store_error("connection string", error) {
@@ -112,9 +127,12 @@ impl MongoStore {
             database,
             write_concern: settings.write_concern_document(),
             call_timeout: settings.timeout.saturating_mul(2),
+            seqs: Arc::default(),
         };
         store.ping_now().await?;
         indexes::ensure_indexes(&store.database, store.call_timeout).await?;
+        // Before any write: a new message's seq comes after every stored one.
+        store.number_legacy_messages().await?;
         tracing::info!(database = %settings.database, "MongoDB store ready");
         Ok(store)
     }
@@ -151,16 +169,39 @@ impl MongoStore {
         .await
     }
 
+    /// The conversation matching `filter` (a unique key), with its last seq.
     async fn find_conversation(
         &self,
         filter: Document,
     ) -> Result<Option<Conversation>, StoreError> {
         let found = self
+            .read_conversations(vec![doc! { "$match": filter }, doc! { "$limit": 1 }], 1)
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
+    /// Conversations through `stages`, each with its `last_seq`, in one
+    /// round trip: a `$lookup` per conversation seeks the end of its range
+    /// of the seq index.
+    async fn read_conversations(
+        &self,
+        mut stages: Vec<Document>,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        stages.push(last_seq_lookup());
+        let cursor = self
             .conversations
-            .find_one(filter)
+            .aggregate(stages)
+            .batch_size(as_batch(limit))
             .await
-            .map_err(|error| store_error("find conversation", error))?;
-        found.as_ref().map(conversation_from).transpose()
+            .map_err(|error| store_error("read conversations", error))?;
+        drain(cursor, "read conversations", |document| {
+            Ok(Conversation {
+                last_seq: looked_up_last_seq(document)?,
+                ..conversation_from(document)?
+            })
+        })
+        .await
     }
 
     async fn get_or_create(
@@ -178,8 +219,9 @@ impl MongoStore {
         if let Some(found) = self.find_conversation(filter.clone()).await? {
             return Ok(found);
         }
+        let new_id = ObjectId::new();
         let insert_fields = doc! {
-            "$setOnInsert": { "_id": bson_id(ObjectId::new()), "created_at": bson_date(created_at) }
+            "$setOnInsert": { "_id": bson_id(new_id), "created_at": bson_date(created_at) }
         };
         let upserted = self
             .conversations
@@ -188,7 +230,12 @@ impl MongoStore {
             .return_document(ReturnDocument::After)
             .await;
         match upserted {
-            Ok(Some(document)) => conversation_from(&document),
+            // Created by this call: it has no message yet.
+            Ok(Some(document)) if object_id(&document, "_id", "conversation")? == new_id => {
+                conversation_from(&document)
+            }
+            // Created by another caller since the read: read it with its last seq.
+            Ok(Some(_)) => self.existing_conversation(filter).await,
             // A concurrent upsert won the unique index; its document is the answer.
             Ok(None) => self.existing_conversation(filter).await,
             Err(error) if is_duplicate_key(&error) => self.existing_conversation(filter).await,
@@ -225,15 +272,12 @@ impl MongoStore {
                 ],
             );
         }
-        let cursor = self
-            .conversations
-            .find(query)
-            .sort(doc! { "created_at": 1, "_id": 1 })
-            .limit(as_limit(filter.limit))
-            .batch_size(as_batch(filter.limit))
-            .await
-            .map_err(|error| store_error("find conversations", error))?;
-        drain(cursor, "find conversations", conversation_from).await
+        let stages = vec![
+            doc! { "$match": query },
+            doc! { "$sort": { "created_at": 1, "_id": 1 } },
+            doc! { "$limit": as_limit(filter.limit) },
+        ];
+        self.read_conversations(stages, filter.limit).await
     }
 
     async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, StoreError> {
@@ -394,7 +438,7 @@ impl Store for MongoStore {
         ))
     }
 
-    fn write_batch(&self, ops: Vec<WriteOp>) -> StoreFuture<'_, Vec<crate::store::WriteOutcome>> {
+    fn write_batch(&self, ops: Vec<WriteOp>) -> StoreFuture<'_, Vec<WriteOutcome>> {
         Box::pin(self.bounded("write_batch", self.apply_batch(ops)))
     }
 
@@ -414,14 +458,9 @@ impl Store for MongoStore {
     fn message_at_seq(
         &self,
         conversation_id: ConversationId,
-        seq: crate::model::Seq,
+        seq: Seq,
     ) -> StoreFuture<'_, Option<MessageId>> {
-        Box::pin(async move {
-            let _ = (conversation_id, seq);
-            Err(StoreError::Internal(
-                "mongodb: seq lookups are not implemented yet".into(),
-            ))
-        })
+        Box::pin(self.bounded("message_at_seq", self.find_at_seq(conversation_id, seq)))
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {

@@ -217,7 +217,7 @@ pub fn default_reply(command: &Document) -> Document {
     match command_name(command) {
         "insert" => doc! { "n": count("documents"), "ok": 1.0 },
         "update" => doc! { "n": count("updates"), "nModified": count("updates"), "ok": 1.0 },
-        "find" => cursor_reply(command, Vec::new()),
+        "find" | "aggregate" => cursor_reply(command, Vec::new()),
         "findAndModify" => {
             doc! { "lastErrorObject": { "n": 0, "updatedExisting": false }, "value": Bson::Null, "ok": 1.0 }
         }
@@ -226,9 +226,13 @@ pub fn default_reply(command: &Document) -> Document {
     }
 }
 
-/// A `find` reply holding `documents` in one batch (cursor closed).
+/// A `find` or `aggregate` reply holding `documents` in one batch (cursor
+/// closed).
 pub fn cursor_reply(command: &Document, documents: Vec<Document>) -> Document {
-    let collection = command.get_str("find").unwrap_or("unknown");
+    let collection = command
+        .get_str("find")
+        .or_else(|_| command.get_str("aggregate"))
+        .unwrap_or("unknown");
     let database = command.get_str("$db").unwrap_or("chat");
     doc! {
         "cursor": { "firstBatch": documents, "id": 0_i64, "ns": format!("{database}.{collection}") },

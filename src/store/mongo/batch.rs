@@ -1,19 +1,19 @@
 //! One writer batch in as few round trips as its order allows.
 //!
-//! All inserts go in one unordered `insert_many` (duplicates do not stop the
-//! rest), then all views in one `update` command with a statement each (works
-//! on every server version; `bulkWrite` needs 8.0). Running inserts first
-//! keeps the trait's order — a view after its insert sees it — and a view
-//! that names a message inserted *later* in the batch runs before the inserts,
-//! as in-order application would have it.
+//! All inserts go in one ordered `insert_many` after one `find` for
+//! duplicates (see `inserts`, which gives the seqs), then all views in one
+//! `update` command with a statement each (works on every server version;
+//! `bulkWrite` needs 8.0). Running inserts first keeps the trait's order — a
+//! view after its insert sees it — and a view that names a message inserted
+//! *later* in the batch runs before the inserts, as in-order application
+//! would have it.
 
 use std::collections::HashMap;
 
 use mongodb::bson::{doc, Bson, Document};
-use mongodb::error::{ErrorKind, IndexedWriteError, InsertManyError};
 
-use super::documents::{bson_date, bson_id, int, message_document, object_id, optional_date};
-use super::errors::{is_duplicate_key_code, is_permanent_write_code, store_error};
+use super::documents::{bson_date, bson_id, int, object_id, optional_date};
+use super::errors::{is_permanent_write_code, store_error};
 use super::{MongoStore, MESSAGES};
 use crate::model::{ConversationId, Message, MessageId, Millis, UserId, ViewEffect};
 use crate::store::{StoreError, WriteOp, WriteOutcome};
@@ -33,11 +33,19 @@ impl MongoStore {
         ops: Vec<WriteOp>,
     ) -> Result<Vec<WriteOutcome>, StoreError> {
         let mut last_insert_of: HashMap<MessageId, usize> = HashMap::new();
+        let mut written: Vec<ConversationId> = Vec::new();
         for (position, op) in ops.iter().enumerate() {
             if let WriteOp::Insert(message) = op {
                 last_insert_of.insert(message.id, position);
+                if !written.contains(&message.conversation_id) {
+                    written.push(message.conversation_id);
+                }
             }
         }
+        // Whatever ends this batch early (an error, or the store call's
+        // deadline dropping this future) may leave the cached last seqs of
+        // its conversations behind the database: the retry re-reads them.
+        let cached = self.seqs.forget_unless_kept(written);
         let mut inserts: Vec<(usize, Message)> = Vec::new();
         let mut views_before_inserts = Vec::new();
         let mut views_after_inserts = Vec::new();
@@ -80,127 +88,16 @@ impl MongoStore {
         }
         self.apply_views(&views_before_inserts, &mut outcomes)
             .await?;
-        self.insert_messages(&inserts, &mut outcomes).await?;
+        self.insert_messages(inserts, &mut outcomes).await?;
         self.apply_views(&views_after_inserts, &mut outcomes)
             .await?;
+        cached.keep();
         outcomes
             .into_iter()
             .map(|outcome| {
                 outcome.ok_or_else(|| StoreError::Internal("mongodb: an op got no outcome".into()))
             })
             .collect()
-    }
-
-    async fn insert_messages(
-        &self,
-        inserts: &[(usize, Message)],
-        outcomes: &mut [Option<WriteOutcome>],
-    ) -> Result<(), StoreError> {
-        if inserts.is_empty() {
-            return Ok(());
-        }
-        let documents: Vec<Document> = inserts
-            .iter()
-            .map(|(_, message)| message_document(message))
-            .collect();
-        let inserted = self.messages.insert_many(documents).ordered(false).await;
-        let write_errors = match inserted {
-            Ok(_) => Vec::new(),
-            Err(error) => match &*error.kind {
-                ErrorKind::InsertMany(InsertManyError {
-                    write_errors,
-                    write_concern_error: None,
-                    ..
-                }) => write_errors.clone().unwrap_or_default(),
-                _ => return Err(store_error("insert messages", error)),
-            },
-        };
-        for (position, _) in inserts {
-            outcomes[*position] = Some(WriteOutcome::Inserted { seq: 0 });
-        }
-        let mut duplicates = Vec::new();
-        for write_error in write_errors {
-            let Some((position, message)) = inserts.get(write_error.index) else {
-                return Err(StoreError::Internal(format!(
-                    "mongodb insert: write error for op {} of {}",
-                    write_error.index,
-                    inserts.len()
-                )));
-            };
-            if is_duplicate_key_code(write_error.code) {
-                // A retried batch meets its own first try on `_id`: stored.
-                if !on_id_index(&write_error) {
-                    duplicates.push((*position, message));
-                }
-            } else if is_permanent_write_code(write_error.code) {
-                outcomes[*position] = Some(WriteOutcome::Rejected(write_error.message));
-            } else {
-                // Transient or unknown: the whole batch is retried; the
-                // inserts that did land are idempotent.
-                return Err(StoreError::Unavailable(format!(
-                    "mongodb insert: code {}: {}",
-                    write_error.code, write_error.message
-                )));
-            }
-        }
-        self.resolve_duplicates(&duplicates, outcomes).await
-    }
-
-    /// Reads back what blocked each duplicate insert: the message itself (an
-    /// earlier try of this batch) or an earlier send with its client_id.
-    async fn resolve_duplicates(
-        &self,
-        duplicates: &[(usize, &Message)],
-        outcomes: &mut [Option<WriteOutcome>],
-    ) -> Result<(), StoreError> {
-        if duplicates.is_empty() {
-            return Ok(());
-        }
-        let mut clauses = Vec::new();
-        for (_, message) in duplicates {
-            clauses.push(doc! { "_id": bson_id(message.id) });
-            if let Some(client_id) = &message.client_id {
-                clauses.push(doc! {
-                    "conversation_id": bson_id(message.conversation_id),
-                    "sender_id": Bson::Int64(message.sender_id),
-                    "client_id": client_id.as_str(),
-                });
-            }
-        }
-        // Each clause matches at most one document (both are unique keys).
-        let limit = clauses.len();
-        let cursor = self
-            .messages
-            .find(doc! { "$or": clauses })
-            .projection(doc! { "_id": 1, "conversation_id": 1, "sender_id": 1, "client_id": 1 })
-            .limit(super::as_limit(limit))
-            .batch_size(super::as_batch(limit))
-            .await
-            .map_err(|error| store_error("read back duplicates", error))?;
-        let stored = super::drain(cursor, "read back duplicates", |document| {
-            Ok(StoredKey {
-                id: object_id(document, "_id", "message")?,
-                conversation_id: object_id(document, "conversation_id", "message").ok(),
-                sender_id: int(document, "sender_id"),
-                client_id: document.get_str("client_id").ok().map(str::to_string),
-            })
-        })
-        .await?;
-        for (position, message) in duplicates {
-            let outcome = if stored.iter().any(|key| key.id == message.id) {
-                WriteOutcome::Inserted { seq: 0 }
-            } else if let Some(first) = stored.iter().find(|key| key.same_client_message(message)) {
-                WriteOutcome::Duplicate {
-                    existing: first.id,
-                    seq: 0,
-                }
-            } else {
-                // Blocked by some other unique index: retrying cannot help.
-                WriteOutcome::Rejected("duplicate key on an unexpected unique index".into())
-            };
-            outcomes[*position] = Some(outcome);
-        }
-        Ok(())
     }
 
     /// Sets `viewed_by`/`viewed_at` on each target, one `update` statement
@@ -360,26 +257,4 @@ struct ViewTarget {
     sender_id: Option<UserId>,
     viewed_by: Option<UserId>,
     viewed_at: Option<Millis>,
-}
-
-/// The unique keys of a stored message, as read back after a duplicate.
-struct StoredKey {
-    id: MessageId,
-    conversation_id: Option<ConversationId>,
-    sender_id: Option<i64>,
-    client_id: Option<String>,
-}
-
-impl StoredKey {
-    fn same_client_message(&self, message: &Message) -> bool {
-        message.client_id.is_some()
-            && self.client_id == message.client_id
-            && self.conversation_id == Some(message.conversation_id)
-            && self.sender_id == Some(message.sender_id)
-    }
-}
-
-/// Whether an E11000 names the `_id` index ("... index: _id_ dup key: ...").
-fn on_id_index(error: &IndexedWriteError) -> bool {
-    error.message.contains("index: _id_ ")
 }

@@ -70,7 +70,31 @@ pub(crate) fn index_specs() -> Vec<IndexSpec> {
             purpose: "recent client ids on connect; without it, every WebSocket connect \
                       walks the whole conversation",
         },
+        // A message's place in its conversation (CONTRACT §6): no two alike,
+        // and the last one found without reading the conversation. Partial,
+        // so legacy messages without a seq (numbered right after this, see
+        // `legacy_seq`) do not collide as nulls. Its default name, so the
+        // same spec created by hand is accepted as it is.
+        IndexSpec {
+            collection: MESSAGES,
+            name: "conversation_id_1_seq_1",
+            keys: doc! { "conversation_id": 1, "seq": 1 },
+            unique: true,
+            partial_filter: Some(doc! { "seq": { "$type": "number" } }),
+            purpose: "message seqs; without it, two messages may get one seq and every \
+                      conversation read and first write scans the conversation",
+        },
     ]
+}
+
+/// The names of the unique indexes on messages this service relies on,
+/// `_id_` included: a duplicate key on one of them is a known conflict.
+pub(crate) fn unique_message_indexes() -> impl Iterator<Item = &'static str> {
+    index_specs()
+        .into_iter()
+        .filter(|spec| spec.collection == MESSAGES && spec.unique)
+        .map(|spec| spec.name)
+        .chain(["_id_"])
 }
 
 /// Creates every index. A failure the database reports about the data or

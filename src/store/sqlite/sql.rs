@@ -32,11 +32,15 @@ pub(super) const VIEW_MESSAGE: &str = "UPDATE messages SET viewed_by = ?3, viewe
 /// Whether a view that changed nothing had a target (then it was a repeat).
 pub(super) const VIEW_TARGET: &str = "SELECT 1 FROM messages
     WHERE conversation_id = ?1 AND id = ?2 AND sender_id <> ?3";
-/// An earlier message with this client id (a resend). The message's own id
-/// is not looked up: a retried message SQLite already holds is journaled
-/// again, reported `Inserted`, and its second insert does nothing at merge.
+/// An earlier message with this client id (a resend), or the message
+/// itself (a retried batch): its id and seq.
 pub(super) const STORED_CLIENT_ID: &str = "SELECT id, seq FROM messages
     WHERE conversation_id = ?1 AND sender_id = ?2 AND client_id = ?3";
+/// The message itself, when it has no client id for `STORED_CLIENT_ID` to
+/// find: a retried insert SQLite already holds keeps its seq (numbering it
+/// again would report a seq it does not have and leave a gap).
+pub(super) const STORED_ID: &str = "SELECT seq FROM messages
+    WHERE conversation_id = ?1 AND id = ?2";
 /// A conversation's newest seq in SQLite (the write thread adds the tail's).
 pub(super) const LAST_SEQ: &str =
     "SELECT coalesce(max(seq), 0) FROM messages WHERE conversation_id = ?1";
@@ -116,6 +120,24 @@ pub(super) fn stored_client_id(
         )
         .optional()?;
     Ok(stored.map(|(id, seq)| (ObjectId::from_bytes(id), seq_of(seq))))
+}
+
+/// Runs a prepared [`STORED_ID`] for a `message` without a client id (one
+/// with a client id is found by [`stored_client_id`]).
+pub(super) fn stored_id(
+    by_id: &mut Statement<'_>,
+    message: &Message,
+) -> rusqlite::Result<Option<(MessageId, Seq)>> {
+    if message.client_id.is_some() {
+        return Ok(None);
+    }
+    let stored = by_id
+        .query_row(
+            (message.conversation_id.bytes(), message.id.bytes()),
+            |row| row.get::<_, Option<i64>>(0),
+        )
+        .optional()?;
+    Ok(stored.map(|seq| (message.id, seq_of(seq))))
 }
 
 /// A stored seq; NULL (a legacy message before its numbering) is 0.

@@ -12,7 +12,7 @@ use rusqlite::Statement;
 
 use rusqlite::OptionalExtension;
 
-use super::sql::{last_seq, stored_client_id};
+use super::sql::{last_seq, stored_client_id, stored_id};
 use super::tail::{ClientKey, Tail};
 use crate::model::{ConversationId, Message, MessageId, Millis, Seq, UserId, ViewEffect};
 use crate::store::{ReadUpTo, WriteOp, WriteOutcome};
@@ -46,10 +46,9 @@ pub(super) struct Staged {
 pub(super) struct Lookups<'a, 'conn> {
     pub(super) tail: &'a Tail,
     pub(super) by_client_id: &'a mut Statement<'conn>,
+    pub(super) by_id: &'a mut Statement<'conn>,
     pub(super) last_seq: &'a mut Statement<'conn>,
     pub(super) known_seqs: &'a HashMap<ConversationId, Seq, FastHash>,
-    /// Messages of a journaled batch whose ack failed (see the write thread).
-    pub(super) journaled_unacked: &'a HashMap<(ConversationId, MessageId), Seq, FastHash>,
     /// `READ_CURSOR`, `LAST_SENT`, `SEQ_AND_SENDER`.
     pub(super) read_cursor: &'a mut Statement<'conn>,
     pub(super) last_sent: &'a mut Statement<'conn>,
@@ -91,8 +90,8 @@ impl Staged {
     }
 
     /// A conflict with this batch, the tail or SQLite (looked up with a
-    /// prepared `STORED_CLIENT_ID`), else staged with the conversation's
-    /// next seq.
+    /// prepared `STORED_CLIENT_ID`, or `STORED_ID` without a client id),
+    /// else staged with the conversation's next seq.
     fn insert(
         &mut self,
         lookups: &mut Lookups<'_, '_>,
@@ -101,11 +100,10 @@ impl Staged {
         if let Some(existing) = self.conflict(lookups.tail, &message) {
             return Ok(conflict_outcome(&message, existing));
         }
-        let key = (message.conversation_id, message.id);
-        if let Some(&seq) = lookups.journaled_unacked.get(&key) {
-            return Ok(WriteOutcome::Inserted { seq });
-        }
         if let Some(existing) = stored_client_id(lookups.by_client_id, &message)? {
+            return Ok(conflict_outcome(&message, existing));
+        }
+        if let Some(existing) = stored_id(lookups.by_id, &message)? {
             return Ok(conflict_outcome(&message, existing));
         }
         let conversation = message.conversation_id;

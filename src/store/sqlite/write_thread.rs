@@ -25,12 +25,13 @@ use super::legacy_seq::number_unnumbered;
 use super::priority::lower_priority;
 use super::sql::{
     get_or_create, in_transaction, insert_message, INSERT_MESSAGE, LAST_SENT, LAST_SEQ,
-    MOVE_CURSOR, READ_CURSOR, SEQ_AND_SENDER, STORED_CLIENT_ID, VIEW_MESSAGE, VIEW_TARGET,
+    MOVE_CURSOR, READ_CURSOR, SEQ_AND_SENDER, STORED_CLIENT_ID, STORED_ID, VIEW_MESSAGE,
+    VIEW_TARGET,
 };
 use super::staging::{Lookups, Staged, View};
 use super::tail::Tail;
 use super::WriteJob;
-use crate::model::{ConversationId, Message, MessageId, Seq, UserId};
+use crate::model::{ConversationId, Message, Seq, UserId};
 use crate::store::{StoreError, WriteOp, WriteOutcome};
 
 /// A merge starts when this many messages wait in the tail...
@@ -63,27 +64,6 @@ pub(super) struct WriteThread {
     /// The last seq given in each conversation written to since start: this
     /// thread is the only writer of seqs, so once read it stays exact.
     last_seqs: HashMap<ConversationId, Seq, FastHash>,
-    /// The inserts of a batch that was journaled but then failed (its
-    /// merge did), with their seqs, until the next batch: its retry gets
-    /// the same seqs even for messages a merge moved out of the tail.
-    journaled_unacked: HashMap<MessageKey, Seq, FastHash>,
-}
-
-type MessageKey = (ConversationId, MessageId);
-
-/// The seq each inserted op got, by message.
-fn inserted_seqs(
-    outcomes: &[WriteOutcome],
-    keys: &[Option<MessageKey>],
-) -> HashMap<MessageKey, Seq, FastHash> {
-    outcomes
-        .iter()
-        .zip(keys)
-        .filter_map(|(outcome, key)| match (outcome, key) {
-            (WriteOutcome::Inserted { seq }, Some(key)) => Some((*key, *seq)),
-            _ => None,
-        })
-        .collect()
 }
 
 impl WriteThread {
@@ -112,7 +92,6 @@ impl WriteThread {
             merging_segments: Vec::new(),
             merge_retry: None,
             last_seqs: HashMap::default(),
-            journaled_unacked: HashMap::default(),
         })
     }
 
@@ -177,13 +156,6 @@ impl WriteThread {
     }
 
     fn write_batch(&mut self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, StoreError> {
-        let ops_keys: Vec<Option<MessageKey>> = ops
-            .iter()
-            .map(|op| match op {
-                WriteOp::Insert(message) => Some((message.conversation_id, message.id)),
-                WriteOp::View { .. } | WriteOp::Read { .. } => None,
-            })
-            .collect();
         let staged = self.stage(ops)?;
         let outcomes = staged.outcomes;
         if !staged.records.is_empty() {
@@ -213,24 +185,16 @@ impl WriteThread {
                 }
             }
         }
-        // After the append: a failure here fails the batch, whose retry
-        // finds its inserts journaled (below) and moves the cursors again.
+        // After the append: a failure here, or of a merge below, fails the
+        // batch, and the writer retries it whole. Its inserts are journaled
+        // already: staging finds each in the tail or, merged, in SQLite by
+        // id, with the seq it got; the cursors move again (`max`).
         if !staged.cursors.is_empty() {
-            if let Err(error) = move_cursors(&self.conn, &staged.cursors) {
-                self.journaled_unacked = inserted_seqs(&outcomes, &ops_keys);
-                return Err(error);
-            }
+            move_cursors(&self.conn, &staged.cursors)?;
         }
         // Memory stays bounded: beyond the limit the ack waits for merges.
-        // A failed merge fails the batch, which the writer retries: its
-        // messages are journaled already, so the retry must find them with
-        // the seqs they got (a merged chunk has left the tail).
-        self.journaled_unacked.clear();
         while self.tail.read().len() > self.tail_limit {
-            if let Err(error) = self.merge_step() {
-                self.journaled_unacked = inserted_seqs(&outcomes, &ops_keys);
-                return Err(error);
-            }
+            self.merge_step()?;
         }
         Ok(outcomes)
     }
@@ -244,6 +208,7 @@ impl WriteThread {
         in_transaction(&self.conn, "BEGIN", |conn| {
             let tail = self.tail.read();
             let mut by_client_id = conn.prepare_cached(STORED_CLIENT_ID)?;
+            let mut by_id = conn.prepare_cached(STORED_ID)?;
             let mut last_seq = conn.prepare_cached(LAST_SEQ)?;
             let mut read_cursor = conn.prepare_cached(READ_CURSOR)?;
             let mut last_sent = conn.prepare_cached(LAST_SENT)?;
@@ -251,9 +216,9 @@ impl WriteThread {
             let mut lookups = Lookups {
                 tail: &tail,
                 by_client_id: &mut by_client_id,
+                by_id: &mut by_id,
                 last_seq: &mut last_seq,
                 known_seqs: &self.last_seqs,
-                journaled_unacked: &self.journaled_unacked,
                 read_cursor: &mut read_cursor,
                 last_sent: &mut last_sent,
                 seq_and_sender: &mut seq_and_sender,
