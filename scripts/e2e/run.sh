@@ -53,6 +53,8 @@ export E2E_DJANGO_SECRET_KEY="e2e-$(python3 -c 'import secrets; print(secrets.to
 export DJANGO_SECRET_KEY="$E2E_DJANGO_SECRET_KEY"
 export DJANGO_DB_PATH="$WORK/django.sqlite3"
 export CHAT_SERVICE_URL="$E2E_CHAT_URL"
+# Small, so the browser test can miss more messages than a reconnect replays.
+export E2E_RECOVERY_MAX=20
 
 log "Django on $E2E_DJANGO_URL, chat-service on $E2E_CHAT_URL, state in $WORK"
 django_manage migrate -v0
@@ -66,6 +68,7 @@ u.set_password('outsider-pass'); u.save()"
     >"$WORK/django.log" 2>&1 &
 STARTED_PIDS+=($!)
 PORT="$CHAT_PORT" CHAT_BIND=127.0.0.1 DJANGO_BASE_URL="$E2E_DJANGO_URL" CHAT_DATA_DIR="$WORK/chat-data" \
+    CHAT_RECOVERY_MAX="$E2E_RECOVERY_MAX" \
     CHAT_LOG="${CHAT_LOG:-info}" "$CHAT_SERVICE_BIN" >"$WORK/chat-service.log" 2>&1 &
 STARTED_PIDS+=($!)
 wait_http "$E2E_DJANGO_URL/" 60 "${STARTED_PIDS[0]}" || { tail -n 30 "$WORK/django.log" >&2; exit 1; }
