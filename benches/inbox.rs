@@ -77,7 +77,9 @@ async fn inbox(store: &dyn Store) -> usize {
     let list = store.conversations(mentor_filter()).await.unwrap();
     let entries = store.inbox(MENTOR, list).await.unwrap();
     assert_eq!(entries.len(), CONVERSATIONS as usize);
-    assert!(entries.iter().all(|e| e.unread_count > 0 && e.waiting_since.is_some()));
+    assert!(entries
+        .iter()
+        .all(|e| e.unread_count > 0 && e.waiting_since.is_some()));
     entries.len()
 }
 
