@@ -1,8 +1,8 @@
 //! MongoStore against a scripted MongoDB wire server on 127.0.0.1: the exact
 //! commands the real driver sends (index specs, BSON types, write concern,
-//! history filters, seqs and their reads, the numbering of legacy messages)
-//! and how the store reads the server's answers (duplicate keys,
-//! write-concern timeouts, a dropped connection).
+//! history filters, seqs and their reads, the numbering of legacy messages,
+//! read cursors and the inbox) and how the store reads the server's answers
+//! (duplicate keys, write-concern timeouts, a dropped connection).
 
 #[path = "mongo_wire/server.rs"]
 mod server;
@@ -12,10 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat_service::config::Config;
-use chat_service::model::{ConversationKey, Message, Millis, ObjectId};
+use chat_service::model::{Conversation, ConversationKey, Message, Millis, ObjectId};
 use chat_service::store::mongo::{MongoSettings, MongoStore};
 use chat_service::store::{
-    ConversationFilter, HistoryQuery, Store, StoreError, WriteOp, WriteOutcome,
+    ConversationFilter, HistoryQuery, InboxEntry, ReadUpTo, Store, StoreError, WriteOp,
+    WriteOutcome,
 };
 use mongodb::bson::{self, doc, Bson, Document};
 
@@ -177,10 +178,12 @@ async fn connect_pings_and_creates_the_contract_indexes() {
             "createIndexes",
             "createIndexes",
             "createIndexes",
+            "createIndexes",
+            "createIndexes",
             "aggregate"
         ]
     );
-    assert!(is_numbering_scan(&commands[6]));
+    assert!(is_numbering_scan(&commands[8]));
     let created: Vec<(String, Document)> = server
         .commands_named("createIndexes")
         .iter()
@@ -191,7 +194,7 @@ async fn connect_pings_and_creates_the_contract_indexes() {
                 .map(move |spec| (collection.clone(), spec))
         })
         .collect();
-    assert_eq!(created.len(), 5, "{created:?}");
+    assert_eq!(created.len(), 7, "{created:?}");
 
     let (collection, seed) = &created[0];
     assert_eq!(collection, "conversations");
@@ -263,6 +266,39 @@ async fn connect_pings_and_creates_the_contract_indexes() {
         seq.get_document("partialFilterExpression").unwrap(),
         &doc! { "seq": { "$type": "number" } }
     );
+
+    // A participant's newest message and the other's messages after a read
+    // cursor, per conversation and sender.
+    let (collection, by_sender) = &created[5];
+    assert_eq!(collection, "messages");
+    let keys: Vec<&String> = by_sender.get_document("key").unwrap().keys().collect();
+    assert_eq!(keys, ["conversation_id", "sender_id", "seq"]);
+    assert_eq!(
+        by_sender.get_document("key").unwrap(),
+        &doc! { "conversation_id": 1, "sender_id": 1, "seq": 1 }
+    );
+    assert_eq!(
+        by_sender.get_str("name").unwrap(),
+        "conversation_id_1_sender_id_1_seq_1"
+    );
+    assert!(by_sender.get("unique").is_none());
+    assert!(by_sender.get("partialFilterExpression").is_none());
+
+    // One read cursor per (conversation, user), in a collection of its own.
+    let (collection, cursors) = &created[6];
+    assert_eq!(collection, "read_cursors");
+    let keys: Vec<&String> = cursors.get_document("key").unwrap().keys().collect();
+    assert_eq!(keys, ["conversation_id", "user_id"]);
+    assert_eq!(
+        cursors.get_document("key").unwrap(),
+        &doc! { "conversation_id": 1, "user_id": 1 }
+    );
+    assert_eq!(
+        cursors.get_str("name").unwrap(),
+        "conversation_id_1_user_id_1"
+    );
+    assert_eq!(cursors.get("unique"), Some(&Bson::Boolean(true)));
+    assert!(cursors.get("partialFilterExpression").is_none());
 }
 
 /// Collects what `tracing` writes while it is the thread's subscriber.
@@ -305,7 +341,7 @@ async fn an_index_that_cannot_be_built_is_logged_and_connect_succeeds() {
     let store = MongoStore::connect(&settings(&server)).await;
 
     assert!(store.is_ok(), "{:?}", store.err());
-    assert_eq!(server.commands_named("createIndexes").len(), 5);
+    assert_eq!(server.commands_named("createIndexes").len(), 7);
     let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(logged.contains("ERROR"), "{logged}");
     assert!(logged.contains("MONGODB INDEX NOT CREATED"), "{logged}");
@@ -335,7 +371,7 @@ async fn a_slow_index_build_does_not_hold_up_the_start() {
     assert!(store.is_ok(), "{:?}", store.err());
     assert_eq!(
         server.commands_named("createIndexes").len(),
-        5,
+        7,
         "the other indexes are still created"
     );
 }
@@ -1719,4 +1755,563 @@ async fn a_duplicate_seq_while_numbering_fails_the_start_as_unavailable() {
         "{:?}",
         result.err()
     );
+}
+
+/// The batch's look-up for its reads (an `aggregate` over conversations
+/// that turns them into rows of readers).
+fn is_reader_rows(command: &Document) -> bool {
+    command_name(command) == "aggregate"
+        && command.get_str("aggregate") == Ok("conversations")
+        && pipeline(command)
+            .iter()
+            .any(|stage| stage.contains_key("$replaceRoot"))
+}
+
+/// The inbox's aggregation (it counts the unread messages).
+fn is_inbox_read(command: &Document) -> bool {
+    command_name(command) == "aggregate"
+        && command.get_str("aggregate") == Ok("conversations")
+        && format!("{command}").contains("\"unread\"")
+}
+
+/// A `$lookup` of the newest numbered message of `$$c` below `$$below`
+/// (of sender `$$u` with `by_reader`), its seq only.
+fn newest_below(by_reader: bool) -> Vec<Document> {
+    let mut clauses = vec![doc! { "$eq": ["$conversation_id", "$$c"] }];
+    if by_reader {
+        clauses.push(doc! { "$eq": ["$sender_id", "$$u"] });
+    }
+    clauses.push(doc! { "$lt": ["$seq", "$$below"] });
+    vec![
+        doc! { "$match": { "$expr": { "$and": clauses }, "seq": { "$type": "number" } } },
+        doc! { "$sort": { "seq": -1 } },
+        doc! { "$limit": 1 },
+        doc! { "$project": { "_id": 0, "seq": 1 } },
+    ]
+}
+
+/// The reader rows' aggregation for `conversations` and `rows`
+/// (conversation, user, below).
+fn reader_rows_pipeline(
+    conversations: &[ObjectId],
+    rows: &[(ObjectId, i64, i64)],
+) -> Vec<Document> {
+    let conversations: Vec<Bson> = conversations
+        .iter()
+        .map(|id| Bson::ObjectId(oid(*id)))
+        .collect();
+    let rows: Vec<Document> = rows
+        .iter()
+        .map(|(c, u, below)| doc! { "c": oid(*c), "u": Bson::Int64(*u), "below": Bson::Int64(*below) })
+        .collect();
+    vec![
+        doc! { "$match": { "_id": { "$in": conversations } } },
+        doc! { "$project": {
+            "_id": 0,
+            "row": { "$filter": {
+                "input": { "$literal": rows },
+                "as": "row",
+                "cond": { "$eq": ["$$row.c", "$_id"] },
+            } },
+        } },
+        doc! { "$unwind": "$row" },
+        doc! { "$replaceRoot": { "newRoot": "$row" } },
+        doc! { "$lookup": {
+            "from": "messages",
+            "let": { "c": "$c", "below": "$below" },
+            "pipeline": newest_below(false),
+            "as": "last",
+        } },
+        doc! { "$lookup": {
+            "from": "messages",
+            "let": { "c": "$c", "u": "$u", "below": "$below" },
+            "pipeline": newest_below(true),
+            "as": "sent",
+        } },
+        doc! { "$lookup": {
+            "from": "read_cursors",
+            "let": { "c": "$c", "u": "$u" },
+            "pipeline": [
+                { "$match": { "$expr": { "$and": [
+                    { "$eq": ["$conversation_id", "$$c"] },
+                    { "$eq": ["$user_id", "$$u"] },
+                ] } } },
+                { "$project": { "_id": 0, "last_read_seq": 1 } },
+            ],
+            "as": "cursor",
+        } },
+    ]
+}
+
+#[tokio::test]
+async fn reads_are_one_aggregation_and_one_find_then_one_max_upsert_per_moved_cursor() {
+    let (server, store) = connected().await;
+    let conversation = ObjectId::new();
+    // Stored before: seqs 1..=4; the mentor (10) sent 2 and read 3, the
+    // student (25) sent 4 and never read. `seen` is the student's 4.
+    let seen = ObjectId::new();
+    server.script(move |command| {
+        if is_last_seq_read(command) {
+            Reply::Document(cursor_reply(command, vec![doc! { "seq": 4_i64 }]))
+        } else if is_reader_rows(command) {
+            Reply::Document(cursor_reply(
+                command,
+                vec![
+                    doc! { "c": oid(conversation), "u": 25_i64, "below": 5_i64,
+                           "last": [{ "seq": 4_i64 }], "sent": [{ "seq": 4_i64 }], "cursor": [] },
+                    doc! { "c": oid(conversation), "u": 10_i64, "below": 5_i64,
+                           "last": [{ "seq": 4_i64 }], "sent": [{ "seq": Bson::Int32(2) }],
+                           "cursor": [{ "last_read_seq": 3_i64 }] },
+                ],
+            ))
+        } else if command_name(command) == "find" && command.get_str("find") == Ok("messages") {
+            Reply::Document(cursor_reply(
+                command,
+                vec![doc! { "_id": oid(seen), "conversation_id": oid(conversation),
+                            "sender_id": 25_i64, "seq": 4_i64 }],
+            ))
+        } else {
+            Reply::Default
+        }
+    });
+    let posted = message(conversation, 25, "new", None);
+    let read = |user_id, up_to| WriteOp::Read {
+        conversation_id: conversation,
+        user_id,
+        up_to,
+    };
+    let ops = vec![
+        WriteOp::Insert(posted.clone()),
+        read(10, ReadUpTo::Message(seen)),
+        read(10, ReadUpTo::Seq(5)),
+        read(10, ReadUpTo::Seq(2)),
+        read(25, ReadUpTo::Seq(6)),
+        read(25, ReadUpTo::Message(posted.id)),
+        // Posting moved the student's cursor to 5.
+        read(25, ReadUpTo::Seq(3)),
+    ];
+
+    let outcomes = store.write_batch(ops).await.unwrap();
+
+    assert_eq!(
+        outcomes,
+        [
+            WriteOutcome::Inserted { seq: 5 },
+            WriteOutcome::ReadMoved { last_read_seq: 4 },
+            WriteOutcome::ReadMoved { last_read_seq: 5 },
+            WriteOutcome::ReadUnchanged { last_read_seq: 5 },
+            WriteOutcome::SeqBeyondLast { last_seq: 5 },
+            WriteOutcome::ViewTargetMissing,
+            WriteOutcome::ReadUnchanged { last_read_seq: 5 },
+        ]
+    );
+    let names = names(&server);
+    assert_eq!(names[..3], ["find", "find", "insert"]);
+    let mut lookups = names[3..5].to_vec();
+    lookups.sort();
+    assert_eq!(lookups, ["aggregate", "find"], "side by side, one round trip");
+    assert_eq!(names[5..], ["update"], "one write for every moved cursor");
+
+    let rows = server
+        .commands()
+        .into_iter()
+        .find(is_reader_rows)
+        .unwrap();
+    assert_eq!(
+        pipeline(&rows),
+        reader_rows_pipeline(
+            &[conversation],
+            // Below the batch's first message: what was there before it.
+            &[(conversation, 10, 5), (conversation, 25, 5)],
+        )
+    );
+    let targets = server
+        .commands_named("find")
+        .into_iter()
+        .last()
+        .unwrap();
+    assert_eq!(
+        targets.get_document("filter").unwrap(),
+        &doc! { "_id": { "$in": [oid(seen)] } },
+        "the batch's own message is known without asking"
+    );
+    assert_eq!(
+        targets.get_document("projection").unwrap(),
+        &doc! { "_id": 1, "conversation_id": 1, "sender_id": 1, "seq": 1 }
+    );
+    let update = &server.commands_named("update")[0];
+    assert_eq!(update.get_str("update").unwrap(), "read_cursors");
+    assert_eq!(update.get("ordered"), Some(&Bson::Boolean(false)));
+    let concern = update.get_document("writeConcern").unwrap();
+    assert_eq!(concern.get_str("w").unwrap(), "majority");
+    assert_eq!(concern.get("j"), Some(&Bson::Boolean(true)));
+    let statements: Vec<Document> = update
+        .get_array("updates")
+        .unwrap()
+        .iter()
+        .map(|statement| statement.as_document().unwrap().clone())
+        .collect();
+    assert_eq!(
+        statements,
+        [doc! {
+            "q": { "conversation_id": oid(conversation), "user_id": Bson::Int64(10) },
+            "u": { "$max": { "last_read_seq": Bson::Int64(5) } },
+            "upsert": true,
+            "multi": false,
+        }]
+    );
+}
+
+#[tokio::test]
+async fn reads_that_move_nothing_write_nothing() {
+    let (server, store) = connected().await;
+    let conversation = ObjectId::new();
+    let read = |seq| WriteOp::Read {
+        conversation_id: conversation,
+        user_id: 10,
+        up_to: ReadUpTo::Seq(seq),
+    };
+
+    // Nothing stored: no row comes back.
+    let outcomes = store.write_batch(vec![read(0), read(1)]).await.unwrap();
+
+    assert_eq!(
+        outcomes,
+        [
+            WriteOutcome::ReadUnchanged { last_read_seq: 0 },
+            WriteOutcome::SeqBeyondLast { last_seq: 0 },
+        ]
+    );
+    assert_eq!(names(&server), ["aggregate"], "no find without a message to look up");
+    let rows = &server.commands_named("aggregate")[0];
+    assert_eq!(
+        pipeline(rows),
+        reader_rows_pipeline(&[conversation], &[(conversation, 10, i64::MAX)]),
+        "no message of the batch: no bound"
+    );
+}
+
+#[tokio::test]
+async fn a_cursor_write_refused_for_good_rejects_its_reads_and_any_other_failure_is_unavailable() {
+    let (server, store) = connected().await;
+    let (refused, fine) = (ObjectId::new(), ObjectId::new());
+    let reply = Arc::new(Mutex::new(doc! {}));
+    let scripted = Arc::clone(&reply);
+    server.script(move |command| {
+        if is_reader_rows(command) {
+            let rows = [refused, fine]
+                .map(|c| doc! { "c": oid(c), "u": 10_i64, "below": i64::MAX, "last": [{ "seq": 3_i64 }] });
+            Reply::Document(cursor_reply(command, rows.to_vec()))
+        } else if command_name(command) == "update" {
+            Reply::Document(scripted.lock().unwrap().clone())
+        } else {
+            Reply::Default
+        }
+    });
+    let read = |conversation_id, seq| WriteOp::Read {
+        conversation_id,
+        user_id: 10,
+        up_to: ReadUpTo::Seq(seq),
+    };
+    let ops = vec![read(refused, 2), read(fine, 2), read(refused, 3)];
+
+    *reply.lock().unwrap() = doc! {
+        "n": 1,
+        "writeErrors": [{ "index": 0, "code": 121, "errmsg": "Document failed validation" }],
+        "ok": 1.0,
+    };
+    let outcomes = store.write_batch(ops.clone()).await.unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            WriteOutcome::Rejected("Document failed validation".into()),
+            WriteOutcome::ReadMoved { last_read_seq: 2 },
+            WriteOutcome::Rejected("Document failed validation".into()),
+        ]
+    );
+    let statements = server.commands_named("update")[0]
+        .get_array("updates")
+        .unwrap()
+        .len();
+    assert_eq!(statements, 2, "one per cursor, its last move");
+
+    for failure in [
+        doc! { "n": 1, "writeErrors": [{ "index": 0, "code": 10107, "errmsg": "not primary" }], "ok": 1.0 },
+        doc! { "n": 2, "writeConcernError": { "code": 64, "errmsg": "waiting for replication timed out" }, "ok": 1.0 },
+        doc! { "n": 1, "writeErrors": [{ "index": 0, "code": 11000, "errmsg": "E11000 duplicate key error collection: chat.read_cursors index: conversation_id_1_user_id_1" }], "ok": 1.0 },
+    ] {
+        *reply.lock().unwrap() = failure.clone();
+        let result = store.write_batch(ops.clone()).await;
+        assert!(
+            matches!(result, Err(StoreError::Unavailable(_))),
+            "{failure}: {result:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_viewed_message_s_read_comes_after_its_view_in_the_same_batch() {
+    let (server, store) = connected().await;
+    let conversation = ObjectId::new();
+    let seen = ObjectId::new();
+    server.script(move |command| {
+        if command_name(command) == "find" {
+            Reply::Document(cursor_reply(
+                command,
+                vec![doc! { "_id": oid(seen), "conversation_id": oid(conversation),
+                            "sender_id": 25_i64, "seq": 1_i64 }],
+            ))
+        } else if is_reader_rows(command) {
+            Reply::Document(cursor_reply(
+                command,
+                vec![doc! { "c": oid(conversation), "u": 10_i64, "below": i64::MAX,
+                            "last": [{ "seq": 1_i64 }], "sent": [], "cursor": [] }],
+            ))
+        } else {
+            Reply::Default
+        }
+    });
+    // What the hub submits for a `viewed`.
+    let ops = vec![
+        WriteOp::View {
+            conversation_id: conversation,
+            message_id: seen,
+            viewer_id: 10,
+            at: Millis(1),
+        },
+        WriteOp::Read {
+            conversation_id: conversation,
+            user_id: 10,
+            up_to: ReadUpTo::Message(seen),
+        },
+    ];
+
+    let outcomes = store.write_batch(ops).await.unwrap();
+
+    assert_eq!(
+        outcomes,
+        [
+            WriteOutcome::Viewed,
+            WriteOutcome::ReadMoved { last_read_seq: 1 }
+        ]
+    );
+    let updates: Vec<String> = server
+        .commands_named("update")
+        .iter()
+        .map(|update| update.get_str("update").unwrap().to_string())
+        .collect();
+    assert_eq!(updates, ["messages", "read_cursors"]);
+}
+
+/// The inbox's aggregation for `caller` over `ids`; `mentors_any`: the
+/// caller is the mentor of one of them.
+fn inbox_pipeline(caller: i64, ids: &[ObjectId], mentors_any: bool) -> Vec<Document> {
+    let ids: Vec<Bson> = ids.iter().map(|id| Bson::ObjectId(oid(*id))).collect();
+    let me = Bson::Int64(caller);
+    let matching = |more: Vec<Document>| {
+        let mut clauses = vec![doc! { "$eq": ["$conversation_id", "$$c"] }];
+        clauses.extend(more);
+        doc! { "$match": { "$expr": { "$and": clauses }, "seq": { "$type": "number" } } }
+    };
+    let newest = |sender: Bson| {
+        vec![
+            matching(vec![doc! { "$eq": ["$sender_id", sender] }]),
+            doc! { "$sort": { "seq": -1 } },
+            doc! { "$limit": 1 },
+            doc! { "$project": { "_id": 0, "seq": 1 } },
+        ]
+    };
+    let cursor = |user: Bson| {
+        vec![
+            doc! { "$match": { "$expr": { "$and": [
+                { "$eq": ["$conversation_id", "$$c"] },
+                { "$eq": ["$user_id", user] },
+            ] } } },
+            doc! { "$project": { "_id": 0, "last_read_seq": 1 } },
+        ]
+    };
+    let first = |path: &str| doc! { "$ifNull": [{ "$arrayElemAt": [path, 0] }, 0] };
+    let mut fields = doc! {
+        "mentor_id": 1,
+        "student_id": 1,
+        "other": { "$cond": [{ "$eq": ["$mentor_id", me.clone()] }, "$student_id", "$mentor_id"] },
+    };
+    if mentors_any {
+        fields.insert(
+            "waiting_on",
+            doc! { "$cond": [{ "$eq": ["$mentor_id", me.clone()] }, "$student_id", Bson::Null] },
+        );
+    }
+    let mut stages = vec![
+        doc! { "$match": { "_id": { "$in": ids } } },
+        doc! { "$project": fields },
+        doc! { "$lookup": {
+            "from": "messages",
+            "let": { "c": "$_id" },
+            "pipeline": [matching(Vec::new()), { "$sort": { "seq": -1 } }, { "$limit": 1 }],
+            "as": "last",
+        } },
+        doc! { "$lookup": { "from": "read_cursors", "let": { "c": "$_id" },
+                            "pipeline": cursor(me.clone()), "as": "my_read" } },
+        doc! { "$lookup": { "from": "read_cursors", "let": { "c": "$_id", "u": "$other" },
+                            "pipeline": cursor(Bson::String("$$u".into())), "as": "other_read" } },
+        doc! { "$lookup": { "from": "messages", "let": { "c": "$_id" },
+                            "pipeline": newest(me), "as": "my_sent" } },
+        doc! { "$lookup": { "from": "messages", "let": { "c": "$_id", "u": "$other" },
+                            "pipeline": newest(Bson::String("$$u".into())), "as": "other_sent" } },
+        doc! { "$addFields": {
+            "sent_seq": first("$my_sent.seq"),
+            "cursor": { "$max": [first("$my_sent.seq"), first("$my_read.last_read_seq")] },
+        } },
+        doc! { "$lookup": {
+            "from": "messages",
+            "let": { "c": "$_id", "u": "$other", "after": "$cursor" },
+            "pipeline": [
+                matching(vec![
+                    doc! { "$eq": ["$sender_id", "$$u"] },
+                    doc! { "$gt": ["$seq", "$$after"] },
+                ]),
+                { "$count": "n" },
+            ],
+            "as": "unread",
+        } },
+    ];
+    if mentors_any {
+        stages.push(doc! { "$lookup": {
+            "from": "messages",
+            "let": { "c": "$_id", "u": "$waiting_on", "after": "$sent_seq" },
+            "pipeline": [
+                matching(vec![
+                    doc! { "$eq": ["$sender_id", "$$u"] },
+                    doc! { "$gt": ["$seq", "$$after"] },
+                ]),
+                { "$sort": { "seq": 1 } },
+                { "$limit": 1 },
+                { "$project": { "_id": 1, "created_at": 1 } },
+            ],
+            "as": "waiting",
+        } });
+    }
+    stages
+}
+
+fn conversation_with(student_id: i64, last_seq: u64) -> Conversation {
+    Conversation {
+        id: ObjectId::new(),
+        lesson_id: 7,
+        mentor_id: 10,
+        student_id,
+        created_at: Millis(1_000),
+        last_seq,
+    }
+}
+
+#[tokio::test]
+async fn the_inbox_is_one_aggregation_whatever_the_count() {
+    let (server, store) = connected().await;
+    let (waiting, answered, empty) = (
+        conversation_with(25, 0),
+        conversation_with(26, 0),
+        // Listed with a stale last seq; no row comes back for it.
+        conversation_with(27, 9),
+    );
+    let newest = ObjectId::new();
+    let (a, b) = (waiting.id, answered.id);
+    server.script(move |command| {
+        if is_inbox_read(command) {
+            // In the server's order, not the list's.
+            Reply::Document(cursor_reply(
+                command,
+                vec![
+                    doc! { "_id": oid(b), "last": [{ "_id": oid(ObjectId::new()), "conversation_id": oid(b),
+                               "sender_id": 10_i64, "text": "answer", "created_at": bson::DateTime::from_millis(5_000),
+                               "seq": 2_i64 }],
+                           "my_read": [], "my_sent": [{ "seq": 2_i64 }], "other_read": [{ "last_read_seq": 2_i64 }],
+                           "other_sent": [{ "seq": 1_i64 }], "unread": [], "waiting": [] },
+                    doc! { "_id": oid(a), "last": [{ "_id": oid(newest), "conversation_id": oid(a),
+                               "sender_id": 25_i64, "text": "still there?", "created_at": bson::DateTime::from_millis(4_000),
+                               "seq": 5_i64 }],
+                           "my_read": [{ "last_read_seq": 3_i64 }], "my_sent": [{ "seq": 2_i64 }],
+                           "other_read": [], "other_sent": [{ "seq": 5_i64 }], "unread": [{ "n": 2 }],
+                           "waiting": [{ "_id": oid(ObjectId::new()), "created_at": bson::DateTime::from_millis(3_000) }] },
+                ],
+            ))
+        } else {
+            Reply::Default
+        }
+    });
+    let listed = vec![waiting.clone(), answered.clone(), empty.clone()];
+
+    let inbox = store.inbox(10, listed).await.unwrap();
+
+    let summary: Vec<(ObjectId, u64, u64, u64, u64, Option<Millis>)> = inbox
+        .iter()
+        .map(|entry: &InboxEntry| {
+            (
+                entry.conversation.id,
+                entry.conversation.last_seq,
+                entry.unread_count,
+                entry.last_read_seq,
+                entry.other_last_read_seq,
+                entry.waiting_since,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (waiting.id, 5, 2, 3, 5, Some(Millis(3_000))),
+            // The mentor's own newest message is their cursor.
+            (answered.id, 2, 0, 2, 2, None),
+            (empty.id, 0, 0, 0, 0, None),
+        ]
+    );
+    assert_eq!(inbox[0].last_message.as_ref().unwrap().id, newest);
+    assert_eq!(inbox[0].last_message.as_ref().unwrap().seq, 5);
+    assert_eq!(inbox[2].last_message, None);
+    assert_eq!(inbox[0].conversation.student_id, 25, "the listed conversation");
+    assert_eq!(names(&server), ["aggregate"]);
+    let aggregate = &server.commands_named("aggregate")[0];
+    assert_eq!(aggregate.get_str("aggregate").unwrap(), "conversations");
+    assert_eq!(
+        pipeline(aggregate),
+        inbox_pipeline(10, &[waiting.id, answered.id, empty.id], true)
+    );
+
+    // Five hundred conversations: still one aggregation.
+    server.forget_commands();
+    let many: Vec<Conversation> = (0..500).map(|n| conversation_with(100 + n, 0)).collect();
+    let inbox = store.inbox(10, many).await.unwrap();
+    assert_eq!(inbox.len(), 500);
+    assert_eq!(names(&server), ["aggregate"]);
+
+    server.forget_commands();
+    assert!(store.inbox(10, Vec::new()).await.unwrap().is_empty());
+    assert!(server.commands().is_empty(), "an empty list asks nothing");
+}
+
+#[tokio::test]
+async fn a_student_s_inbox_has_no_waiting_time() {
+    let (server, store) = connected().await;
+    let conversation = conversation_with(25, 0);
+    let id = conversation.id;
+    server.script(move |command| {
+        if is_inbox_read(command) {
+            // Even were one found, it is the mentor's alone.
+            Reply::Document(cursor_reply(
+                command,
+                vec![doc! { "_id": oid(id), "last": [], "unread": [{ "n": Bson::Int64(1) }],
+                            "waiting": [{ "_id": oid(ObjectId::new()), "created_at": bson::DateTime::from_millis(3_000) }] }],
+            ))
+        } else {
+            Reply::Default
+        }
+    });
+
+    let inbox = store.inbox(25, vec![conversation]).await.unwrap();
+
+    assert_eq!(inbox[0].waiting_since, None);
+    assert_eq!(inbox[0].unread_count, 1);
+    let aggregate = &server.commands_named("aggregate")[0];
+    assert_eq!(pipeline(aggregate), inbox_pipeline(25, &[id], false));
 }

@@ -7,15 +7,19 @@
 //! Seqs (CONTRACT §6): the writer gives them in `inserts` (why they have no
 //! gap is told there), conversation reads add `last_seq` through
 //! `last_seq`, and `legacy_seq` numbers the messages stored without one
-//! when the store connects.
+//! when the store connects. Read cursors live in a collection of their own
+//! (`read_state`, which also moves them), and `inbox` reads them with each
+//! conversation's newest message and unread count.
 
 mod batch;
 mod documents;
 mod errors;
+mod inbox;
 mod indexes;
 mod inserts;
 mod last_seq;
 mod legacy_seq;
+mod read_state;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,13 +34,13 @@ use crate::model::{
     UserId,
 };
 use crate::store::{
-    ConversationFilter, HistoryPage, HistoryQuery, PageBuilder, Store, StoreError, StoreFuture,
-    WriteOp, WriteOutcome,
+    ConversationFilter, HistoryPage, HistoryQuery, InboxEntry, PageBuilder, Store, StoreError,
+    StoreFuture, WriteOp, WriteOutcome,
 };
 
 use documents::{bson_date, bson_id, conversation_from, message_from, object_id};
 use errors::{is_duplicate_key, store_error};
-pub(crate) use indexes::{CONVERSATIONS, MESSAGES};
+pub(crate) use indexes::{CONVERSATIONS, MESSAGES, READ_CURSORS};
 use last_seq::{last_seq_lookup, looked_up_last_seq, SeqCache};
 
 /// How to reach MongoDB; built from `MONGO_URI`, `MONGO_DB` and
@@ -444,15 +448,10 @@ impl Store for MongoStore {
 
     fn inbox(
         &self,
-        caller: crate::model::UserId,
+        caller: UserId,
         conversations: Vec<Conversation>,
-    ) -> StoreFuture<'_, Vec<crate::store::InboxEntry>> {
-        Box::pin(async move {
-            let _ = (caller, conversations);
-            Err(StoreError::Internal(
-                "mongodb: the inbox is not implemented yet".into(),
-            ))
-        })
+    ) -> StoreFuture<'_, Vec<InboxEntry>> {
+        Box::pin(self.bounded("inbox", self.read_inbox(caller, conversations)))
     }
 
     fn message_at_seq(

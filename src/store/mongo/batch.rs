@@ -3,10 +3,11 @@
 //! All inserts go in one ordered `insert_many` after one `find` for
 //! duplicates (see `inserts`, which gives the seqs), then all views in one
 //! `update` command with a statement each (works on every server version;
-//! `bulkWrite` needs 8.0). Running inserts first keeps the trait's order — a
-//! view after its insert sees it — and a view that names a message inserted
-//! *later* in the batch runs before the inserts, as in-order application
-//! would have it.
+//! `bulkWrite` needs 8.0), then all read cursor moves (see `read_state`).
+//! Running inserts first keeps the trait's order — a view after its insert
+//! sees it — and a view that names a message inserted *later* in the batch
+//! runs before the inserts, as in-order application would have it. The
+//! reads run last and answer as if in batch order (`read_state` says how).
 
 use std::collections::HashMap;
 
@@ -14,6 +15,7 @@ use mongodb::bson::{doc, Bson, Document};
 
 use super::documents::{bson_date, bson_id, int, object_id, optional_date};
 use super::errors::{is_permanent_write_code, store_error};
+use super::read_state::{BatchInsert, PendingRead};
 use super::{MongoStore, MESSAGES};
 use crate::model::{ConversationId, Message, MessageId, Millis, UserId, ViewEffect};
 use crate::store::{StoreError, WriteOp, WriteOutcome};
@@ -49,11 +51,20 @@ impl MongoStore {
         let mut inserts: Vec<(usize, Message)> = Vec::new();
         let mut views_before_inserts = Vec::new();
         let mut views_after_inserts = Vec::new();
-        let mut reads = Vec::new();
+        let mut reads: Vec<PendingRead> = Vec::new();
         let count = ops.len();
         for (position, op) in ops.into_iter().enumerate() {
             match op {
-                WriteOp::Read { .. } => reads.push(position),
+                WriteOp::Read {
+                    conversation_id,
+                    user_id,
+                    up_to,
+                } => reads.push(PendingRead {
+                    position,
+                    conversation_id,
+                    user_id,
+                    up_to,
+                }),
                 WriteOp::Insert(message) => inserts.push((position, message)),
                 WriteOp::View {
                     conversation_id,
@@ -80,16 +91,28 @@ impl MongoStore {
             }
         }
 
+        // What the reads need of the inserts, which `insert_messages` takes.
+        let batch_inserts: Vec<BatchInsert> = if reads.is_empty() {
+            Vec::new()
+        } else {
+            inserts
+                .iter()
+                .map(|(position, message)| BatchInsert {
+                    position: *position,
+                    id: message.id,
+                    conversation_id: message.conversation_id,
+                    sender_id: message.sender_id,
+                })
+                .collect()
+        };
+
         let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; count];
-        for position in reads {
-            outcomes[position] = Some(WriteOutcome::Rejected(
-                "read cursors are not stored in MongoDB yet".into(),
-            ));
-        }
         self.apply_views(&views_before_inserts, &mut outcomes)
             .await?;
         self.insert_messages(inserts, &mut outcomes).await?;
         self.apply_views(&views_after_inserts, &mut outcomes)
+            .await?;
+        self.apply_reads(&reads, &batch_inserts, &mut outcomes)
             .await?;
         cached.keep();
         outcomes

@@ -121,7 +121,7 @@ fn required_int(document: &Document, field: &str, what: &str) -> Result<i64, Sto
 }
 
 /// `created_at`, or the id's own timestamp for a document without one.
-fn date_or_id_time(document: &Document, id: ObjectId) -> Millis {
+pub(crate) fn date_or_id_time(document: &Document, id: ObjectId) -> Millis {
     match document.get("created_at") {
         Some(Bson::DateTime(at)) => Millis(at.timestamp_millis()),
         _ => id.timestamp(),

@@ -17,6 +17,10 @@ use crate::store::StoreError;
 
 pub(crate) const CONVERSATIONS: &str = "conversations";
 pub(crate) const MESSAGES: &str = "messages";
+/// Read cursors (CONTRACT §6): `{conversation_id: ObjectId, user_id: int64,
+/// last_read_seq: int64}`, one per participant who has read; see
+/// `read_state` for why a collection of its own.
+pub(crate) const READ_CURSORS: &str = "read_cursors";
 
 /// One index this service relies on.
 pub(crate) struct IndexSpec {
@@ -83,6 +87,29 @@ pub(crate) fn index_specs() -> Vec<IndexSpec> {
             partial_filter: Some(doc! { "seq": { "$type": "number" } }),
             purpose: "message seqs; without it, two messages may get one seq and every \
                       conversation read and first write scans the conversation",
+        },
+        // A participant's newest message (it moves their read cursor) and
+        // the other's messages after a cursor (unread counts, the mentor's
+        // wait): a seek or a range per conversation and sender. Not
+        // partial: not unique, so unnumbered messages collide with nothing,
+        // and any query on these keys may use it.
+        IndexSpec {
+            collection: MESSAGES,
+            name: "conversation_id_1_sender_id_1_seq_1",
+            keys: doc! { "conversation_id": 1, "sender_id": 1, "seq": 1 },
+            unique: false,
+            partial_filter: None,
+            purpose: "read cursors and the inbox; without it, each read, unread count and \
+                      waiting time walks the conversation",
+        },
+        IndexSpec {
+            collection: READ_CURSORS,
+            name: "conversation_id_1_user_id_1",
+            keys: doc! { "conversation_id": 1, "user_id": 1 },
+            unique: true,
+            partial_filter: None,
+            purpose: "one read cursor per participant; without it, every cursor read scans \
+                      the collection",
         },
     ]
 }
