@@ -579,7 +579,11 @@ async fn cursors_move_forward_only_and_posting_moves_the_senders(store: &dyn Sto
     );
     let mentor = entry(store, MENTOR, &c).await;
     assert_eq!(
-        (mentor.last_read_seq, mentor.unread_count, mentor.conversation.last_seq),
+        (
+            mentor.last_read_seq,
+            mentor.unread_count,
+            mentor.conversation.last_seq
+        ),
         (2, 1, 3)
     );
     let student = entry(store, 25, &c).await;
@@ -602,7 +606,11 @@ async fn cursors_move_forward_only_and_posting_moves_the_senders(store: &dyn Sto
     );
     let elsewhere = conversation_of(store, 101, 25).await;
     assert_eq!(
-        one(store, read(&elsewhere, MENTOR, ReadUpTo::Message(sent[1].id))).await,
+        one(
+            store,
+            read(&elsewhere, MENTOR, ReadUpTo::Message(sent[1].id))
+        )
+        .await,
         WriteOutcome::ViewTargetMissing,
         "a message of another conversation"
     );
@@ -621,7 +629,11 @@ async fn cursors_move_forward_only_and_posting_moves_the_senders(store: &dyn Sto
     assert_eq!(mentor.waiting_since, None, "the mentor spoke last");
     let student = entry(store, 25, &c).await;
     assert_eq!(
-        (student.unread_count, student.other_last_read_seq, student.last_read_seq),
+        (
+            student.unread_count,
+            student.other_last_read_seq,
+            student.last_read_seq
+        ),
         (1, 4, 3)
     );
     assert_eq!(
@@ -747,7 +759,11 @@ async fn the_inbox_counts_and_waits(store: &dyn Store) -> Vec<Conversation> {
     let student = entry(store, 25, &a).await;
     assert_eq!(student.waiting_since, None);
     assert_eq!(
-        (student.last_read_seq, student.other_last_read_seq, student.unread_count),
+        (
+            student.last_read_seq,
+            student.other_last_read_seq,
+            student.unread_count
+        ),
         (2, 1, 0)
     );
     listed
@@ -816,8 +832,7 @@ async fn reads_in_a_batch_follow_its_order_and_a_retried_batch_is_safe() {
 #[tokio::test]
 async fn the_inbox_counts_unread_and_waiting_and_survives_a_restart() {
     the_inbox_counts_and_waits(&MemoryStore::new()).await;
-    let Some(uri) = mongo_uri("the_inbox_counts_unread_and_waiting_and_survives_a_restart")
-    else {
+    let Some(uri) = mongo_uri("the_inbox_counts_unread_and_waiting_and_survives_a_restart") else {
         return;
     };
     let settings = scratch_settings(&uri);

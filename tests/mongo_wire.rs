@@ -1858,17 +1858,19 @@ async fn reads_are_one_aggregation_and_one_find_then_one_max_upsert_per_moved_cu
                 command,
                 vec![
                     doc! { "c": oid(conversation), "u": 25_i64, "below": 5_i64,
-                           "last": [{ "seq": 4_i64 }], "sent": [{ "seq": 4_i64 }], "cursor": [] },
+                    "last": [{ "seq": 4_i64 }], "sent": [{ "seq": 4_i64 }], "cursor": [] },
                     doc! { "c": oid(conversation), "u": 10_i64, "below": 5_i64,
-                           "last": [{ "seq": 4_i64 }], "sent": [{ "seq": Bson::Int32(2) }],
-                           "cursor": [{ "last_read_seq": 3_i64 }] },
+                    "last": [{ "seq": 4_i64 }], "sent": [{ "seq": Bson::Int32(2) }],
+                    "cursor": [{ "last_read_seq": 3_i64 }] },
                 ],
             ))
         } else if command_name(command) == "find" && command.get_str("find") == Ok("messages") {
             Reply::Document(cursor_reply(
                 command,
-                vec![doc! { "_id": oid(seen), "conversation_id": oid(conversation),
-                            "sender_id": 25_i64, "seq": 4_i64 }],
+                vec![
+                    doc! { "_id": oid(seen), "conversation_id": oid(conversation),
+                    "sender_id": 25_i64, "seq": 4_i64 },
+                ],
             ))
         } else {
             Reply::Default
@@ -1909,14 +1911,14 @@ async fn reads_are_one_aggregation_and_one_find_then_one_max_upsert_per_moved_cu
     assert_eq!(names[..3], ["find", "find", "insert"]);
     let mut lookups = names[3..5].to_vec();
     lookups.sort();
-    assert_eq!(lookups, ["aggregate", "find"], "side by side, one round trip");
+    assert_eq!(
+        lookups,
+        ["aggregate", "find"],
+        "side by side, one round trip"
+    );
     assert_eq!(names[5..], ["update"], "one write for every moved cursor");
 
-    let rows = server
-        .commands()
-        .into_iter()
-        .find(is_reader_rows)
-        .unwrap();
+    let rows = server.commands().into_iter().find(is_reader_rows).unwrap();
     assert_eq!(
         pipeline(&rows),
         reader_rows_pipeline(
@@ -1925,11 +1927,7 @@ async fn reads_are_one_aggregation_and_one_find_then_one_max_upsert_per_moved_cu
             &[(conversation, 10, 5), (conversation, 25, 5)],
         )
     );
-    let targets = server
-        .commands_named("find")
-        .into_iter()
-        .last()
-        .unwrap();
+    let targets = server.commands_named("find").into_iter().last().unwrap();
     assert_eq!(
         targets.get_document("filter").unwrap(),
         &doc! { "_id": { "$in": [oid(seen)] } },
@@ -1982,7 +1980,11 @@ async fn reads_that_move_nothing_write_nothing() {
             WriteOutcome::SeqBeyondLast { last_seq: 0 },
         ]
     );
-    assert_eq!(names(&server), ["aggregate"], "no find without a message to look up");
+    assert_eq!(
+        names(&server),
+        ["aggregate"],
+        "no find without a message to look up"
+    );
     let rows = &server.commands_named("aggregate")[0];
     assert_eq!(
         pipeline(rows),
@@ -2058,14 +2060,18 @@ async fn a_viewed_message_s_read_comes_after_its_view_in_the_same_batch() {
         if command_name(command) == "find" {
             Reply::Document(cursor_reply(
                 command,
-                vec![doc! { "_id": oid(seen), "conversation_id": oid(conversation),
-                            "sender_id": 25_i64, "seq": 1_i64 }],
+                vec![
+                    doc! { "_id": oid(seen), "conversation_id": oid(conversation),
+                    "sender_id": 25_i64, "seq": 1_i64 },
+                ],
             ))
         } else if is_reader_rows(command) {
             Reply::Document(cursor_reply(
                 command,
-                vec![doc! { "c": oid(conversation), "u": 10_i64, "below": i64::MAX,
-                            "last": [{ "seq": 1_i64 }], "sent": [], "cursor": [] }],
+                vec![
+                    doc! { "c": oid(conversation), "u": 10_i64, "below": i64::MAX,
+                    "last": [{ "seq": 1_i64 }], "sent": [], "cursor": [] },
+                ],
             ))
         } else {
             Reply::Default
@@ -2152,13 +2158,13 @@ fn inbox_pipeline(caller: i64, ids: &[ObjectId], mentors_any: bool) -> Vec<Docum
             "as": "last",
         } },
         doc! { "$lookup": { "from": "read_cursors", "let": { "c": "$_id" },
-                            "pipeline": cursor(me.clone()), "as": "my_read" } },
+        "pipeline": cursor(me.clone()), "as": "my_read" } },
         doc! { "$lookup": { "from": "read_cursors", "let": { "c": "$_id", "u": "$other" },
-                            "pipeline": cursor(Bson::String("$$u".into())), "as": "other_read" } },
+        "pipeline": cursor(Bson::String("$$u".into())), "as": "other_read" } },
         doc! { "$lookup": { "from": "messages", "let": { "c": "$_id" },
-                            "pipeline": newest(me), "as": "my_sent" } },
+        "pipeline": newest(me), "as": "my_sent" } },
         doc! { "$lookup": { "from": "messages", "let": { "c": "$_id", "u": "$other" },
-                            "pipeline": newest(Bson::String("$$u".into())), "as": "other_sent" } },
+        "pipeline": newest(Bson::String("$$u".into())), "as": "other_sent" } },
         doc! { "$addFields": {
             "sent_seq": first("$my_sent.seq"),
             "cursor": { "$max": [first("$my_sent.seq"), first("$my_read.last_read_seq")] },
@@ -2269,7 +2275,10 @@ async fn the_inbox_is_one_aggregation_whatever_the_count() {
     assert_eq!(inbox[0].last_message.as_ref().unwrap().id, newest);
     assert_eq!(inbox[0].last_message.as_ref().unwrap().seq, 5);
     assert_eq!(inbox[2].last_message, None);
-    assert_eq!(inbox[0].conversation.student_id, 25, "the listed conversation");
+    assert_eq!(
+        inbox[0].conversation.student_id, 25,
+        "the listed conversation"
+    );
     assert_eq!(names(&server), ["aggregate"]);
     let aggregate = &server.commands_named("aggregate")[0];
     assert_eq!(aggregate.get_str("aggregate").unwrap(), "conversations");

@@ -20,7 +20,9 @@ mod common;
 use std::sync::Arc;
 
 use chat_service::model::{Conversation, ConversationKey, Message, Millis, ObjectId, Seq};
-use chat_service::store::{ConversationFilter, HistoryQuery, Store, WriteOp, WriteOutcome};
+use chat_service::store::{
+    ConversationFilter, HistoryQuery, InboxEntry, ReadUpTo, Store, WriteOp, WriteOutcome,
+};
 use common::{history, ids, message, random_id, random_key};
 
 macro_rules! store_conformance {
@@ -71,6 +73,9 @@ macro_rules! store_conformance {
                 a_partly_applied_batch_retried_whole_leaves_no_gap,
                 message_at_seq_finds_each_message,
                 conversations_report_last_seq,
+                read_cursors_move_forward_only_and_posting_moves_the_senders,
+                reads_in_a_batch_follow_its_order_and_a_retry_is_safe,
+                the_inbox_counts_unread_and_waiting,
                 ping_succeeds,
             );
 
@@ -1487,6 +1492,290 @@ mod checks {
                 .collect::<Vec<_>>(),
             [4, 0]
         );
+    }
+
+    fn read(conversation: &Conversation, user_id: i64, up_to: ReadUpTo) -> WriteOp {
+        WriteOp::Read {
+            conversation_id: conversation.id,
+            user_id,
+            up_to,
+        }
+    }
+
+    /// Posts `texts` by `sender` in one batch, `created_at` a millisecond
+    /// apart from `at`.
+    async fn post(
+        store: &dyn Store,
+        conversation: &Conversation,
+        sender: i64,
+        texts: &[&str],
+        at: i64,
+    ) -> Vec<Message> {
+        let messages: Vec<Message> = ids(texts.len())
+            .into_iter()
+            .zip(texts)
+            .enumerate()
+            .map(|(n, (id, text))| Message {
+                created_at: Millis(at + n as i64),
+                ..message(id, conversation.id, sender, text, None)
+            })
+            .collect();
+        let outcomes = write(
+            &*store,
+            messages.iter().cloned().map(WriteOp::Insert).collect(),
+        )
+        .await;
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, WriteOutcome::Inserted { .. })),
+            "{outcomes:?}"
+        );
+        messages
+    }
+
+    async fn one(store: &dyn Store, op: WriteOp) -> WriteOutcome {
+        write(store, vec![op]).await.remove(0)
+    }
+
+    async fn entry(store: &dyn Store, caller: i64, conversation: &Conversation) -> InboxEntry {
+        let mut entries = store
+            .inbox(caller, vec![conversation.clone()])
+            .await
+            .unwrap();
+        assert_eq!(entries.len(), 1);
+        entries.remove(0)
+    }
+
+    /// CONTRACT §6 read state: a cursor moves by `read` (a seq) and by
+    /// `viewed` (a message of the other participant), never back, never
+    /// beyond the last seq; posting moves the sender's own cursor.
+    pub async fn read_cursors_move_forward_only_and_posting_moves_the_senders(
+        store: Arc<dyn Store>,
+    ) {
+        let key = random_key();
+        let (mentor, student) = (key.mentor_id, key.student_id);
+        let c = store.conversation_for(key, Millis(0)).await.unwrap();
+        let store = &*store;
+        let sent = post(store, &c, student, &["a", "b", "c"], 1_000).await;
+
+        assert_eq!(
+            one(store, read(&c, mentor, ReadUpTo::Seq(2))).await,
+            WriteOutcome::ReadMoved { last_read_seq: 2 }
+        );
+        for seq in [1, 2] {
+            assert_eq!(
+                one(store, read(&c, mentor, ReadUpTo::Seq(seq))).await,
+                WriteOutcome::ReadUnchanged { last_read_seq: 2 },
+                "seq {seq} does not move it back"
+            );
+        }
+        assert_eq!(
+            one(store, read(&c, mentor, ReadUpTo::Seq(4))).await,
+            WriteOutcome::SeqBeyondLast { last_seq: 3 }
+        );
+        let m = entry(store, mentor, &c).await;
+        assert_eq!(
+            (m.last_read_seq, m.unread_count, m.conversation.last_seq),
+            (2, 1, 3)
+        );
+        let s = entry(store, student, &c).await;
+        assert_eq!(s.other_last_read_seq, 2, "for seen ticks");
+        assert_eq!(s.unread_count, 0);
+        assert_eq!(s.last_read_seq, 3, "their own newest message");
+
+        assert_eq!(
+            one(store, read(&c, mentor, ReadUpTo::Message(sent[2].id))).await,
+            WriteOutcome::ReadMoved { last_read_seq: 3 }
+        );
+        assert_eq!(
+            one(store, read(&c, student, ReadUpTo::Message(sent[0].id))).await,
+            WriteOutcome::ViewTargetMissing,
+            "their own message"
+        );
+        assert_eq!(
+            one(store, read(&c, mentor, ReadUpTo::Message(ObjectId::new()))).await,
+            WriteOutcome::ViewTargetMissing,
+            "an unknown message"
+        );
+        let elsewhere = store
+            .conversation_for(
+                ConversationKey {
+                    lesson_id: random_id(),
+                    ..key
+                },
+                Millis(0),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            one(
+                store,
+                read(&elsewhere, mentor, ReadUpTo::Message(sent[1].id))
+            )
+            .await,
+            WriteOutcome::ViewTargetMissing,
+            "a message of another conversation"
+        );
+        assert_eq!(entry(store, mentor, &elsewhere).await.last_read_seq, 0);
+        assert_eq!(entry(store, mentor, &c).await.unread_count, 0);
+
+        let reply = post(store, &c, mentor, &["reply"], 2_000).await;
+        let m = entry(store, mentor, &c).await;
+        assert_eq!(
+            (m.last_read_seq, m.unread_count, m.conversation.last_seq),
+            (4, 0, 4)
+        );
+        assert_eq!(
+            m.last_message.as_ref().map(|last| (last.id, last.seq)),
+            Some((reply[0].id, 4))
+        );
+        assert_eq!(m.waiting_since, None, "the mentor spoke last");
+        let s = entry(store, student, &c).await;
+        assert_eq!(
+            (s.unread_count, s.other_last_read_seq, s.last_read_seq),
+            (1, 4, 3)
+        );
+        assert_eq!(
+            one(store, read(&c, mentor, ReadUpTo::Seq(3))).await,
+            WriteOutcome::ReadUnchanged { last_read_seq: 4 }
+        );
+    }
+
+    /// A batch's reads answer as if applied in its order (a read sees the
+    /// inserts before it, not those after it); the same batch retried stores
+    /// nothing twice and leaves the cursors where the first try put them.
+    pub async fn reads_in_a_batch_follow_its_order_and_a_retry_is_safe(store: Arc<dyn Store>) {
+        let key = random_key();
+        let (mentor, student) = (key.mentor_id, key.student_id);
+        let c = store.conversation_for(key, Millis(0)).await.unwrap();
+        let [first, second, answer]: [ObjectId; 3] = ids(3).try_into().unwrap();
+        let batch = vec![
+            WriteOp::Insert(message(first, c.id, student, "first", None)),
+            read(&c, mentor, ReadUpTo::Seq(1)),
+            read(&c, mentor, ReadUpTo::Message(second)),
+            WriteOp::Insert(message(second, c.id, student, "second", None)),
+            read(&c, mentor, ReadUpTo::Seq(3)),
+            WriteOp::View {
+                conversation_id: c.id,
+                message_id: second,
+                viewer_id: mentor,
+                at: Millis(7),
+            },
+            read(&c, mentor, ReadUpTo::Message(second)),
+            WriteOp::Insert(message(answer, c.id, mentor, "answer", None)),
+            read(&c, mentor, ReadUpTo::Seq(3)),
+        ];
+        let outcomes = write(&*store, batch.clone()).await;
+        assert_eq!(
+            outcomes,
+            [
+                WriteOutcome::Inserted { seq: 1 },
+                WriteOutcome::ReadMoved { last_read_seq: 1 },
+                WriteOutcome::ViewTargetMissing,
+                WriteOutcome::Inserted { seq: 2 },
+                WriteOutcome::SeqBeyondLast { last_seq: 2 },
+                WriteOutcome::Viewed,
+                WriteOutcome::ReadMoved { last_read_seq: 2 },
+                WriteOutcome::Inserted { seq: 3 },
+                WriteOutcome::ReadUnchanged { last_read_seq: 3 },
+            ]
+        );
+        let retried = write(&*store, batch.clone()).await;
+        for (n, op) in batch.iter().enumerate() {
+            if !matches!(op, WriteOp::Read { .. }) {
+                let expected = match &outcomes[n] {
+                    WriteOutcome::Viewed => WriteOutcome::AlreadyViewed,
+                    other => other.clone(),
+                };
+                assert!(
+                    retried[n] == expected || retried[n] == outcomes[n],
+                    "op {n}: {:?} then {:?}",
+                    outcomes[n],
+                    retried[n]
+                );
+            }
+        }
+        assert_eq!(
+            history(&*store, c.id).await.len(),
+            3,
+            "nothing stored twice"
+        );
+        let m = entry(&*store, mentor, &c).await;
+        assert_eq!((m.last_read_seq, m.unread_count), (3, 0));
+        let s = entry(&*store, student, &c).await;
+        assert_eq!((s.last_read_seq, s.unread_count), (2, 1));
+        assert_eq!(s.other_last_read_seq, 3);
+    }
+
+    /// The inbox of a list, in the list's order: last message, unread count,
+    /// both cursors and `waiting_since` (the mentor's only).
+    pub async fn the_inbox_counts_unread_and_waiting(store: Arc<dyn Store>) {
+        let key_a = random_key();
+        let mentor = key_a.mentor_id;
+        let key_b = ConversationKey {
+            student_id: random_id(),
+            ..key_a
+        };
+        let key_c = ConversationKey {
+            lesson_id: random_id(),
+            student_id: random_id(),
+            ..key_a
+        };
+        let a = store.conversation_for(key_a, Millis(1)).await.unwrap();
+        let b = store.conversation_for(key_b, Millis(2)).await.unwrap();
+        let c = store.conversation_for(key_c, Millis(3)).await.unwrap();
+        let store = &*store;
+        post(store, &b, key_b.student_id, &["b asks"], 1_000).await;
+        let asked = post(store, &a, key_a.student_id, &["a asks", "a again"], 2_000).await;
+        post(store, &b, mentor, &["b answered"], 3_000).await;
+
+        // Not in creation order: the inbox keeps the caller's order.
+        let listed = vec![c.clone(), a.clone(), b.clone()];
+        let inbox = store.inbox(mentor, listed.clone()).await.unwrap();
+        let listed_ids: Vec<ObjectId> = inbox.iter().map(|e| e.conversation.id).collect();
+        assert_eq!(listed_ids, [c.id, a.id, b.id]);
+        let (ic, ia, ib) = (&inbox[0], &inbox[1], &inbox[2]);
+        assert_eq!(ia.unread_count, 2);
+        assert_eq!(
+            ia.last_message.as_ref().map(|m| m.text.as_str()),
+            Some("a again")
+        );
+        assert_eq!(ia.waiting_since, Some(asked[0].created_at));
+        assert_eq!(ia.conversation.last_seq, 2);
+        assert_eq!(ib.waiting_since, None, "answered");
+        assert_eq!((ib.unread_count, ib.last_read_seq), (0, 2));
+        assert_eq!(ib.other_last_read_seq, 1, "the student's own message");
+        assert_eq!(ic.waiting_since, None, "nobody spoke");
+        assert_eq!(ic.last_message, None);
+        assert_eq!((ic.conversation.last_seq, ic.unread_count), (0, 0));
+
+        // Reading does not end the wait; answering does.
+        one(store, read(&a, mentor, ReadUpTo::Seq(1))).await;
+        let read_a = entry(store, mentor, &a).await;
+        assert_eq!(read_a.unread_count, 1);
+        assert_eq!(read_a.waiting_since, Some(asked[0].created_at));
+        let student = entry(store, key_a.student_id, &a).await;
+        assert_eq!(student.waiting_since, None, "never for the student");
+        assert_eq!(
+            (
+                student.last_read_seq,
+                student.other_last_read_seq,
+                student.unread_count
+            ),
+            (2, 1, 0)
+        );
+        post(store, &a, mentor, &["answer"], 4_000).await;
+        let answered = entry(store, mentor, &a).await;
+        assert_eq!(
+            (
+                answered.waiting_since,
+                answered.unread_count,
+                answered.last_read_seq
+            ),
+            (None, 0, 3)
+        );
+        assert!(store.inbox(mentor, Vec::new()).await.unwrap().is_empty());
     }
 
     pub async fn ping_succeeds(store: Arc<dyn Store>) {
