@@ -282,11 +282,6 @@ async fn resends_are_deduplicated_and_retried_batches_are_idempotent() {
     assert_eq!(history.len(), 2);
     assert_eq!(history[0].viewed_by, Some(10));
     assert_eq!(history[0].viewed_at, Some(Millis(5)));
-    let client_ids = store
-        .recent_client_ids(conversation.id, 25, 10)
-        .await
-        .unwrap();
-    assert_eq!(client_ids, [("c-1".to_string(), first.id)]);
     let raw = store
         .database()
         .collection::<Document>("messages")

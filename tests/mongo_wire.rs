@@ -179,11 +179,10 @@ async fn connect_pings_and_creates_the_contract_indexes() {
             "createIndexes",
             "createIndexes",
             "createIndexes",
-            "createIndexes",
             "aggregate"
         ]
     );
-    assert!(is_numbering_scan(&commands[8]));
+    assert!(is_numbering_scan(&commands[7]));
     let created: Vec<(String, Document)> = server
         .commands_named("createIndexes")
         .iter()
@@ -194,7 +193,7 @@ async fn connect_pings_and_creates_the_contract_indexes() {
                 .map(move |spec| (collection.clone(), spec))
         })
         .collect();
-    assert_eq!(created.len(), 7, "{created:?}");
+    assert_eq!(created.len(), 6, "{created:?}");
 
     let (collection, seed) = &created[0];
     assert_eq!(collection, "conversations");
@@ -232,27 +231,7 @@ async fn connect_pings_and_creates_the_contract_indexes() {
         &doc! { "client_id": { "$type": "string" } }
     );
 
-    // Serves `recent_client_ids` newest first without reading the messages
-    // that have no client id (seed clients send none).
-    let (collection, recent) = &created[3];
-    assert_eq!(collection, "messages");
-    assert_eq!(
-        recent.get_document("key").unwrap(),
-        &doc! { "conversation_id": 1, "sender_id": 1, "_id": -1 }
-    );
-    assert_eq!(
-        recent.get_str("name").unwrap(),
-        "conversation_id_1_sender_id_1__id_-1_with_client_id"
-    );
-    assert!(recent.get("unique").is_none());
-    assert_eq!(
-        recent.get_document("partialFilterExpression").unwrap(),
-        &doc! { "client_id": { "$type": "string" } }
-    );
-
-    // No two messages of a conversation share a seq; legacy messages
-    // without one stay out of it until numbered.
-    let (collection, seq) = &created[4];
+    let (collection, seq) = &created[3];
     assert_eq!(collection, "messages");
     let keys: Vec<&String> = seq.get_document("key").unwrap().keys().collect();
     assert_eq!(keys, ["conversation_id", "seq"]);
@@ -269,7 +248,7 @@ async fn connect_pings_and_creates_the_contract_indexes() {
 
     // A participant's newest message and the other's messages after a read
     // cursor, per conversation and sender.
-    let (collection, by_sender) = &created[5];
+    let (collection, by_sender) = &created[4];
     assert_eq!(collection, "messages");
     let keys: Vec<&String> = by_sender.get_document("key").unwrap().keys().collect();
     assert_eq!(keys, ["conversation_id", "sender_id", "seq"]);
@@ -285,7 +264,7 @@ async fn connect_pings_and_creates_the_contract_indexes() {
     assert!(by_sender.get("partialFilterExpression").is_none());
 
     // One read cursor per (conversation, user), in a collection of its own.
-    let (collection, cursors) = &created[6];
+    let (collection, cursors) = &created[5];
     assert_eq!(collection, "read_cursors");
     let keys: Vec<&String> = cursors.get_document("key").unwrap().keys().collect();
     assert_eq!(keys, ["conversation_id", "user_id"]);
@@ -341,7 +320,7 @@ async fn an_index_that_cannot_be_built_is_logged_and_connect_succeeds() {
     let store = MongoStore::connect(&settings(&server)).await;
 
     assert!(store.is_ok(), "{:?}", store.err());
-    assert_eq!(server.commands_named("createIndexes").len(), 7);
+    assert_eq!(server.commands_named("createIndexes").len(), 6);
     let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(logged.contains("ERROR"), "{logged}");
     assert!(logged.contains("MONGODB INDEX NOT CREATED"), "{logged}");
@@ -371,7 +350,7 @@ async fn a_slow_index_build_does_not_hold_up_the_start() {
     assert!(store.is_ok(), "{:?}", store.err());
     assert_eq!(
         server.commands_named("createIndexes").len(),
-        7,
+        6,
         "the other indexes are still created"
     );
 }
@@ -1023,51 +1002,6 @@ async fn a_view_that_matches_nothing_is_read_back_as_missing_or_already_viewed()
         find.get_document("projection").unwrap(),
         &doc! { "_id": 1, "conversation_id": 1, "sender_id": 1, "viewed_by": 1, "viewed_at": 1 }
     );
-}
-
-#[tokio::test]
-async fn recent_client_ids_ask_for_the_newest_with_a_client_id_only() {
-    let (server, store) = connected().await;
-    let conversation = ObjectId::new();
-    let (older, newer) = (ObjectId::new(), ObjectId::new());
-    server.script(move |command| match command_name(command) {
-        "find" => Reply::Document(cursor_reply(
-            command,
-            vec![
-                doc! { "_id": oid(newer), "client_id": "c-2" },
-                doc! { "_id": oid(older), "client_id": "c-1" },
-            ],
-        )),
-        _ => Reply::Default,
-    });
-
-    let recent = store
-        .recent_client_ids(conversation, 25, 1024)
-        .await
-        .unwrap();
-
-    assert_eq!(
-        recent,
-        [("c-2".to_string(), newer), ("c-1".to_string(), older)]
-    );
-    let find = &server.commands_named("find")[0];
-    assert_eq!(find.get_str("find").unwrap(), "messages");
-    // Equality on the index's prefix, its partial filter, its order: the
-    // server reads at most `limit` entries of the partial index.
-    assert_eq!(
-        find.get_document("filter").unwrap(),
-        &doc! {
-            "conversation_id": oid(conversation),
-            "sender_id": Bson::Int64(25),
-            "client_id": { "$type": "string" },
-        }
-    );
-    assert_eq!(find.get_document("sort").unwrap(), &doc! { "_id": -1 });
-    assert_eq!(
-        find.get_document("projection").unwrap(),
-        &doc! { "_id": 1, "client_id": 1 }
-    );
-    assert_eq!(find.get("limit").and_then(Bson::as_i64), Some(1024));
 }
 
 #[tokio::test]

@@ -425,14 +425,19 @@ async fn conversations_are_scoped_to_the_caller() {
     keys.sort();
     assert_eq!(
         keys,
-        // The seed's keys, plus `last_seq` (CONTRACT §6).
+        // The seed's keys, plus the caller's read state (CONTRACT §6).
         [
             "created_at",
             "id",
+            "last_message",
+            "last_read_seq",
             "last_seq",
             "lesson_id",
             "mentor_id",
-            "student_id"
+            "other_last_read_seq",
+            "student_id",
+            "unread_count",
+            "waiting_since"
         ]
     );
     assert_eq!(list[0]["id"], f.conversation.as_str());

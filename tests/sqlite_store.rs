@@ -248,13 +248,6 @@ async fn the_journal_absorbs_writes_while_sqlite_is_locked() {
     );
     assert_eq!(page[0].viewed_by, Some(key.mentor_id));
     assert_eq!(
-        store
-            .recent_client_ids(conversation.id, key.student_id, 10)
-            .await
-            .unwrap(),
-        [("c1".to_string(), first)]
-    );
-    assert_eq!(
         other
             .query_row("SELECT count(*) FROM messages", [], |r| r.get::<_, i64>(0))
             .unwrap(),

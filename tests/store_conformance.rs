@@ -66,7 +66,6 @@ macro_rules! store_conformance {
                 view_after_insert_in_the_same_batch,
                 a_repeated_view_is_already_viewed_and_keeps_the_first,
                 text_round_trips_byte_exact,
-                recent_client_ids_newest_first,
                 seqs_count_each_conversations_inserts_in_write_order,
                 a_duplicate_reports_the_first_seq_and_uses_none,
                 a_retried_batch_gets_the_same_seqs,
@@ -1065,70 +1064,6 @@ mod checks {
         assert_eq!(stored, numbered(&messages, 1));
     }
 
-    pub async fn recent_client_ids_newest_first(store: Arc<dyn Store>) {
-        let key = random_key();
-        let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
-        let other = store
-            .conversation_for(random_key(), Millis(0))
-            .await
-            .unwrap();
-        let ids = ids(9);
-        let (student, mentor) = (key.student_id, key.mentor_id);
-        let mut batch: Vec<_> = (0..5)
-            .map(|n| {
-                message(
-                    ids[n],
-                    conversation.id,
-                    student,
-                    "s",
-                    Some(&format!("c{n}")),
-                )
-            })
-            .collect();
-        batch.push(message(
-            ids[5],
-            conversation.id,
-            student,
-            "no client id",
-            None,
-        ));
-        batch.push(message(ids[6], conversation.id, mentor, "m", Some("m0")));
-        batch.push(message(ids[7], other.id, student, "o", Some("o0")));
-        write(&*store, batch.into_iter().map(WriteOp::Insert).collect()).await;
-
-        let recent = |conversation_id, sender, limit| {
-            let store = Arc::clone(&store);
-            async move {
-                store
-                    .recent_client_ids(conversation_id, sender, limit)
-                    .await
-                    .unwrap()
-            }
-        };
-        let expect = |ns: &[usize]| -> Vec<(String, ObjectId)> {
-            ns.iter().map(|&n| (format!("c{n}"), ids[n])).collect()
-        };
-        assert_eq!(
-            recent(conversation.id, student, 3).await,
-            expect(&[4, 3, 2])
-        );
-        assert_eq!(
-            recent(conversation.id, student, 10).await,
-            expect(&[4, 3, 2, 1, 0])
-        );
-        assert_eq!(
-            recent(conversation.id, mentor, 10).await,
-            [("m0".to_string(), ids[6])]
-        );
-        assert_eq!(
-            recent(other.id, student, 10).await,
-            [("o0".to_string(), ids[7])]
-        );
-        assert_eq!(recent(other.id, mentor, 10).await, []);
-    }
-
-    /// Each conversation's inserts are numbered 1, 2, 3 … in the order
-    /// written, across batches, whatever the other conversations do.
     pub async fn seqs_count_each_conversations_inserts_in_write_order(store: Arc<dyn Store>) {
         let key = random_key();
         let a = store.conversation_for(key, Millis(0)).await.unwrap();
@@ -1521,7 +1456,7 @@ mod checks {
             })
             .collect();
         let outcomes = write(
-            &*store,
+            store,
             messages.iter().cloned().map(WriteOp::Insert).collect(),
         )
         .await;

@@ -118,15 +118,6 @@ impl Store for FaultStore {
     ) -> StoreFuture<'_, Option<MessageId>> {
         self.inner.message_at_seq(conversation_id, seq)
     }
-    fn recent_client_ids(
-        &self,
-        conversation_id: ConversationId,
-        sender_id: UserId,
-        limit: usize,
-    ) -> StoreFuture<'_, Vec<(String, MessageId)>> {
-        self.inner
-            .recent_client_ids(conversation_id, sender_id, limit)
-    }
     fn write_batch(&self, ops: Vec<WriteOp>) -> StoreFuture<'_, Vec<WriteOutcome>> {
         Box::pin(async move {
             let _ = self.gate.subscribe().wait_for(|held| !held).await;
@@ -285,6 +276,28 @@ async fn batches_by_count() {
     // Two full batches at once; the rest after the (virtual) window.
     assert_eq!(store.batch_sizes(), [10, 10, 5]);
     assert_eq!(history(&*store, conversation).await, numbered(&messages, 1));
+}
+
+/// Without a window (the default) a lone op is written at once: not even
+/// the timer's next millisecond tick (which a zero-length sleep waits for)
+/// may pass before its batch is written; the clock is paused, so any wait
+/// shows as elapsed time.
+#[tokio::test(start_paused = true)]
+async fn without_a_window_a_lone_op_is_written_at_once() {
+    let store = FaultStore::new();
+    let (_writer, handle) = Writer::spawn(store.clone(), config(100, Duration::ZERO));
+    let mut client = Client::new(handle);
+    let (_, messages) = inserts(&store, 3).await;
+    // Off the timer's millisecond grid, where a rounded-up deadline shows.
+    tokio::time::advance(Duration::from_micros(300)).await;
+
+    for (n, m) in messages.iter().enumerate() {
+        let submitted = Instant::now();
+        client.submit(WriteOp::Insert(m.clone())).unwrap();
+        assert_inserted(&client.completed(1).await, &messages[n..=n], n as Seq + 1);
+        assert_eq!(submitted.elapsed(), Duration::ZERO, "op {n} waited");
+    }
+    assert_eq!(store.batch_sizes(), [1, 1, 1]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -320,7 +320,14 @@ async fn viewed_is_stored_and_relayed_to_others_only() {
         viewed,
         json!({"type": "viewed", "message_id": message["id"], "viewer_id": 10, "conversation_id": message["conversation_id"]})
     );
+    // The view moved the mentor's read cursor: `read` to every connection
+    // of the room, the viewer's included (CONTRACT §6); `viewed` to the
+    // others only.
+    let read = json!({"type": "read", "conversation_id": message["conversation_id"], "user_id": 10, "last_read_seq": 1});
+    assert_eq!(student.expect("read").await, read);
+    assert_eq!(mentor.expect("read").await, read);
     mentor.expect_silence().await;
+    student.expect_silence().await;
 
     let history = chat.student_history(&message).await;
     assert_eq!(history[0]["viewed_by"], 10);
@@ -328,8 +335,9 @@ async fn viewed_is_stored_and_relayed_to_others_only() {
 
 /// Sends `repeats` copies of the same `viewed`, then a `viewed` of an
 /// unknown id: it goes through the same ordered writer, so its error shows
-/// that every repeat before it was handled.
-async fn view_repeatedly(viewer: &mut Client, message_id: &Value, repeats: usize) {
+/// that every repeat before it was handled. `reads` is how many `read`
+/// events (cursor moves) the viewer gets before that error.
+async fn view_repeatedly(viewer: &mut Client, message_id: &Value, repeats: usize, reads: usize) {
     for _ in 0..repeats {
         viewer
             .send(json!({"type": "viewed", "message_id": message_id}))
@@ -338,6 +346,9 @@ async fn view_repeatedly(viewer: &mut Client, message_id: &Value, repeats: usize
     viewer
         .send(json!({"type": "viewed", "message_id": "663af8129dde123456789def"}))
         .await;
+    for _ in 0..reads {
+        viewer.expect("read").await;
+    }
     let after = viewer.event().await;
     assert_eq!(
         (after["type"].as_str(), after["code"].as_str()),
@@ -363,8 +374,9 @@ async fn a_repeated_viewed_is_accepted_but_relayed_and_stored_once() {
     };
 
     // 200 at once: most reach the writer before the first is stored.
-    view_repeatedly(&mut mentor, &message["id"], 200).await;
+    view_repeatedly(&mut mentor, &message["id"], 200, 1).await;
     assert_eq!(student.expect("viewed").await["message_id"], message["id"]);
+    assert_eq!(student.expect("read").await["last_read_seq"], 1);
     student.expect_silence().await;
     let first = viewed_at().await;
     assert!(first.is_string(), "{first}");
@@ -373,7 +385,7 @@ async fn a_repeated_viewed_is_accepted_but_relayed_and_stored_once() {
     // connection may have in flight (64): each repeat is answered, so the
     // mentor's reader never stops for good.
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    view_repeatedly(&mut mentor, &message["id"], 1000).await;
+    view_repeatedly(&mut mentor, &message["id"], 1000, 0).await;
     student.expect_silence().await;
     mentor.expect_silence().await;
     assert_eq!(viewed_at().await, first);

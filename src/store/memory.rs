@@ -4,7 +4,7 @@
 //! benches and tests that must not touch a disk. Nothing survives the
 //! process.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use parking_lot::Mutex;
 
@@ -29,9 +29,6 @@ struct State {
     by_key: HashMap<ConversationKey, ConversationId>,
     messages: BTreeMap<(ConversationId, MessageId), Message>,
     client_ids: HashMap<(ConversationId, UserId, String), MessageId>,
-    /// The messages with a client id, by sender and id: `recent_client_ids`
-    /// reads the newest without visiting anyone else's.
-    with_client_id: BTreeSet<(ConversationId, UserId, MessageId)>,
     /// Each message's id by (conversation, seq); the last entry of a
     /// conversation is its `last_seq`.
     by_seq: BTreeMap<(ConversationId, Seq), MessageId>,
@@ -176,11 +173,6 @@ impl State {
                         };
                     }
                     self.client_ids.insert(dedupe, message.id);
-                    self.with_client_id.insert((
-                        message.conversation_id,
-                        message.sender_id,
-                        message.id,
-                    ));
                 }
                 message.seq = self.last_seq(message.conversation_id) + 1;
                 let seq = message.seq;
@@ -308,28 +300,6 @@ impl Store for MemoryStore {
             .get(&(conversation_id, seq))
             .copied();
         Box::pin(async move { Ok(found) })
-    }
-
-    fn recent_client_ids(
-        &self,
-        conversation_id: ConversationId,
-        sender_id: UserId,
-        limit: usize,
-    ) -> StoreFuture<'_, Vec<(String, MessageId)>> {
-        let state = self.state.lock();
-        let lowest = (conversation_id, sender_id, ObjectId::from_bytes([0; 12]));
-        let highest = (conversation_id, sender_id, ObjectId::from_bytes([0xff; 12]));
-        let ids: Vec<(String, MessageId)> = state
-            .with_client_id
-            .range(lowest..=highest)
-            .rev()
-            .take(limit)
-            .filter_map(|&(conversation, _, id)| {
-                let client_id = state.messages.get(&(conversation, id))?.client_id.clone()?;
-                Some((client_id, id))
-            })
-            .collect();
-        Box::pin(async move { Ok(ids) })
     }
 
     fn write_batch(&self, ops: Vec<WriteOp>) -> StoreFuture<'_, Vec<WriteOutcome>> {

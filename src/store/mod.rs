@@ -318,16 +318,6 @@ pub trait Store: Send + Sync + 'static {
         seq: Seq,
     ) -> StoreFuture<'_, Option<MessageId>>;
 
-    /// The `client_id`s (with their message ids) of the newest `limit`
-    /// messages `sender_id` sent to `conversation_id` with a client id, so a
-    /// reconnecting client's resends are recognised before delivery.
-    fn recent_client_ids(
-        &self,
-        conversation_id: ConversationId,
-        sender_id: UserId,
-        limit: usize,
-    ) -> StoreFuture<'_, Vec<(String, MessageId)>>;
-
     /// Applies `ops` in order; see the trait docs for the contract.
     fn write_batch(&self, ops: Vec<WriteOp>) -> StoreFuture<'_, Vec<WriteOutcome>>;
 

@@ -326,42 +326,6 @@ impl MongoStore {
         }
         Ok(page.finish())
     }
-
-    async fn client_ids(
-        &self,
-        conversation_id: ConversationId,
-        sender_id: UserId,
-        limit: usize,
-    ) -> Result<Vec<(String, MessageId)>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        // The filter names the partial filter of the index
-        // `conversation_id_1_sender_id_1__id_-1_with_client_id` exactly, so
-        // the planner may use it: at most `limit` entries read, newest first.
-        let cursor = self
-            .messages
-            .find(doc! {
-                "conversation_id": bson_id(conversation_id),
-                "sender_id": Bson::Int64(sender_id),
-                "client_id": { "$type": "string" },
-            })
-            .sort(doc! { "_id": -1 })
-            .projection(doc! { "_id": 1, "client_id": 1 })
-            .limit(as_limit(limit))
-            .batch_size(as_batch(limit))
-            .await
-            .map_err(|error| store_error("find client ids", error))?;
-        drain(cursor, "find client ids", |document| {
-            let id = object_id(document, "_id", "message")?;
-            let client_id = document
-                .get_str("client_id")
-                .unwrap_or_default()
-                .to_string();
-            Ok((client_id, id))
-        })
-        .await
-    }
 }
 
 /// Reads every document of a (limited) cursor through `parse`.
@@ -428,18 +392,6 @@ impl Store for MongoStore {
 
     fn messages(&self, query: HistoryQuery) -> StoreFuture<'_, HistoryPage> {
         Box::pin(self.bounded("messages", self.history(query)))
-    }
-
-    fn recent_client_ids(
-        &self,
-        conversation_id: ConversationId,
-        sender_id: UserId,
-        limit: usize,
-    ) -> StoreFuture<'_, Vec<(String, MessageId)>> {
-        Box::pin(self.bounded(
-            "recent_client_ids",
-            self.client_ids(conversation_id, sender_id, limit),
-        ))
     }
 
     fn write_batch(&self, ops: Vec<WriteOp>) -> StoreFuture<'_, Vec<WriteOutcome>> {

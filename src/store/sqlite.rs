@@ -22,11 +22,12 @@
 //! tables, `sql` the statements and `rows` their row mapping, `pragmas` the
 //! connection tuning, `errors` which failures are retried, `staging` a
 //! batch's decisions, `journal` the journal and its replay, `tail` the
-//! unmerged messages, `priority` the write thread's nice value.
+//! unmerged messages, `priority` the checkpoint thread's nice value.
 
 mod checkpoint;
 mod errors;
 mod inbox;
+mod jobs;
 mod journal;
 mod legacy_seq;
 mod pragmas;
@@ -40,7 +41,7 @@ mod tail;
 mod write_thread;
 
 use std::path::Path;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread;
 
 use parking_lot::RwLock;
@@ -87,7 +88,7 @@ pub struct SqliteOptions {
 pub struct SqliteStore {
     /// `None` once dropping began: closing it tells the write thread to
     /// merge what it holds and stop.
-    writes: Option<mpsc::Sender<WriteJob>>,
+    writes: Option<jobs::JobSender<WriteJob>>,
     reads: Readers,
     /// Journaled messages not yet in SQLite, which readers add to theirs.
     tail: Arc<RwLock<Tail>>,
@@ -172,7 +173,7 @@ impl SqliteStore {
             options.journal_max,
             Arc::clone(&tail),
         )?;
-        let (writes, write_jobs) = mpsc::channel();
+        let (writes, write_jobs) = jobs::channel();
         let write_thread = spawn_thread("sqlite-writer", move || write_thread.run(write_jobs))?;
         let reads = readers.start()?;
         let checkpointer = checkpoint::Checkpointer::start(&path)?;
@@ -299,22 +300,6 @@ impl Store for SqliteStore {
             let unmerged = tail.read().history(&query);
             let stored = sql::history(conn, &query)?;
             Ok(tail::merge_history(stored, unmerged, &query))
-        })
-    }
-
-    fn recent_client_ids(
-        &self,
-        conversation_id: ConversationId,
-        sender_id: UserId,
-        limit: usize,
-    ) -> StoreFuture<'_, Vec<(String, MessageId)>> {
-        let tail = Arc::clone(&self.tail);
-        self.read(move |conn| {
-            let unmerged = tail
-                .read()
-                .recent_client_ids(conversation_id, sender_id, limit);
-            let stored = sql::recent_client_ids(conn, conversation_id, sender_id, limit)?;
-            Ok(tail::merge_client_ids(stored, unmerged, limit))
         })
     }
 

@@ -260,9 +260,14 @@ impl Task {
             }
         }
         let window_end = Instant::now() + self.config.window;
+        // Without a window a batch is what queued while the last one was
+        // written (group commit). Not a zero-length sleep: tokio's timer
+        // rounds a deadline up to its next millisecond tick, which put up
+        // to 1 ms on every batch, hence on every delivery (docs/performance.md).
+        let no_wait = self.config.window.is_zero();
         while batch.len() < self.config.max_batch {
-            if self.flushing {
-                // Take what is queued; waiting would only delay shutdown.
+            if self.flushing || no_wait {
+                // Take what is queued; waiting would only delay (shutdown).
                 match self.jobs.try_recv() {
                     Ok(job) => batch.push(job),
                     Err(_) => break,

@@ -83,15 +83,6 @@ impl Store for TempSqlite {
     ) -> StoreFuture<'_, Option<MessageId>> {
         self.store.message_at_seq(conversation_id, seq)
     }
-    fn recent_client_ids(
-        &self,
-        conversation_id: ConversationId,
-        sender_id: UserId,
-        limit: usize,
-    ) -> StoreFuture<'_, Vec<(String, MessageId)>> {
-        self.store
-            .recent_client_ids(conversation_id, sender_id, limit)
-    }
     fn write_batch(&self, ops: Vec<WriteOp>) -> StoreFuture<'_, Vec<WriteOutcome>> {
         self.store.write_batch(ops)
     }

@@ -61,19 +61,6 @@ pub(crate) fn index_specs() -> Vec<IndexSpec> {
             purpose: "idempotent resends by client_id; without it, a resend after a \
                       reconnect may be stored twice",
         },
-        // `recent_client_ids` (every WebSocket connect): a sender's newest
-        // messages with a client id, read in index order; the partial filter
-        // leaves out the seed clients' messages, which have none. Named, as
-        // its default name would not say it is partial.
-        IndexSpec {
-            collection: MESSAGES,
-            name: "conversation_id_1_sender_id_1__id_-1_with_client_id",
-            keys: doc! { "conversation_id": 1, "sender_id": 1, "_id": -1 },
-            unique: false,
-            partial_filter: Some(doc! { "client_id": { "$type": "string" } }),
-            purpose: "recent client ids on connect; without it, every WebSocket connect \
-                      walks the whole conversation",
-        },
         // A message's place in its conversation (CONTRACT §6): no two alike,
         // and the last one found without reading the conversation. Partial,
         // so legacy messages without a seq (numbered right after this, see

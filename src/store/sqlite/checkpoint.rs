@@ -13,6 +13,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 use super::errors::store_error;
+use super::priority::lower_priority;
 use super::spawn_thread;
 use crate::store::StoreError;
 
@@ -48,6 +49,7 @@ impl Drop for Checkpointer {
 }
 
 fn run(conn: &Connection, stopped: &mpsc::Receiver<()>) {
+    lower_priority();
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(INTERVAL) {
         if let Err(error) = checkpoint(conn) {
             tracing::warn!(%error, "WAL checkpoint failed; retrying");

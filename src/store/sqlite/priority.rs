@@ -1,7 +1,8 @@
-//! The write thread's scheduling priority.
+//! The checkpoint thread's scheduling priority.
 //!
-//! Delivery comes before durability: when the cores are busy, the threads
-//! that relay messages run first and the SQLite writer takes what is left.
+//! A message is relayed once its journal append returns, so the write
+//! thread runs at the relaying threads' priority; copying the WAL into the
+//! database file is on no message's path and takes what the cores leave.
 
 /// Lowers the calling thread's priority; failing only costs that ordering,
 /// so it is not an error.
@@ -15,11 +16,11 @@ pub(super) fn lower_priority() {
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, WRITER_NICE)
     };
     if result != 0 {
-        tracing::debug!("could not lower the SQLite writer thread's priority");
+        tracing::debug!("could not lower the SQLite checkpoint thread's priority");
     }
 }
 
 /// Only Linux gives each thread a nice value of its own (`setpriority` on a
-/// thread id); elsewhere the writer keeps the default priority.
+/// thread id); elsewhere the checkpointer keeps the default priority.
 #[cfg(not(target_os = "linux"))]
 pub(super) fn lower_priority() {}

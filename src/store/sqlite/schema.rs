@@ -16,8 +16,10 @@ use crate::store::StoreError;
 /// database that has it (SQLite maintains it), so a rollback keeps working.
 const SCHEMA_VERSION: i64 = 1;
 
-/// See `SCHEMA`; its creation on an existing database is logged.
-pub(super) const RECENT_CLIENT_IDS_INDEX: &str = "messages_recent_client_ids";
+/// The index connects read client ids from before a message was relayed
+/// only once stored (CONTRACT §6): nothing reads it now, and every insert
+/// paid for it, so it is dropped at open (an older build recreates it).
+const RETIRED_INDEX: &str = "messages_recent_client_ids";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS conversations (
@@ -46,11 +48,6 @@ CREATE TABLE IF NOT EXISTS messages (
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
     ON messages (conversation_id, sender_id, client_id) WHERE client_id IS NOT NULL;
--- `RECENT_CLIENT_IDS` (every WebSocket connect) reads it newest first and
--- stops at its limit, never visiting the messages without a client id (seed
--- clients send none); `client_id` last makes it covering.
-CREATE INDEX IF NOT EXISTS messages_recent_client_ids
-    ON messages (conversation_id, sender_id, id, client_id) WHERE client_id IS NOT NULL;
 ";
 
 /// After `seq` exists (a database from before it gets the column first).
@@ -82,10 +79,6 @@ pub(super) fn create_schema(conn: &Connection) -> Result<(), StoreError> {
             "database schema version {version} is newer than this build's {SCHEMA_VERSION}"
         )));
     }
-    // A database from before the index gets it now: one pass over the
-    // messages, logged since it delays the start on a large one.
-    let building = version > 0 && !index_exists(conn, RECENT_CLIENT_IDS_INDEX)?;
-    let started = std::time::Instant::now();
     conn.execute_batch(SCHEMA).map_err(store_error)?;
     if !column_exists(conn, "messages", "seq")? {
         // A database from before seq: its messages are numbered at open
@@ -95,11 +88,12 @@ pub(super) fn create_schema(conn: &Connection) -> Result<(), StoreError> {
         tracing::info!("SQLite column messages.seq added to the existing database");
     }
     conn.execute_batch(SEQ_INDEX).map_err(store_error)?;
-    if building {
+    if index_exists(conn, RETIRED_INDEX)? {
+        conn.execute_batch(&format!("DROP INDEX {RETIRED_INDEX}"))
+            .map_err(store_error)?;
         tracing::info!(
-            index = RECENT_CLIENT_IDS_INDEX,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "SQLite index added to the existing database"
+            index = RETIRED_INDEX,
+            "SQLite index no longer used, dropped"
         );
     }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -130,16 +124,20 @@ mod tests {
     use crate::store::sqlite::DATABASE_FILE;
 
     #[test]
-    fn an_existing_database_gets_the_index_at_open() {
+    fn an_existing_database_gets_the_new_indexes_and_loses_the_retired_one() {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
         create_schema(&conn).unwrap();
-        conn.execute_batch(&format!("DROP INDEX {RECENT_CLIENT_IDS_INDEX}"))
-            .unwrap();
-        assert!(!index_exists(&conn, RECENT_CLIENT_IDS_INDEX).unwrap());
+        conn.execute_batch(&format!(
+            "DROP INDEX messages_by_sender_seq;
+             CREATE INDEX {RETIRED_INDEX} ON messages (conversation_id, sender_id, id, client_id)
+                 WHERE client_id IS NOT NULL;"
+        ))
+        .unwrap();
 
         create_schema(&conn).unwrap();
-        assert!(index_exists(&conn, RECENT_CLIENT_IDS_INDEX).unwrap());
+        assert!(index_exists(&conn, "messages_by_sender_seq").unwrap());
+        assert!(!index_exists(&conn, RETIRED_INDEX).unwrap());
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .unwrap();

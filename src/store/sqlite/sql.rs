@@ -9,7 +9,6 @@ use super::rows::{
 };
 use crate::model::{
     Conversation, ConversationId, ConversationKey, Message, MessageId, Millis, ObjectId, Seq,
-    UserId,
 };
 use crate::store::{ConversationFilter, HistoryPage, HistoryQuery, PageBuilder, StoreError};
 
@@ -59,11 +58,6 @@ pub(super) const MOVE_CURSOR: &str = "INSERT INTO read_cursors
     ON CONFLICT DO UPDATE SET last_read_seq = max(last_read_seq, excluded.last_read_seq)";
 /// The id of a conversation's message number ?2.
 const MESSAGE_AT_SEQ: &str = "SELECT id FROM messages WHERE conversation_id = ?1 AND seq = ?2";
-/// A sender's newest client ids; planned onto `messages_recent_client_ids`
-/// (a test checks the plan).
-const RECENT_CLIENT_IDS: &str = "SELECT client_id, id FROM messages
-    WHERE conversation_id = ?1 AND sender_id = ?2 AND client_id IS NOT NULL
-    ORDER BY id DESC LIMIT ?3";
 const INSERT_CONVERSATION: &str = "INSERT INTO conversations
     (id, lesson_id, mentor_id, student_id, created_at)
     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING";
@@ -237,21 +231,6 @@ pub(super) fn conversations(
     rows.collect()
 }
 
-/// The stored part of `Store::recent_client_ids`: newest first.
-pub(super) fn recent_client_ids(
-    conn: &Connection,
-    conversation_id: ConversationId,
-    sender_id: UserId,
-    limit: usize,
-) -> rusqlite::Result<Vec<(String, MessageId)>> {
-    let mut stmt = conn.prepare_cached(RECENT_CLIENT_IDS)?;
-    let rows = stmt.query_map(
-        (conversation_id.bytes(), sender_id, sql_limit(limit)),
-        |row| Ok((row.get(0)?, ObjectId::from_bytes(row.get(1)?))),
-    )?;
-    rows.collect()
-}
-
 /// See [`HistoryQuery`]: with `after`, the first page after it; otherwise the
 /// last page before `before`, read newest first. Rows are stepped one at a
 /// time and reading stops once the page is full, so a long range of large
@@ -302,35 +281,4 @@ fn fill_page(page: &mut PageBuilder, mut rows: rusqlite::Rows<'_>) -> rusqlite::
 /// SQLite's LIMIT is an i64; a larger `usize` means "no limit".
 fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::sqlite::schema::{create_schema, RECENT_CLIENT_IDS_INDEX};
-    use crate::store::sqlite::DATABASE_FILE;
-
-    /// The plan's detail lines, e.g. `SEARCH messages USING ...`.
-    fn plan(conn: &Connection, sql: &str) -> Vec<String> {
-        let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        let rows = explain.query_map([1, 2, 3], |row| row.get::<_, String>(3));
-        rows.unwrap().collect::<rusqlite::Result<_>>().unwrap()
-    }
-
-    #[test]
-    fn recent_client_ids_read_only_their_index_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
-        create_schema(&conn).unwrap();
-        // A walk of the primary key shows as SEARCH too: only the index
-        // bounds the rows read to the sender's messages with a client id,
-        // and only its order lets LIMIT stop the read (no sort).
-        assert_eq!(
-            plan(&conn, RECENT_CLIENT_IDS),
-            [format!(
-                "SEARCH messages USING COVERING INDEX {RECENT_CLIENT_IDS_INDEX} \
-                 (conversation_id=? AND sender_id=?)"
-            )]
-        );
-    }
 }

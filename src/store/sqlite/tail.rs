@@ -8,7 +8,7 @@
 //! so a message is always in at least one of the two (a reader keeps the
 //! SQLite copy when it sees both).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use crate::model::{ConversationId, Message, MessageId, ObjectId, Seq, UserId};
@@ -28,10 +28,6 @@ pub(super) struct Tail {
 struct Generation {
     messages: BTreeMap<MessageKey, Message>,
     client_ids: HashMap<ClientKey, MessageId, foldhash::fast::RandomState>,
-    /// The messages with a client id, by sender and id, so every connect's
-    /// `recent_client_ids` reads only those: a conversation's run in the
-    /// tail may be 262,144 messages without one (seed clients).
-    with_client_id: BTreeSet<(ConversationId, UserId, MessageId)>,
     /// When the first message of this generation arrived.
     since: Option<Instant>,
 }
@@ -47,8 +43,6 @@ impl Generation {
                 ),
                 message.id,
             );
-            self.with_client_id
-                .insert((message.conversation_id, message.sender_id, message.id));
         }
         self.since.get_or_insert_with(Instant::now);
         self.messages
@@ -60,11 +54,6 @@ impl Generation {
             if let Some(client_id) = message.client_id {
                 self.client_ids
                     .remove(&(message.conversation_id, message.sender_id, client_id));
-                self.with_client_id.remove(&(
-                    message.conversation_id,
-                    message.sender_id,
-                    message.id,
-                ));
             }
         }
         if self.messages.is_empty() {
@@ -227,36 +216,6 @@ impl Tail {
             page.finish()
         })
     }
-
-    /// The tail's part of [`Store::recent_client_ids`], newest first.
-    ///
-    /// [`Store::recent_client_ids`]: crate::store::Store::recent_client_ids
-    pub(super) fn recent_client_ids(
-        &self,
-        conversation: ConversationId,
-        sender: UserId,
-        limit: usize,
-    ) -> Vec<(String, MessageId)> {
-        let lowest = (conversation, sender, ObjectId::from_bytes([0; 12]));
-        let highest = (conversation, sender, ObjectId::from_bytes([0xff; 12]));
-        let mut found: Vec<(String, MessageId)> = Vec::new();
-        for generation in [&self.merging, &self.active] {
-            found.extend(
-                generation
-                    .with_client_id
-                    .range(lowest..=highest)
-                    .rev()
-                    .take(limit)
-                    .filter_map(|&(conversation, _, id)| {
-                        let message = generation.messages.get(&(conversation, id))?;
-                        Some((message.client_id.clone()?, id))
-                    }),
-            );
-        }
-        found.sort_by_key(|&(_, id)| std::cmp::Reverse(id));
-        found.truncate(limit);
-        found
-    }
 }
 
 /// A history page from SQLite's page and the tail's (`tail` ordered
@@ -319,28 +278,6 @@ pub(super) fn merge_history(
         page.more_unread();
     }
     page.finish()
-}
-
-/// [`Tail::recent_client_ids`] and SQLite's answer, newest first, deduplicated.
-pub(super) fn merge_client_ids(
-    stored: Vec<(String, MessageId)>,
-    tail: Vec<(String, MessageId)>,
-    limit: usize,
-) -> Vec<(String, MessageId)> {
-    if tail.is_empty() {
-        return stored;
-    }
-    let merged: BTreeMap<MessageId, String> = tail
-        .into_iter()
-        .chain(stored)
-        .map(|(client_id, id)| (id, client_id))
-        .collect();
-    merged
-        .into_iter()
-        .rev()
-        .take(limit)
-        .map(|(id, client_id)| (client_id, id))
-        .collect()
 }
 
 #[cfg(test)]
@@ -444,45 +381,28 @@ mod tests {
         assert!(!merged.truncated);
     }
 
-    fn client_ids(found: Vec<(String, MessageId)>) -> Vec<String> {
-        found.into_iter().map(|(client_id, _)| client_id).collect()
-    }
-
     #[test]
-    fn recent_client_ids_span_both_generations_and_forget_merged_messages() {
-        let (conversation, other) = (ObjectId::new(), ObjectId::new());
+    fn client_ids_span_both_generations_and_forget_merged_messages() {
+        let conversation = ObjectId::new();
         let mut tail = Tail::default();
         let mut merged = Vec::new();
         for n in 0..3 {
             let sent = message_from(conversation, 25, Some(&format!("c{n}")));
             merged.push(sent.clone());
             tail.insert(sent);
-            tail.insert(message_from(conversation, 25, None));
         }
         tail.freeze();
-        tail.insert(message_from(conversation, 25, Some("c3")));
-        tail.insert(message_from(conversation, 10, Some("mentor")));
-        tail.insert(message_from(other, 25, Some("elsewhere")));
-        tail.insert(message_from(conversation, 25, None));
+        let active = message_from(conversation, 25, Some("c3"));
+        tail.insert(active.clone());
+        let key = |client_id: &str| (conversation, 25, client_id.to_string());
 
-        assert_eq!(
-            client_ids(tail.recent_client_ids(conversation, 25, 10)),
-            ["c3", "c2", "c1", "c0"]
-        );
-        assert_eq!(
-            client_ids(tail.recent_client_ids(conversation, 25, 2)),
-            ["c3", "c2"]
-        );
-        assert_eq!(
-            client_ids(tail.recent_client_ids(conversation, 10, 10)),
-            ["mentor"]
-        );
+        assert_eq!(tail.by_client_id(&key("c0")), Some(merged[0].id));
+        assert_eq!(tail.by_client_id(&key("c3")), Some(active.id));
+        assert_eq!(tail.by_client_id(&(conversation, 10, "c3".into())), None);
 
         tail.remove_merged(&merged[..2]);
-        assert_eq!(
-            client_ids(tail.recent_client_ids(conversation, 25, 10)),
-            ["c3", "c2"]
-        );
-        assert_eq!(tail.merging.with_client_id.len(), 1);
+        assert_eq!(tail.by_client_id(&key("c0")), None);
+        assert_eq!(tail.by_client_id(&key("c2")), Some(merged[2].id));
+        assert_eq!(tail.by_client_id(&key("c3")), Some(active.id));
     }
 }

@@ -20,9 +20,9 @@ use parking_lot::RwLock;
 use rusqlite::Connection;
 
 use super::errors::{drop_if_refused, journal_error, refuses_only_this_op, store_error};
+use super::jobs::JobReceiver;
 use super::journal::{self, remove_segment, Segment};
 use super::legacy_seq::number_unnumbered;
-use super::priority::lower_priority;
 use super::sql::{
     get_or_create, in_transaction, insert_message, INSERT_MESSAGE, LAST_SENT, LAST_SEQ,
     MOVE_CURSOR, READ_CURSOR, SEQ_AND_SENDER, STORED_CLIENT_ID, STORED_ID, VIEW_MESSAGE,
@@ -45,6 +45,9 @@ const MERGE_CHUNK: usize = 8_192;
 /// meanwhile waits at most this (plus the commit) before its append. The
 /// step's size follows what fits (`MergeStepSize`).
 const MERGE_STEP_BUDGET: Duration = Duration::from_millis(2);
+/// The fewest messages a merge step merges before it yields to a waiting
+/// job: a commit per few inserts would cost more than the wait it saves.
+const MERGE_YIELD_MIN: usize = 64;
 /// The smallest merge step, so a slow disk still makes progress.
 const MERGE_STEP_MIN: usize = 64;
 /// Pause after a failed merge (another process holds SQLite's lock, a full
@@ -69,6 +72,9 @@ pub(super) struct WriteThread {
     merge_retry: Option<(Instant, Duration)>,
     /// Messages the next merge step takes (see `MERGE_STEP_BUDGET`).
     merge_step_size: usize,
+    /// Records the last batch appended: a merge step that yields to a
+    /// waiting job merges at least this many, so merging keeps pace.
+    last_appended: usize,
     /// The last seq given in each conversation written to since start: this
     /// thread is the only writer of seqs, so once read it stays exact.
     last_seqs: HashMap<ConversationId, Seq, FastHash>,
@@ -100,12 +106,12 @@ impl WriteThread {
             merging_segments: Vec::new(),
             merge_retry: None,
             merge_step_size: 1_024,
+            last_appended: 0,
             last_seqs: HashMap::default(),
         })
     }
 
-    pub(super) fn run(mut self, jobs: mpsc::Receiver<WriteJob>) {
-        lower_priority();
+    pub(super) fn run(mut self, jobs: JobReceiver<WriteJob>) {
         loop {
             let job = if self.merge_due() {
                 match jobs.try_recv() {
@@ -135,7 +141,7 @@ impl WriteThread {
                 None => {}
             }
             if self.merge_due() {
-                let _ = self.merge_step(MERGE_STEP_BUDGET);
+                let _ = self.merge_step(MERGE_STEP_BUDGET, Some(&jobs));
             }
         }
         // Closing: merge everything, so a clean shutdown leaves no journal.
@@ -175,6 +181,7 @@ impl WriteThread {
                 return Err(journal_error(e));
             }
             self.last_seqs.extend(staged.last_seqs);
+            self.last_appended = staged.records.len();
             let mut tail = self.tail.write();
             for record in staged.records {
                 match record {
@@ -203,7 +210,7 @@ impl WriteThread {
         }
         // Memory stays bounded: beyond the limit the ack waits for merges.
         while self.tail.read().len() > self.tail_limit {
-            self.merge_step(MERGE_STEP_BUDGET)?;
+            self.merge_step(MERGE_STEP_BUDGET, None)?;
         }
         Ok(outcomes)
     }
@@ -271,14 +278,24 @@ impl WriteThread {
 
     /// One step of merging: starts a merge if none runs, else moves one chunk
     /// into SQLite; removes the merged generation's file when it is done.
-    fn merge_step(&mut self, budget: Duration) -> Result<(), StoreError> {
+    /// Merges what fits in `budget`; with `jobs`, ends early once a job
+    /// waits there, after at least as many messages as the last batch
+    /// appended (and `MERGE_YIELD_MIN`).
+    fn merge_step(
+        &mut self,
+        budget: Duration,
+        jobs: Option<&JobReceiver<WriteJob>>,
+    ) -> Result<(), StoreError> {
         if !self.tail.read().is_merging() {
             self.rotate()?;
         }
         let chunk = self.tail.read().next_chunk(self.merge_step_size);
         if !chunk.is_empty() {
             let started = Instant::now();
-            let merged = merge_chunk(&self.conn, &chunk, started + budget);
+            let at_least = self.last_appended.max(MERGE_YIELD_MIN);
+            let yield_now =
+                |merged: usize| merged >= at_least && jobs.is_some_and(JobReceiver::is_waiting);
+            let merged = merge_chunk(&self.conn, &chunk, started + budget, yield_now);
             if let Ok(count) = merged {
                 self.merge_step_size = next_step_size(
                     self.merge_step_size,
@@ -344,7 +361,7 @@ impl WriteThread {
         // Nothing waits at shutdown: whole chunks.
         self.merge_step_size = MERGE_CHUNK;
         while self.tail.read().len() > 0 {
-            self.merge_step(Duration::from_secs(3600))?;
+            self.merge_step(Duration::from_secs(3600), None)?;
         }
         for path in self.active_retired.drain(..) {
             remove_segment(&path);
@@ -375,12 +392,16 @@ fn merge_chunk(
     conn: &Connection,
     chunk: &[Message],
     deadline: Instant,
+    yield_now: impl Fn(usize) -> bool,
 ) -> Result<usize, StoreError> {
     // The clock is read once per this many inserts.
     const CHECK_EVERY: usize = 32;
     in_transaction(conn, "BEGIN IMMEDIATE", |conn| {
         let mut insert = conn.prepare_cached(INSERT_MESSAGE)?;
         for (n, message) in chunk.iter().enumerate() {
+            if n > 0 && yield_now(n) {
+                return Ok(n);
+            }
             if n > 0 && n % CHECK_EVERY == 0 && Instant::now() >= deadline {
                 return Ok(n);
             }
@@ -391,7 +412,7 @@ fn merge_chunk(
 }
 
 /// The next merge step's size: what fit in the budget when the deadline
-/// cut it, twice as much when it finished in half the budget, within
+/// cut it (unchanged when a waiting job did), twice as much when it finished in half the budget, within
 /// [`MERGE_STEP_MIN`, `MERGE_CHUNK`].
 fn next_step_size(
     size: usize,
@@ -400,8 +421,11 @@ fn next_step_size(
     took: Duration,
     budget: Duration,
 ) -> usize {
-    let next = if merged < offered {
+    let next = if merged < offered && took >= budget {
         merged
+    } else if merged < offered {
+        // Cut short for a waiting job: what fits is unknown, keep it.
+        size
     } else if took < budget / 2 && offered == size {
         size * 2
     } else {
@@ -433,7 +457,7 @@ mod tests {
             })
             .collect();
         // A deadline already passed: one check's worth, committed.
-        let merged = merge_chunk(&conn, &chunk, Instant::now()).unwrap();
+        let merged = merge_chunk(&conn, &chunk, Instant::now(), |_| false).unwrap();
         assert_eq!(merged, 32);
         let rows: i64 = conn
             .query_row("SELECT count(*) FROM messages", [], |row| row.get(0))
@@ -441,7 +465,20 @@ mod tests {
         assert_eq!(rows, 32);
         // Time enough: the rest.
         let far = Instant::now() + Duration::from_secs(60);
-        assert_eq!(merge_chunk(&conn, &chunk[32..], far).unwrap(), 468);
+        // A job waiting once 40 are merged: it yields there.
+        assert_eq!(
+            merge_chunk(&conn, &chunk[32..], far, |merged| merged >= 40).unwrap(),
+            40
+        );
+        let done = 32 + 40;
+        assert_eq!(
+            merge_chunk(&conn, &chunk[done..], far, |_| false).unwrap(),
+            500 - done
+        );
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM messages", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows, 500);
 
         let budget = MERGE_STEP_BUDGET;
         assert_eq!(next_step_size(1024, 300, 1024, budget, budget), 300);
@@ -454,6 +491,8 @@ mod tests {
             next_step_size(8192, 8192, 8192, budget / 4, budget),
             MERGE_CHUNK
         );
+        // Cut short by a waiting job before the budget: kept.
+        assert_eq!(next_step_size(1024, 64, 1024, budget / 8, budget), 1024);
         // A short tail offered less than the size: no growth from it.
         assert_eq!(next_step_size(1024, 10, 10, budget / 4, budget), 1024);
     }
