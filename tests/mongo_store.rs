@@ -2,20 +2,15 @@
 //! (e.g. `docker run -d -p 27017:27017 mongo:7` and
 //! `MONGO_URI=mongodb://127.0.0.1:27017/?directConnection=true`).
 //! Each test uses its own database and drops it afterwards.
-//!
-//! The read state and inbox scenarios (CONTRACT §6, as `tests/read_state.rs`
-//! checks them end to end) run on the reference `MemoryStore` first, so their
-//! expectations are the reference's, then on MongoDB.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chat_service::config::Config;
 use chat_service::model::{Conversation, ConversationKey, Message, Millis, ObjectId};
-use chat_service::store::memory::MemoryStore;
 use chat_service::store::mongo::{MongoSettings, MongoStore};
 use chat_service::store::{
-    ConversationFilter, HistoryQuery, InboxEntry, ReadUpTo, Store, WriteOp, WriteOutcome,
+    ConversationFilter, HistoryQuery, ReadUpTo, Store, WriteOp, WriteOutcome,
 };
 use mongodb::bson::{self, doc, Bson, Document};
 use mongodb::options::IndexOptions;
@@ -495,6 +490,10 @@ async fn legacy_messages_are_numbered_by_time_then_id_once() {
 
 const MENTOR: i64 = 10;
 
+// The read-state and inbox behaviour itself is the conformance suite's
+// (`tests/store_conformance.rs`, run on MongoDB when MONGO_URI is set);
+// these check what only MongoDB has: the documents and a restart.
+
 async fn conversation_of(store: &dyn Store, lesson_id: i64, student_id: i64) -> Conversation {
     let key = ConversationKey {
         lesson_id,
@@ -504,342 +503,99 @@ async fn conversation_of(store: &dyn Store, lesson_id: i64, student_id: i64) -> 
     store.conversation_for(key, Millis(0)).await.unwrap()
 }
 
-fn read(conversation: &Conversation, user_id: i64, up_to: ReadUpTo) -> WriteOp {
-    WriteOp::Read {
-        conversation_id: conversation.id,
-        user_id,
-        up_to,
-    }
-}
-
-/// Posts `texts` by `sender`, one batch, a millisecond apart from `at`.
+/// Posts `texts` by `sender` in one batch.
 async fn post(
     store: &dyn Store,
     conversation: &Conversation,
     sender: i64,
     texts: &[&str],
-    at: i64,
 ) -> Vec<Message> {
     let messages: Vec<Message> = texts
         .iter()
-        .enumerate()
-        .map(|(n, text)| Message {
-            created_at: Millis(at + n as i64),
-            ..message(conversation.id, sender, text, None)
-        })
+        .map(|text| message(conversation.id, sender, text, None))
         .collect();
     let ops = messages.iter().cloned().map(WriteOp::Insert).collect();
-    let outcomes = store.write_batch(ops).await.unwrap();
-    assert!(
-        outcomes
-            .iter()
-            .all(|o| matches!(o, WriteOutcome::Inserted { .. })),
-        "{outcomes:?}"
-    );
+    store.write_batch(ops).await.unwrap();
     messages
 }
 
-async fn one(store: &dyn Store, op: WriteOp) -> WriteOutcome {
+async fn read(
+    store: &dyn Store,
+    conversation: &Conversation,
+    user_id: i64,
+    up_to: ReadUpTo,
+) -> WriteOutcome {
+    let op = WriteOp::Read {
+        conversation_id: conversation.id,
+        user_id,
+        up_to,
+    };
     store.write_batch(vec![op]).await.unwrap().remove(0)
 }
 
-async fn entry(store: &dyn Store, caller: i64, conversation: &Conversation) -> InboxEntry {
-    store
-        .inbox(caller, vec![conversation.clone()])
-        .await
-        .unwrap()
-        .remove(0)
-}
-
-/// `read_moves_forward_only…` and `posting_moves_the_senders_cursor…` of
-/// `tests/read_state.rs`, at the store.
-async fn cursors_move_forward_only_and_posting_moves_the_senders(store: &dyn Store) {
-    let c = conversation_of(store, 100, 25).await;
-    let sent = post(store, &c, 25, &["a", "b", "c"], 1_000).await;
-
+#[tokio::test]
+async fn a_read_cursor_is_one_document_per_reader() {
+    let Some(uri) = mongo_uri("a_read_cursor_is_one_document_per_reader") else {
+        return;
+    };
+    let store = MongoStore::connect(&scratch_settings(&uri)).await.unwrap();
+    let c = conversation_of(&store, 100, 25).await;
+    let sent = post(&store, &c, 25, &["a", "b", "c"]).await;
     assert_eq!(
-        one(store, read(&c, MENTOR, ReadUpTo::Seq(2))).await,
+        read(&store, &c, MENTOR, ReadUpTo::Seq(2)).await,
         WriteOutcome::ReadMoved { last_read_seq: 2 }
     );
-    // Lower or equal: nothing moves; beyond the last seq: refused.
-    for seq in [1, 2] {
-        assert_eq!(
-            one(store, read(&c, MENTOR, ReadUpTo::Seq(seq))).await,
-            WriteOutcome::ReadUnchanged { last_read_seq: 2 }
-        );
-    }
     assert_eq!(
-        one(store, read(&c, MENTOR, ReadUpTo::Seq(4))).await,
-        WriteOutcome::SeqBeyondLast { last_seq: 3 }
-    );
-    let mentor = entry(store, MENTOR, &c).await;
-    assert_eq!(
-        (
-            mentor.last_read_seq,
-            mentor.unread_count,
-            mentor.conversation.last_seq
-        ),
-        (2, 1, 3)
-    );
-    let student = entry(store, 25, &c).await;
-    assert_eq!(student.other_last_read_seq, 2, "for seen ticks");
-    assert_eq!(student.unread_count, 0);
-    assert_eq!(student.last_read_seq, 3, "their own newest message");
-
-    // `viewed` moves it too; only to the other participant's message.
-    assert_eq!(
-        one(store, read(&c, MENTOR, ReadUpTo::Message(sent[2].id))).await,
+        read(&store, &c, MENTOR, ReadUpTo::Message(sent[2].id)).await,
         WriteOutcome::ReadMoved { last_read_seq: 3 }
     );
-    assert_eq!(
-        one(store, read(&c, 25, ReadUpTo::Message(sent[0].id))).await,
-        WriteOutcome::ViewTargetMissing
-    );
-    assert_eq!(
-        one(store, read(&c, MENTOR, ReadUpTo::Message(ObjectId::new()))).await,
-        WriteOutcome::ViewTargetMissing
-    );
-    let elsewhere = conversation_of(store, 101, 25).await;
-    assert_eq!(
-        one(
-            store,
-            read(&elsewhere, MENTOR, ReadUpTo::Message(sent[1].id))
-        )
-        .await,
-        WriteOutcome::ViewTargetMissing,
-        "a message of another conversation"
-    );
-    assert_eq!(entry(store, MENTOR, &c).await.unread_count, 0);
+    // Posting moves the student's cursor without a document.
+    post(&store, &c, 25, &["d"]).await;
 
-    // Posting moves the sender's cursor, without a stored move.
-    let reply = post(store, &c, MENTOR, &["reply"], 2_000).await;
-    let mentor = entry(store, MENTOR, &c).await;
-    assert_eq!(mentor.last_read_seq, 4);
-    assert_eq!(mentor.unread_count, 0);
-    assert_eq!(mentor.conversation.last_seq, 4);
-    assert_eq!(
-        mentor.last_message.as_ref().map(|m| (m.id, m.seq)),
-        Some((reply[0].id, 4))
-    );
-    assert_eq!(mentor.waiting_since, None, "the mentor spoke last");
-    let student = entry(store, 25, &c).await;
-    assert_eq!(
-        (
-            student.unread_count,
-            student.other_last_read_seq,
-            student.last_read_seq
-        ),
-        (1, 4, 3)
-    );
-    assert_eq!(
-        one(store, read(&c, MENTOR, ReadUpTo::Seq(3))).await,
-        WriteOutcome::ReadUnchanged { last_read_seq: 4 }
-    );
-}
-
-/// A batch's reads answer in its order, and the same batch again is safe.
-async fn reads_follow_the_batch_order_and_a_retry_is_safe(
-    store: &dyn Store,
-) -> (Conversation, Vec<WriteOutcome>, Vec<WriteOutcome>) {
-    let c = conversation_of(store, 100, 25).await;
-    let first = message(c.id, 25, "first", None);
-    let second = message(c.id, 25, "second", None);
-    let answer = message(c.id, MENTOR, "answer", None);
-    let batch = vec![
-        WriteOp::Insert(first),
-        read(&c, MENTOR, ReadUpTo::Seq(1)),
-        // `second` (seq 2) is not there yet.
-        read(&c, MENTOR, ReadUpTo::Message(second.id)),
-        WriteOp::Insert(second.clone()),
-        read(&c, MENTOR, ReadUpTo::Seq(3)),
-        // A `viewed`, as the hub submits it.
-        WriteOp::View {
-            conversation_id: c.id,
-            message_id: second.id,
-            viewer_id: MENTOR,
-            at: Millis(7),
-        },
-        read(&c, MENTOR, ReadUpTo::Message(second.id)),
-        WriteOp::Insert(answer),
-        read(&c, MENTOR, ReadUpTo::Seq(3)),
-    ];
-
-    let outcomes = store.write_batch(batch.clone()).await.unwrap();
-    let retried = store.write_batch(batch.clone()).await.unwrap();
-
-    assert_eq!(
-        outcomes,
-        [
-            WriteOutcome::Inserted { seq: 1 },
-            WriteOutcome::ReadMoved { last_read_seq: 1 },
-            WriteOutcome::ViewTargetMissing,
-            WriteOutcome::Inserted { seq: 2 },
-            WriteOutcome::SeqBeyondLast { last_seq: 2 },
-            WriteOutcome::Viewed,
-            WriteOutcome::ReadMoved { last_read_seq: 2 },
-            WriteOutcome::Inserted { seq: 3 },
-            // Their own message.
-            WriteOutcome::ReadUnchanged { last_read_seq: 3 },
-        ]
-    );
-    // The retry stores nothing twice, and its reads leave the cursors as
-    // they were (what they answer: see `retried_reads_answer_as_first`).
-    for (n, op) in batch.iter().enumerate() {
-        if !matches!(op, WriteOp::Read { .. }) {
-            assert_eq!(outcomes[n], retried[n], "op {n}");
-        }
-    }
-    let mentor = entry(store, MENTOR, &c).await;
-    assert_eq!((mentor.last_read_seq, mentor.unread_count), (3, 0));
-    let student = entry(store, 25, &c).await;
-    assert_eq!((student.last_read_seq, student.unread_count), (2, 1));
-    assert_eq!(student.other_last_read_seq, 3);
-    (c, outcomes, retried)
-}
-
-/// MongoDB answers a retried batch's reads in batch order, as the first try
-/// did, except that a move the first try stored is found stored (the
-/// reference store answers from everything stored, the batch's later
-/// messages included).
-fn retried_reads_answer_as_first(outcomes: &[WriteOutcome], retried: &[WriteOutcome]) {
-    for (n, (first, again)) in outcomes.iter().zip(retried).enumerate() {
-        match (first, again) {
-            (
-                WriteOutcome::ReadMoved { last_read_seq: to },
-                WriteOutcome::ReadUnchanged { last_read_seq: at },
-            ) => assert!(at >= to, "op {n}: {again:?} after {first:?}"),
-            _ => assert_eq!(first, again, "op {n}"),
-        }
-    }
-}
-
-/// `the_mentor_inbox_sorts_and_filters` of `tests/read_state.rs`, at the
-/// store (sorting and filtering are REST's): one call for the list.
-async fn the_inbox_counts_and_waits(store: &dyn Store) -> Vec<Conversation> {
-    // Created in this order: A (25, lesson 100), B (26, 100), C (27, 101).
-    let a = conversation_of(store, 100, 25).await;
-    let b = conversation_of(store, 100, 26).await;
-    let c = conversation_of(store, 101, 27).await;
-    post(store, &b, 26, &["b asks"], 1_000).await;
-    let asked = post(store, &a, 25, &["a asks", "a again"], 2_000).await;
-    post(store, &b, MENTOR, &["b answered"], 3_000).await;
-
-    let listed = vec![a.clone(), b.clone(), c.clone()];
-    let inbox = store.inbox(MENTOR, listed.clone()).await.unwrap();
-
-    let ids: Vec<ObjectId> = inbox.iter().map(|e| e.conversation.id).collect();
-    assert_eq!(ids, [a.id, b.id, c.id], "in the list's order");
-    assert_eq!(inbox[0].unread_count, 2);
-    assert_eq!(
-        inbox[0].last_message.as_ref().map(|m| m.text.as_str()),
-        Some("a again")
-    );
-    // The oldest student message after the mentor's last one.
-    assert_eq!(inbox[0].waiting_since, Some(asked[0].created_at));
-    assert_eq!(inbox[0].conversation.last_seq, 2);
-    assert_eq!(inbox[1].waiting_since, None, "answered");
-    assert_eq!(inbox[1].unread_count, 0);
-    assert_eq!(inbox[1].last_read_seq, 2);
-    assert_eq!(inbox[1].other_last_read_seq, 1, "the student's own message");
-    assert_eq!(inbox[2].waiting_since, None, "nobody spoke");
-    assert_eq!(inbox[2].last_message, None);
-    assert_eq!(inbox[2].conversation.last_seq, 0);
-
-    // Reading does not end the wait; answering does.
-    one(store, read(&a, MENTOR, ReadUpTo::Seq(1))).await;
-    let after_read = entry(store, MENTOR, &a).await;
-    assert_eq!(after_read.unread_count, 1);
-    assert_eq!(after_read.waiting_since, Some(asked[0].created_at));
-    // For a student, waiting_since is always null.
-    let student = entry(store, 25, &a).await;
-    assert_eq!(student.waiting_since, None);
-    assert_eq!(
-        (
-            student.last_read_seq,
-            student.other_last_read_seq,
-            student.unread_count
-        ),
-        (2, 1, 0)
-    );
-    listed
-}
-
-#[tokio::test]
-async fn read_cursors_move_forward_only_and_posting_moves_the_senders() {
-    cursors_move_forward_only_and_posting_moves_the_senders(&MemoryStore::new()).await;
-    let Some(uri) = mongo_uri("read_cursors_move_forward_only_and_posting_moves_the_senders")
-    else {
-        return;
-    };
-    let store = MongoStore::connect(&scratch_settings(&uri)).await.unwrap();
-    cursors_move_forward_only_and_posting_moves_the_senders(&store).await;
-    // One document per reader: the mentor's, moved by `read` and `viewed`
-    // (posting stored nothing); the student never read.
-    let cursors: Vec<Document> = {
-        let mut found = store
-            .database()
-            .collection::<Document>("read_cursors")
-            .find(doc! {})
-            .projection(doc! { "_id": 0 })
-            .await
-            .unwrap();
-        let mut all = Vec::new();
-        while found.advance().await.unwrap() {
-            all.push(found.deserialize_current().unwrap());
-        }
-        all
-    };
-    assert_eq!(cursors.len(), 1, "{cursors:?}");
-    assert_eq!(cursors[0].get("user_id"), Some(&Bson::Int64(MENTOR)));
-    assert_eq!(cursors[0].get("last_read_seq"), Some(&Bson::Int64(3)));
-    assert!(matches!(
-        cursors[0].get("conversation_id"),
-        Some(Bson::ObjectId(_))
-    ));
-    store.database().drop().await.unwrap();
-}
-
-#[tokio::test]
-async fn reads_in_a_batch_follow_its_order_and_a_retried_batch_is_safe() {
-    reads_follow_the_batch_order_and_a_retry_is_safe(&MemoryStore::new()).await;
-    let Some(uri) = mongo_uri("reads_in_a_batch_follow_its_order_and_a_retried_batch_is_safe")
-    else {
-        return;
-    };
-    let store = MongoStore::connect(&scratch_settings(&uri)).await.unwrap();
-    let (c, outcomes, retried) = reads_follow_the_batch_order_and_a_retry_is_safe(&store).await;
-    retried_reads_answer_as_first(&outcomes, &retried);
-    let stored = store
+    let mut found = store
         .database()
         .collection::<Document>("read_cursors")
-        .find_one(doc! { "conversation_id": oid(c.id), "user_id": MENTOR })
+        .find(doc! {})
+        .projection(doc! { "_id": 0 })
         .await
-        .unwrap()
         .unwrap();
+    let mut cursors = Vec::new();
+    while found.advance().await.unwrap() {
+        cursors.push(found.deserialize_current().unwrap());
+    }
     assert_eq!(
-        stored.get("last_read_seq"),
-        Some(&Bson::Int64(2)),
-        "moved by reads only, to the seq of the viewed message"
+        cursors,
+        [doc! { "conversation_id": oid(c.id), "user_id": MENTOR, "last_read_seq": 3_i64 }]
     );
     store.database().drop().await.unwrap();
 }
 
 #[tokio::test]
-async fn the_inbox_counts_unread_and_waiting_and_survives_a_restart() {
-    the_inbox_counts_and_waits(&MemoryStore::new()).await;
-    let Some(uri) = mongo_uri("the_inbox_counts_unread_and_waiting_and_survives_a_restart") else {
+async fn the_inbox_survives_a_restart() {
+    let Some(uri) = mongo_uri("the_inbox_survives_a_restart") else {
         return;
     };
     let settings = scratch_settings(&uri);
     let store = MongoStore::connect(&settings).await.unwrap();
-    let listed = the_inbox_counts_and_waits(&store).await;
+    let a = conversation_of(&store, 100, 25).await;
+    let b = conversation_of(&store, 100, 26).await;
+    post(&store, &a, 25, &["a asks", "a again"]).await;
+    post(&store, &b, 26, &["b asks"]).await;
+    post(&store, &b, MENTOR, &["b answered"]).await;
+    read(&store, &a, MENTOR, ReadUpTo::Seq(1)).await;
+    let listed = vec![a.clone(), b.clone()];
     let before = store.inbox(MENTOR, listed.clone()).await.unwrap();
+    assert_eq!(
+        before
+            .iter()
+            .map(|e| (e.unread_count, e.last_read_seq, e.waiting_since.is_some()))
+            .collect::<Vec<_>>(),
+        [(1, 1, true), (0, 2, false)]
+    );
     drop(store);
 
     let store = MongoStore::connect(&settings).await.unwrap();
-    let after = store.inbox(MENTOR, listed).await.unwrap();
-    assert_eq!(after, before);
-    assert_eq!(after[0].last_read_seq, 1, "the cursor survived the restart");
+    assert_eq!(store.inbox(MENTOR, listed).await.unwrap(), before);
     // As REST lists them: `conversations`, then the inbox of that list.
     let listed = store
         .conversations(ConversationFilter {
@@ -849,6 +605,6 @@ async fn the_inbox_counts_unread_and_waiting_and_survives_a_restart() {
         })
         .await
         .unwrap();
-    assert_eq!(store.inbox(MENTOR, listed).await.unwrap(), after);
+    assert_eq!(store.inbox(MENTOR, listed).await.unwrap(), before);
     store.database().drop().await.unwrap();
 }

@@ -342,16 +342,7 @@ impl Reader {
                 self.typing_command(is_typing)
             }
             Ok(Inbound::Viewed { message_id }) => {
-                let others = self
-                    .others
-                    .get_or_insert_with(|| OtherLimits::new(self.message_rate));
-                if others.view_bucket.take(tokio::time::Instant::now()) != Verdict::Allowed {
-                    let refusal = protocol::error_event(
-                        ErrorCode::RateLimited,
-                        "too many viewed events; send the newest again later",
-                        None,
-                    );
-                    let _ = self.conn.send_own(refusal);
+                if !self.take_view_token("too many viewed events; send the newest again later") {
                     return;
                 }
                 self.conn.request_sent();
@@ -364,16 +355,7 @@ impl Reader {
             }
             // Rate-limited with `viewed`: each may cost a write too.
             Ok(Inbound::Read { seq }) => {
-                let others = self
-                    .others
-                    .get_or_insert_with(|| OtherLimits::new(self.message_rate));
-                if others.view_bucket.take(tokio::time::Instant::now()) != Verdict::Allowed {
-                    let refusal = protocol::error_event(
-                        ErrorCode::RateLimited,
-                        "too many read events; send the newest again later",
-                        None,
-                    );
-                    let _ = self.conn.send_own(refusal);
+                if !self.take_view_token("too many read events; send the newest again later") {
                     return;
                 }
                 self.conn.request_sent();
@@ -413,6 +395,20 @@ impl Reader {
             others.last_typing = Some((is_typing, now));
             self.forward(self.typing_command(is_typing)).await;
         }
+    }
+
+    /// Takes a token of the bucket `viewed` and `read` share; when it is
+    /// empty, answers `rate_limited` with `message` and returns false.
+    fn take_view_token(&mut self, message: &str) -> bool {
+        let others = self
+            .others
+            .get_or_insert_with(|| OtherLimits::new(self.message_rate));
+        if others.view_bucket.take(tokio::time::Instant::now()) == Verdict::Allowed {
+            return true;
+        }
+        let refusal = protocol::error_event(ErrorCode::RateLimited, message, None);
+        let _ = self.conn.send_own(refusal);
+        false
     }
 
     async fn forward(&self, command: Command) {
