@@ -1927,6 +1927,100 @@ async fn reads_that_move_nothing_write_nothing() {
     );
 }
 
+/// A batch may hold thousands of reads: the server would match every row
+/// against every conversation of one aggregation, so readers go in chunks
+/// of 256 (here 600 readers: 256, 256, 88), each its own rows only.
+#[tokio::test]
+async fn many_readers_are_read_in_chunks() {
+    let (server, store) = connected().await;
+    let conversations: Vec<ObjectId> = (0..300).map(|_| ObjectId::new()).collect();
+    let reads: Vec<WriteOp> = conversations
+        .iter()
+        .flat_map(|&conversation| {
+            [10, 25].map(|user_id| WriteOp::Read {
+                conversation_id: conversation,
+                user_id,
+                up_to: ReadUpTo::Seq(1),
+            })
+        })
+        .collect();
+
+    let outcomes = store.write_batch(reads).await.unwrap();
+
+    assert_eq!(outcomes.len(), 600);
+    assert!(outcomes
+        .iter()
+        .all(|o| *o == WriteOutcome::SeqBeyondLast { last_seq: 0 }));
+    let aggregations = server.commands_named("aggregate");
+    let mut sizes: Vec<usize> = aggregations
+        .iter()
+        .map(|command| {
+            let stages = pipeline(command);
+            let conversations = stages[0]
+                .get_document("$match")
+                .and_then(|m| m.get_document("_id"))
+                .and_then(|id| id.get_array("$in"))
+                .unwrap()
+                .len();
+            let rows = stages[1]
+                .get_document("$project")
+                .and_then(|p| p.get_document("row"))
+                .and_then(|r| r.get_document("$filter"))
+                .and_then(|f| f.get_document("input"))
+                .and_then(|i| i.get_array("$literal"))
+                .unwrap()
+                .len();
+            assert_eq!(
+                rows,
+                2 * conversations,
+                "each chunk names its own conversations"
+            );
+            rows
+        })
+        .collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [88, 256, 256]);
+}
+
+/// The batch's messages are stored before its reads run: a read step the
+/// database answers with something unreadable (a failure for good) rejects
+/// the reads only, and the message keeps its `Inserted`, so it is still
+/// acknowledged and relayed.
+#[tokio::test]
+async fn reads_refused_for_good_after_the_inserts_reject_the_reads_only() {
+    let (server, store) = connected().await;
+    let conversation = ObjectId::new();
+    server.script(move |command| {
+        if is_reader_rows(command) {
+            // A row without its user.
+            Reply::Document(cursor_reply(
+                command,
+                vec![doc! { "c": oid(conversation), "below": 1_i64, "last": [], "sent": [], "cursor": [] }],
+            ))
+        } else {
+            Reply::Default
+        }
+    });
+
+    let outcomes = store
+        .write_batch(vec![
+            WriteOp::Insert(message(conversation, 25, "stored", None)),
+            WriteOp::Read {
+                conversation_id: conversation,
+                user_id: 10,
+                up_to: ReadUpTo::Seq(1),
+            },
+        ])
+        .await
+        .unwrap();
+
+    assert_eq!(outcomes[0], WriteOutcome::Inserted { seq: 1 });
+    assert!(
+        matches!(&outcomes[1], WriteOutcome::Rejected(reason) if reason.contains("no user")),
+        "{outcomes:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_cursor_write_refused_for_good_rejects_its_reads_and_any_other_failure_is_unavailable() {
     let (server, store) = connected().await;

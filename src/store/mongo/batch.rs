@@ -110,10 +110,17 @@ impl MongoStore {
         self.apply_views(&views_before_inserts, &mut outcomes)
             .await?;
         self.insert_messages(inserts, &mut outcomes).await?;
-        self.apply_views(&views_after_inserts, &mut outcomes)
-            .await?;
-        self.apply_reads(&reads, &batch_inserts, &mut outcomes)
-            .await?;
+        // The inserts are stored now: a failure for good of what follows
+        // rejects those ops only, so the messages are still acknowledged
+        // and relayed (a retryable one retries the batch, which finds them).
+        let views_done = self.apply_views(&views_after_inserts, &mut outcomes).await;
+        let positions = views_after_inserts.iter().map(|view| view.position);
+        reject_on_internal(views_done, positions, &mut outcomes)?;
+        let reads_done = self
+            .apply_reads(&reads, &batch_inserts, &mut outcomes)
+            .await;
+        let positions = reads.iter().map(|read| read.position);
+        reject_on_internal(reads_done, positions, &mut outcomes)?;
         cached.keep();
         outcomes
             .into_iter()
@@ -280,4 +287,25 @@ struct ViewTarget {
     sender_id: Option<UserId>,
     viewed_by: Option<UserId>,
     viewed_at: Option<Millis>,
+}
+
+/// `Internal` (refused for good) becomes each op's `Rejected`; anything
+/// else is the batch's result.
+fn reject_on_internal(
+    done: Result<(), StoreError>,
+    positions: impl Iterator<Item = usize>,
+    outcomes: &mut [Option<WriteOutcome>],
+) -> Result<(), StoreError> {
+    match done {
+        Err(StoreError::Internal(message)) => {
+            tracing::error!(%message, "mongodb refused views or read cursors; the batch's messages stand");
+            for position in positions {
+                if let Some(outcome) = outcomes.get_mut(position) {
+                    *outcome = Some(WriteOutcome::Rejected(message.clone()));
+                }
+            }
+            Ok(())
+        }
+        other => other,
+    }
 }

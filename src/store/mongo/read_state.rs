@@ -28,9 +28,9 @@
 //! (its move was relayed by nobody, since the first try failed: the next
 //! move or the inbox shows it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use futures_util::future::try_join;
+use futures_util::future::{try_join, try_join_all};
 use mongodb::bson::{doc, Bson, Document};
 
 use super::documents::{bson_id, int, object_id};
@@ -131,21 +131,34 @@ impl MongoStore {
         reads: &[PendingRead],
         batch: &[BatchMessage],
     ) -> Result<HashMap<Reader, Before>, StoreError> {
-        let mut readers: Vec<Reader> = Vec::new();
-        for read in reads {
-            let reader = (read.conversation_id, read.user_id);
-            if !readers.contains(&reader) {
-                readers.push(reader);
-            }
-        }
-        let count = readers.len();
+        let mut seen: HashSet<Reader> = HashSet::new();
+        let readers: Vec<Reader> = reads
+            .iter()
+            .map(|read| (read.conversation_id, read.user_id))
+            .filter(|reader| seen.insert(*reader))
+            .collect();
+        let lowest = lowest_seqs(batch);
+        // The server matches every row against every conversation of its
+        // aggregation: chunks keep that small however large the batch.
+        let chunks = readers
+            .chunks(READERS_PER_AGGREGATION)
+            .map(|chunk| self.read_before_chunk(chunk, &lowest));
+        let rows = try_join_all(chunks).await?;
+        Ok(rows.into_iter().flatten().collect())
+    }
+
+    async fn read_before_chunk(
+        &self,
+        readers: &[Reader],
+        lowest: &HashMap<ConversationId, i64>,
+    ) -> Result<Vec<(Reader, Before)>, StoreError> {
         let cursor = self
             .conversations
-            .aggregate(before_pipeline(&readers, batch))
-            .batch_size(super::as_batch(count))
+            .aggregate(before_pipeline(readers, lowest))
+            .batch_size(super::as_batch(readers.len()))
             .await
             .map_err(|error| store_error("read cursors", error))?;
-        let rows = super::drain(cursor, "read cursors", |row| {
+        super::drain(cursor, "read cursors", |row| {
             let conversation = object_id(row, "c", "read cursor row")?;
             let user = int(row, "u").ok_or_else(|| {
                 StoreError::Internal("mongodb: a read cursor row has no user".into())
@@ -159,8 +172,7 @@ impl MongoStore {
                 },
             ))
         })
-        .await?;
-        Ok(rows.into_iter().collect())
+        .await
     }
 
     /// The stored messages that `viewed` reads name (not this batch's own,
@@ -170,14 +182,16 @@ impl MongoStore {
         reads: &[PendingRead],
         batch: &[BatchMessage],
     ) -> Result<HashMap<MessageId, Target>, StoreError> {
-        let mut ids: Vec<MessageId> = Vec::new();
-        for read in reads {
-            if let ReadUpTo::Message(id) = read.up_to {
-                if !ids.contains(&id) && !batch.iter().any(|message| message.id == id) {
-                    ids.push(id);
-                }
-            }
-        }
+        let own: HashSet<MessageId> = batch.iter().map(|message| message.id).collect();
+        let mut seen: HashSet<MessageId> = HashSet::new();
+        let ids: Vec<MessageId> = reads
+            .iter()
+            .filter_map(|read| match read.up_to {
+                ReadUpTo::Message(id) => Some(id),
+                ReadUpTo::Seq(_) => None,
+            })
+            .filter(|id| !own.contains(id) && seen.insert(*id))
+            .collect();
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
@@ -269,12 +283,11 @@ impl MongoStore {
 /// (a repeated id is the same message).
 fn batch_messages(inserts: &[BatchInsert], outcomes: &[Option<WriteOutcome>]) -> Vec<BatchMessage> {
     let mut messages: Vec<BatchMessage> = Vec::new();
-    let mut seen: Vec<MessageId> = Vec::new();
+    let mut seen: HashSet<MessageId> = HashSet::new();
     for insert in inserts {
-        if seen.contains(&insert.id) {
+        if !seen.insert(insert.id) {
             continue;
         }
-        seen.push(insert.id);
         if let Some(WriteOutcome::Inserted { seq }) = outcomes[insert.position] {
             messages.push(BatchMessage {
                 position: insert.position,
@@ -288,15 +301,76 @@ fn batch_messages(inserts: &[BatchInsert], outcomes: &[Option<WriteOutcome>]) ->
     messages
 }
 
-/// Seqs below this are the conversation's messages from before the batch:
-/// the batch's own come after them all.
-fn below(conversation: ConversationId, batch: &[BatchMessage]) -> i64 {
-    batch
-        .iter()
-        .filter(|message| message.conversation_id == conversation)
-        .map(|message| i64::try_from(message.seq).unwrap_or(i64::MAX))
-        .min()
-        .unwrap_or(i64::MAX)
+/// Readers per aggregation of `read_before`.
+const READERS_PER_AGGREGATION: usize = 256;
+
+/// Per conversation of the batch, its lowest new seq: seqs below it are
+/// the conversation's messages from before the batch (the batch's own come
+/// after them all). A conversation not in it: `i64::MAX`.
+fn lowest_seqs(batch: &[BatchMessage]) -> HashMap<ConversationId, i64> {
+    let mut lowest: HashMap<ConversationId, i64> = HashMap::new();
+    for message in batch {
+        let seq = i64::try_from(message.seq).unwrap_or(i64::MAX);
+        lowest
+            .entry(message.conversation_id)
+            .and_modify(|low| *low = (*low).min(seq))
+            .or_insert(seq);
+    }
+    lowest
+}
+
+/// The batch's messages by conversation and by (conversation, sender) as
+/// (position, highest seq up to there) in batch order, and by id: each read
+/// finds the newest of its earlier messages with a binary search instead of
+/// a pass over the batch.
+struct BatchIndex<'a> {
+    by_conversation: HashMap<ConversationId, Vec<(usize, Seq)>>,
+    by_sender: HashMap<Reader, Vec<(usize, Seq)>>,
+    by_id: HashMap<MessageId, &'a BatchMessage>,
+}
+
+impl<'a> BatchIndex<'a> {
+    fn new(batch: &'a [BatchMessage]) -> BatchIndex<'a> {
+        fn push(run: &mut Vec<(usize, Seq)>, message: &BatchMessage) {
+            let highest = run
+                .last()
+                .map_or(message.seq, |&(_, seq)| seq.max(message.seq));
+            run.push((message.position, highest));
+        }
+        let mut index = BatchIndex {
+            by_conversation: HashMap::new(),
+            by_sender: HashMap::new(),
+            by_id: HashMap::new(),
+        };
+        // `batch` is in batch order (`batch_messages`).
+        for message in batch {
+            push(
+                index
+                    .by_conversation
+                    .entry(message.conversation_id)
+                    .or_default(),
+                message,
+            );
+            push(
+                index
+                    .by_sender
+                    .entry((message.conversation_id, message.sender_id))
+                    .or_default(),
+                message,
+            );
+            index.by_id.entry(message.id).or_insert(message);
+        }
+        index
+    }
+
+    /// The highest seq of `run` placed before `position`; 0 for none.
+    fn newest_before(run: Option<&Vec<(usize, Seq)>>, position: usize) -> Seq {
+        let Some(run) = run else {
+            return 0;
+        };
+        let earlier = run.partition_point(|&(at, _)| at < position);
+        earlier.checked_sub(1).map_or(0, |last| run[last].1)
+    }
 }
 
 /// The aggregation of [`MongoStore::read_before`]. It starts from the
@@ -308,20 +382,20 @@ fn below(conversation: ConversationId, batch: &[BatchMessage]) -> i64 {
 /// `{conversation_id: 1, seq: 1}`, `{conversation_id: 1, sender_id: 1,
 /// seq: 1}` and `{conversation_id: 1, user_id: 1}` of `read_cursors`. A
 /// conversation without a document has no row: nothing stored, zeros.
-fn before_pipeline(readers: &[Reader], batch: &[BatchMessage]) -> Vec<Document> {
-    let mut conversations: Vec<ConversationId> = Vec::new();
-    for (conversation, _) in readers {
-        if !conversations.contains(conversation) {
-            conversations.push(*conversation);
-        }
-    }
+fn before_pipeline(readers: &[Reader], lowest: &HashMap<ConversationId, i64>) -> Vec<Document> {
+    let mut seen: HashSet<ConversationId> = HashSet::new();
+    let conversations: Vec<ConversationId> = readers
+        .iter()
+        .map(|&(conversation, _)| conversation)
+        .filter(|conversation| seen.insert(*conversation))
+        .collect();
     let rows: Vec<Bson> = readers
         .iter()
         .map(|&(conversation, user)| {
             Bson::Document(doc! {
                 "c": bson_id(conversation),
                 "u": Bson::Int64(user),
-                "below": Bson::Int64(below(conversation, batch)),
+                "below": Bson::Int64(lowest.get(&conversation).copied().unwrap_or(i64::MAX)),
             })
         })
         .collect();
@@ -423,16 +497,14 @@ fn resolve(
 ) -> Resolved {
     let mut resolved = Resolved::default();
     let mut moved: HashMap<Reader, Seq> = HashMap::new();
+    let index = BatchIndex::new(batch);
     for read in reads {
         let reader = (read.conversation_id, read.user_id);
         let stored = before.get(&reader).copied().unwrap_or_default();
-        let earlier = batch.iter().filter(|message| {
-            message.conversation_id == read.conversation_id && message.position < read.position
-        });
-        let last_seq = earlier
-            .clone()
-            .map(|message| message.seq)
-            .fold(stored.last_seq, Seq::max);
+        let last_seq = stored.last_seq.max(BatchIndex::newest_before(
+            index.by_conversation.get(&read.conversation_id),
+            read.position,
+        ));
         let target = match read.up_to {
             ReadUpTo::Seq(seq) if seq > last_seq => {
                 let outcome = WriteOutcome::SeqBeyondLast { last_seq };
@@ -440,17 +512,17 @@ fn resolve(
                 continue;
             }
             ReadUpTo::Seq(seq) => Some(seq),
-            ReadUpTo::Message(id) => target_seq(read, id, batch, targets),
+            ReadUpTo::Message(id) => target_seq(read, id, &index, targets),
         };
         let Some(target) = target else {
             let outcome = WriteOutcome::ViewTargetMissing;
             resolved.outcomes.push((read.position, outcome));
             continue;
         };
-        let sent = earlier
-            .filter(|message| message.sender_id == read.user_id)
-            .map(|message| message.seq)
-            .fold(stored.sent, Seq::max);
+        let sent = stored.sent.max(BatchIndex::newest_before(
+            index.by_sender.get(&reader),
+            read.position,
+        ));
         let cursor = stored
             .cursor
             .max(sent)
@@ -482,10 +554,10 @@ fn resolve(
 fn target_seq(
     read: &PendingRead,
     id: MessageId,
-    batch: &[BatchMessage],
+    index: &BatchIndex<'_>,
     targets: &HashMap<MessageId, Target>,
 ) -> Option<Seq> {
-    if let Some(message) = batch.iter().find(|message| message.id == id) {
+    if let Some(message) = index.by_id.get(&id) {
         let there = message.conversation_id == read.conversation_id
             && message.position < read.position
             && message.sender_id != read.user_id;
@@ -754,8 +826,7 @@ mod tests {
                 seq: 7
             }]
         );
-        assert_eq!(below(c, &batch), 7);
-        assert_eq!(below(ObjectId::new(), &batch), i64::MAX);
+        assert_eq!(lowest_seqs(&batch), HashMap::from([(c, 7)]));
     }
 
     #[test]
