@@ -2173,7 +2173,7 @@ fn inbox_pipeline(caller: i64, ids: &[ObjectId], mentors_any: bool) -> Vec<Docum
     if mentors_any {
         fields.insert(
             "waiting_on",
-            doc! { "$cond": [{ "$eq": ["$mentor_id", me.clone()] }, "$student_id", Bson::Null] },
+            doc! { "$cond": [{ "$eq": ["$mentor_id", me.clone()] }, "$student_id", Bson::Int64(i64::MIN)] },
         );
     }
     let mut stages = vec![

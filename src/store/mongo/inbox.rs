@@ -114,6 +114,9 @@ fn cursor_of(user: Bson) -> Vec<Document> {
 
 /// The aggregation over `conversations`. `mentors_any`: the caller is the
 /// mentor of one of them, so the waiting time is looked up.
+/// A sender id no user has.
+const NO_SENDER: i64 = i64::MIN;
+
 fn inbox_pipeline(caller: UserId, ids: &[ConversationId], mentors_any: bool) -> Vec<Document> {
     let ids: Vec<Bson> = ids
         .iter()
@@ -128,11 +131,12 @@ fn inbox_pipeline(caller: UserId, ids: &[ConversationId], mentors_any: bool) -> 
         "other": { "$cond": [is_mentor.clone(), "$student_id", "$mentor_id"] },
     };
     if mentors_any {
-        // Whose messages wait: the student's, and only for the mentor (for
-        // a student this matches no sender).
+        // Whose messages wait: the student's, and only for the mentor. For
+        // a student, a sender no user is (Django ids are positive): still
+        // an equality the index serves, where null would not be.
         fields.insert(
             "waiting_on",
-            doc! { "$cond": [is_mentor, "$student_id", Bson::Null] },
+            doc! { "$cond": [is_mentor, "$student_id", Bson::Int64(NO_SENDER)] },
         );
     }
     let mut stages = vec![
