@@ -6,20 +6,23 @@ mod common;
 
 use std::time::Duration;
 
-use common::django::DjangoStandin;
+use common::django::{DjangoStandin, PAIR_MENTOR as MENTOR, PAIR_STUDENT as STUDENT};
 use common::server::Server;
 use common::ws::{join_pair, Client, Next};
 use serde_json::{json, Value};
 
-const STUDENT: &str = "token=tok-s25&user_id=25&lesson_id=100";
-const MENTOR: &str = "token=tok-m10&user_id=10&lesson_id=100&student_id=25";
-
-async fn django() -> DjangoStandin {
-    let django = DjangoStandin::start().await;
-    django.add_user("tok-m10", 10, true);
-    django.add_user("tok-s25", 25, false);
-    django.add_lesson(100, 1, 10, None);
-    django
+/// The replayed messages' seqs, up to and with the `recovered` event that
+/// ends them; anything else fails the test.
+async fn replay(client: &mut Client) -> (Vec<u64>, Value) {
+    let mut replayed = Vec::new();
+    loop {
+        let event = next_of_interest(client).await;
+        match event["type"].as_str() {
+            Some("message") => replayed.push(seq(&event)),
+            Some("recovered") => return (replayed, event),
+            _ => panic!("unexpected {event}"),
+        }
+    }
 }
 
 fn seq(event: &Value) -> u64 {
@@ -90,7 +93,7 @@ fn seqs_of(page: &Value) -> Vec<u64> {
 
 #[tokio::test]
 async fn what_a_peer_sees_is_already_in_history_with_the_same_id_seq_and_time() {
-    let django = django().await;
+    let django = DjangoStandin::with_pair().await;
     let server = Server::start(&django.base_url(), &[]);
     let (mut student, mut mentor) =
         join_pair(&server.ws_url(STUDENT), &server.ws_url(MENTOR)).await;
@@ -125,7 +128,7 @@ async fn what_a_peer_sees_is_already_in_history_with_the_same_id_seq_and_time() 
 
 #[tokio::test]
 async fn seqs_are_gap_free_in_relay_order_and_a_resend_takes_none() {
-    let django = django().await;
+    let django = DjangoStandin::with_pair().await;
     let server = Server::start(&django.base_url(), &[]);
     let (mut student, mut mentor) =
         join_pair(&server.ws_url(STUDENT), &server.ws_url(MENTOR)).await;
@@ -186,7 +189,7 @@ async fn seqs_are_gap_free_in_relay_order_and_a_resend_takes_none() {
 
 #[tokio::test]
 async fn a_client_killed_mid_stream_recovers_exactly_what_it_missed_then_live() {
-    let django = django().await;
+    let django = DjangoStandin::with_pair().await;
     let server = Server::start(&django.base_url(), &[]);
     let (mut student, mut mentor) =
         join_pair(&server.ws_url(STUDENT), &server.ws_url(MENTOR)).await;
@@ -200,15 +203,7 @@ async fn a_client_killed_mid_stream_recovers_exactly_what_it_missed_then_live() 
     assert_eq!(acked, (11..=25).collect::<Vec<_>>());
 
     let mut mentor = Client::connect(&server.ws_url(&format!("{MENTOR}&since_seq=10"))).await;
-    let mut replayed = Vec::new();
-    let recovered = loop {
-        let event = next_of_interest(&mut mentor).await;
-        match event["type"].as_str() {
-            Some("message") => replayed.push(seq(&event)),
-            Some("recovered") => break event,
-            _ => panic!("unexpected {event}"),
-        }
-    };
+    let (replayed, recovered) = replay(&mut mentor).await;
     assert_eq!(replayed, (11..=25).collect::<Vec<_>>());
     assert_eq!(recovered["from_seq"], 11);
     assert_eq!(recovered["last_seq"], 25);
@@ -222,7 +217,7 @@ async fn a_client_killed_mid_stream_recovers_exactly_what_it_missed_then_live() 
 
 #[tokio::test]
 async fn nothing_missed_is_an_empty_replay_and_no_since_seq_is_the_seed_behaviour() {
-    let django = django().await;
+    let django = DjangoStandin::with_pair().await;
     let server = Server::start(&django.base_url(), &[]);
     let mut student = Client::connect(&server.ws_url(STUDENT)).await;
     student.expect("presence").await;
@@ -241,7 +236,7 @@ async fn nothing_missed_is_an_empty_replay_and_no_since_seq_is_the_seed_behaviou
 
 #[tokio::test]
 async fn recovery_while_the_other_side_keeps_sending_has_no_gap_and_no_duplicate() {
-    let django = django().await;
+    let django = DjangoStandin::with_pair().await;
     let server = Server::start(&django.base_url(), &[("CHAT_MSG_RATE", "0")]);
     let mut student = Client::connect(&server.ws_url(STUDENT)).await;
     student.expect("presence").await;
@@ -292,21 +287,13 @@ async fn recovery_while_the_other_side_keeps_sending_has_no_gap_and_no_duplicate
 
 #[tokio::test]
 async fn more_missed_than_the_recovery_max_replays_the_newest_and_rest_pages_with_before_seq() {
-    let django = django().await;
+    let django = DjangoStandin::with_pair().await;
     let server = Server::start(&django.base_url(), &[("CHAT_RECOVERY_MAX", "5")]);
     let mut student = Client::connect(&server.ws_url(STUDENT)).await;
     student.expect("presence").await;
     let (conversation, _) = send_acked(&mut student, 0, 12).await;
     let mut mentor = Client::connect(&server.ws_url(&format!("{MENTOR}&since_seq=0"))).await;
-    let mut replayed = Vec::new();
-    let recovered = loop {
-        let event = next_of_interest(&mut mentor).await;
-        match event["type"].as_str() {
-            Some("message") => replayed.push(seq(&event)),
-            Some("recovered") => break event,
-            _ => panic!("unexpected {event}"),
-        }
-    };
+    let (replayed, recovered) = replay(&mut mentor).await;
     assert_eq!(replayed, [8, 9, 10, 11, 12]);
     assert_eq!(recovered["from_seq"], 8);
     assert_eq!(recovered["last_seq"], 12);
@@ -322,7 +309,7 @@ async fn more_missed_than_the_recovery_max_replays_the_newest_and_rest_pages_wit
 
 #[tokio::test]
 async fn a_malformed_since_seq_is_400() {
-    let django = django().await;
+    let django = DjangoStandin::with_pair().await;
     let server = Server::start(&django.base_url(), &[]);
     for bad in ["-1", "abc", "1.5", "99999999999999999999999"] {
         let url = server.ws_url(&format!("{STUDENT}&since_seq={bad}"));
@@ -332,7 +319,7 @@ async fn a_malformed_since_seq_is_400() {
 
 #[tokio::test]
 async fn messages_page_by_seq() {
-    let django = django().await;
+    let django = DjangoStandin::with_pair().await;
     let server = Server::start(&django.base_url(), &[]);
     let mut student = Client::connect(&server.ws_url(STUDENT)).await;
     student.expect("presence").await;
@@ -383,7 +370,7 @@ async fn messages_page_by_seq() {
 
 #[tokio::test]
 async fn seq_continues_after_sigterm_and_after_kill_9() {
-    let django = django().await;
+    let django = DjangoStandin::with_pair().await;
     let mut server = Server::start(&django.base_url(), &[]);
     let mut student = Client::connect(&server.ws_url(STUDENT)).await;
     student.expect("presence").await;
@@ -433,7 +420,7 @@ async fn seq_continues_after_sigterm_and_after_kill_9() {
 
 #[tokio::test]
 async fn a_thousand_clients_reconnecting_at_once_all_recover_exactly() {
-    let django = django().await;
+    let django = DjangoStandin::with_pair().await;
     let server = Server::start(
         &django.base_url(),
         &[("CHAT_MAX_CONNECTIONS_PER_USER", "2000")],

@@ -5,21 +5,10 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::django::DjangoStandin;
+use common::django::{DjangoStandin, PAIR_MENTOR as MENTOR, PAIR_STUDENT as STUDENT};
 use common::server::Server;
 use common::ws::{Client, Next};
 use serde_json::json;
-
-const STUDENT: &str = "token=tok-s25&user_id=25&lesson_id=100";
-const MENTOR: &str = "token=tok-m10&user_id=10&lesson_id=100&student_id=25";
-
-async fn django() -> DjangoStandin {
-    let django = DjangoStandin::start().await;
-    django.add_user("tok-m10", 10, true);
-    django.add_user("tok-s25", 25, false);
-    django.add_lesson(100, 1, 10, None);
-    django
-}
 
 /// Sends `count` messages and returns the ids acknowledged so far, while
 /// more messages may still be in flight.
@@ -66,7 +55,7 @@ async fn stored_ids(server: &Server, conversation: &str) -> HashSet<String> {
 
 #[tokio::test]
 async fn every_acked_message_survives_kill_9() {
-    let django = django().await;
+    let django = DjangoStandin::with_pair().await;
     let mut server = Server::start(&django.base_url(), &[]);
     let mut student = Client::connect(&server.ws_url(STUDENT)).await;
     student.expect("presence").await;
@@ -85,7 +74,7 @@ async fn every_acked_message_survives_kill_9() {
 
 #[tokio::test]
 async fn resends_after_a_restart_are_recognised() {
-    let django = django().await;
+    let django = DjangoStandin::with_pair().await;
     let mut server = Server::start(&django.base_url(), &[]);
     let mut student = Client::connect(&server.ws_url(STUDENT)).await;
     student.expect("presence").await;
@@ -103,7 +92,7 @@ async fn resends_after_a_restart_are_recognised() {
 
 #[tokio::test]
 async fn sigterm_closes_with_1001_flushes_and_exits_0() {
-    let django = django().await;
+    let django = DjangoStandin::with_pair().await;
     let mut server = Server::start(&django.base_url(), &[]);
     let mut student = Client::connect(&server.ws_url(STUDENT)).await;
     student.expect("presence").await;
@@ -128,7 +117,7 @@ async fn sigterm_closes_with_1001_flushes_and_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn first_connections_at_once_make_one_conversation() {
-    let django = django().await;
+    let django = DjangoStandin::with_pair().await;
     let server = Server::start(&django.base_url(), &[]);
     let connects = (0..10).map(|i| {
         let url = server.ws_url(if i % 2 == 0 { STUDENT } else { MENTOR });

@@ -12,19 +12,13 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use common::django::DjangoStandin;
+use common::django::{DjangoStandin, PAIR_MENTOR as MENTOR, PAIR_STUDENT as STUDENT};
 use common::server::Server;
 use common::ws::{join_pair, Client, Next};
 
-const STUDENT: &str = "token=tok-s25&user_id=25&lesson_id=100";
-const MENTOR: &str = "token=tok-m10&user_id=10&lesson_id=100&student_id=25";
-
 async fn django() -> DjangoStandin {
-    let django = DjangoStandin::start().await;
-    django.add_user("tok-m10", 10, true);
-    django.add_user("tok-s25", 25, false);
+    let django = DjangoStandin::with_pair().await;
     django.add_user("tok-s26", 26, false);
-    django.add_lesson(100, 1, 10, None);
     django.add_lesson(200, 1, 10, Some(vec![25]));
     django
 }

@@ -98,10 +98,25 @@ enum Route {
     Other,
 }
 
+/// The `/ws` query of [`DjangoStandin::with_pair`]'s student (25, `tok-s25`).
+pub const PAIR_STUDENT: &str = "token=tok-s25&user_id=25&lesson_id=100";
+/// The `/ws` query of [`DjangoStandin::with_pair`]'s mentor (10, `tok-m10`).
+pub const PAIR_MENTOR: &str = "token=tok-m10&user_id=10&lesson_id=100&student_id=25";
+
 impl DjangoStandin {
     /// Serves the endpoints at the root: `base_url()` is `http://127.0.0.1:P`.
     pub async fn start() -> DjangoStandin {
         Self::start_with_prefix("").await
+    }
+
+    /// The pair most tests talk as: mentor 10 (`tok-m10`) and student 25
+    /// (`tok-s25`) in lesson 100 (see [`PAIR_MENTOR`], [`PAIR_STUDENT`]).
+    pub async fn with_pair() -> DjangoStandin {
+        let django = Self::start().await;
+        django.add_user("tok-m10", 10, true);
+        django.add_user("tok-s25", 25, false);
+        django.add_lesson(100, 1, 10, None);
+        django
     }
 
     /// Serves the endpoints only under `prefix` (e.g. `/backend`), which
