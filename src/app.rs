@@ -13,6 +13,7 @@ use crate::capacity::{ConnectionGate, HistoryGate};
 use crate::config::Config;
 use crate::hub::{Hub, HubSettings};
 use crate::store::mongo::{MongoSettings, MongoStore};
+use crate::store::postgres::{PostgresSettings, PostgresStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::writer::{Writer, WriterConfig, WriterHandle};
 use crate::store::Store;
@@ -53,10 +54,18 @@ pub enum StartError {
 }
 
 impl App {
-    /// Opens the store named by the config (MongoDB when `MONGO_URI` is
-    /// set, else the embedded SQLite) and starts writer and hub.
+    /// Opens the store named by the config (PostgreSQL when
+    /// `CHAT_POSTGRES_URL` is set, MongoDB when `MONGO_URI` is, else the
+    /// embedded SQLite; both set is refused by `Config`) and starts writer
+    /// and hub.
     pub async fn build(config: Config) -> Result<(Arc<App>, Background), StartError> {
-        let store: Arc<dyn Store> = if config.mongo_uri.is_some() {
+        let store: Arc<dyn Store> = if config.postgres_url.is_some() {
+            Arc::new(
+                PostgresStore::connect(&PostgresSettings::from(&config))
+                    .await
+                    .map_err(|e| StartError::Store(e.to_string()))?,
+            )
+        } else if config.mongo_uri.is_some() {
             Arc::new(
                 MongoStore::connect(&MongoSettings::from(&config))
                     .await

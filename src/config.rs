@@ -42,6 +42,11 @@ pub struct Config {
     #[arg(long, env = "MONGO_URI", value_name = "MONGO_URI", value_parser = non_empty)]
     pub(crate) mongo_uri: Option<String>,
 
+    /// PostgreSQL URL (`postgres://user:pass@host:port/db?sslmode=require`):
+    /// selects the PostgreSQL store. Not with MONGO_URI.
+    #[arg(long, env = "CHAT_POSTGRES_URL", value_name = "CHAT_POSTGRES_URL", value_parser = non_empty, conflicts_with = "mongo_uri")]
+    pub(crate) postgres_url: Option<String>,
+
     /// MongoDB database name.
     #[arg(long, env = "MONGO_DB", value_name = "MONGO_DB", default_value = "chat", value_parser = non_empty)]
     pub(crate) mongo_db: String,
@@ -236,6 +241,14 @@ pub struct Config {
     #[arg(long, env = "CHAT_MONGO_TIMEOUT_MS", value_name = "CHAT_MONGO_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub(crate) mongo_timeout_ms: u64,
 
+    /// PostgreSQL connection pool size (the writer takes one connection).
+    #[arg(long, env = "CHAT_POSTGRES_POOL_SIZE", value_name = "CHAT_POSTGRES_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=1_000))]
+    pub(crate) postgres_pool_size: u32,
+
+    /// PostgreSQL statement and connect timeout, in milliseconds.
+    #[arg(long, env = "CHAT_POSTGRES_TIMEOUT_MS", value_name = "CHAT_POSTGRES_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub(crate) postgres_timeout_ms: u64,
+
     /// MongoDB write concern `w`: `majority` or a number of nodes.
     #[arg(long, env = "CHAT_MONGO_W", value_name = "CHAT_MONGO_W", default_value = "majority", value_parser = write_concern_w)]
     pub(crate) mongo_w: String,
@@ -301,6 +314,10 @@ impl Config {
 
     pub(crate) fn mongo_timeout(&self) -> Duration {
         Duration::from_millis(self.mongo_timeout_ms)
+    }
+
+    pub(crate) fn postgres_timeout(&self) -> Duration {
+        Duration::from_millis(self.postgres_timeout_ms)
     }
 
     /// Every setting at its default, for tests and benches that need a

@@ -12,8 +12,9 @@
 //! configured by default (the journal's tail serves most reads), SQLite
 //! without the journal (every batch merged before its ack), SQLite with
 //! forced merges (a tail of two messages: the merge runs inside the checks,
-//! proven against the database file), the in-memory reference store, and
-//! MongoDB when `MONGO_URI` is set.
+//! proven against the database file), the in-memory reference store,
+//! PostgreSQL when `CHAT_TEST_POSTGRES_URL` is set, and MongoDB when
+//! `MONGO_URI` is set.
 
 mod common;
 
@@ -131,6 +132,11 @@ store_conformance!(mongodb, async {
         .expect("MONGO_URI is set but MongoDB cannot be reached");
     Some(Arc::new(store) as Arc<dyn Store>)
 });
+
+// PostgreSQL: the server `.ci/run` starts (CHAT_TEST_POSTGRES_URL), shared by
+// every check; skipped loudly without one, failed under
+// CHAT_TEST_REQUIRE_POSTGRES=1.
+store_conformance!(postgres, common::postgres::store());
 
 /// The forced-merges variant: a SQLite store whose journal may hold only
 /// [`forced_merges::TAIL_MAX`] unmerged messages, so a batch's ack waits for

@@ -9,6 +9,7 @@ use crate::auth::django::DjangoSettings;
 use crate::capacity::{self, ConnectionGate, HistoryGate};
 use crate::hub::HubSettings;
 use crate::store::mongo::MongoSettings;
+use crate::store::postgres::PostgresSettings;
 use crate::store::sqlite::SqliteOptions;
 use crate::store::writer::{self, WriterConfig};
 use crate::ws::rate::RateLimit;
@@ -28,6 +29,16 @@ impl From<&Config> for SqliteOptions {
 
 /// Only used when `MONGO_URI` is set (`App` picks the store by it); `uri`
 /// is empty otherwise.
+impl From<&Config> for PostgresSettings {
+    fn from(config: &Config) -> Self {
+        PostgresSettings {
+            url: config.postgres_url.clone().unwrap_or_default(),
+            pool_size: config.postgres_pool_size,
+            timeout: config.postgres_timeout(),
+        }
+    }
+}
+
 impl From<&Config> for MongoSettings {
     fn from(config: &Config) -> Self {
         MongoSettings {

@@ -10,6 +10,7 @@
 
 pub mod memory;
 pub mod mongo;
+pub mod postgres;
 pub mod sqlite;
 pub mod writer;
 

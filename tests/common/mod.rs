@@ -3,6 +3,7 @@
 //! the top level).
 pub mod django;
 pub mod frames;
+pub mod postgres;
 pub mod server;
 pub mod store;
 pub mod ws;

@@ -1,0 +1,609 @@
+//! Write batches: one round trip each.
+//!
+//! A run of inserts is one statement ([`INSERT_MESSAGES`]) that finds what
+//! is already stored (by id: a retried batch; by client_id: a resent
+//! message), numbers the new messages by bumping `last_seq` on their
+//! conversations (`UPDATE … RETURNING`, which locks those rows until the
+//! commit: nodes sharing the database number a conversation's messages one
+//! batch after another, with no gap) and inserts them. A batch that also
+//! views messages or moves read cursors runs as one transaction whose
+//! statements are pipelined (`BEGIN`, each run or op in batch order,
+//! `COMMIT`), so a view sees the insert before it.
+//!
+//! A statement that fails for good (a bug or a constraint no op should
+//! meet) would fail the whole batch, other users' messages with it: the
+//! batch is then applied op by op, and only the ops that fail alone are
+//! `Rejected`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use deadpool_postgres::Object;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Statement};
+
+use super::errors::write_error;
+use super::pipeline;
+use super::rows::{id_bytes, millis, object_id, seq_param, seq_value, stored_text, time};
+use super::PostgresStore;
+use crate::model::{Message, MessageId, ViewEffect};
+use crate::store::{ReadUpTo, StoreError, WriteOp, WriteOutcome};
+
+/// Inserts a run of messages; one row per input message, in input order:
+/// `stored_seq` (stored by an earlier try, same id), `duplicate_id` and
+/// `duplicate_seq` (another message with its client_id was stored first),
+/// `new_seq` (stored now), and for a message that repeats an earlier one
+/// of the same run, the position of that one by id or by client_id.
+const INSERT_MESSAGES: &str = "
+WITH input AS (
+    SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::text[], $5::bytea[],
+                         $6::timestamptz[], $7::bytea[])
+        WITH ORDINALITY AS i(id, conversation_id, sender_id, text, text_exact, created_at,
+                             client_id, ord)
+),
+stored_by_id AS (
+    SELECT i.ord, m.seq FROM input i JOIN chat.messages m ON m.id = i.id
+),
+stored_by_client AS (
+    SELECT i.ord, m.id, m.seq FROM input i
+    JOIN chat.messages m ON m.conversation_id = i.conversation_id
+        AND m.sender_id = i.sender_id AND m.client_id = i.client_id
+    WHERE i.client_id IS NOT NULL
+),
+candidates AS (
+    SELECT i.*,
+        first_value(i.ord) OVER (PARTITION BY i.id ORDER BY i.ord) AS first_by_id,
+        CASE WHEN i.client_id IS NULL THEN i.ord
+             ELSE first_value(i.ord) OVER (
+                 PARTITION BY i.conversation_id, i.sender_id, i.client_id ORDER BY i.ord)
+        END AS first_by_client
+    FROM input i
+    WHERE NOT EXISTS (SELECT 1 FROM stored_by_id s WHERE s.ord = i.ord)
+      AND NOT EXISTS (SELECT 1 FROM stored_by_client s WHERE s.ord = i.ord)
+),
+fresh AS (
+    SELECT * FROM candidates WHERE first_by_id = ord AND first_by_client = ord
+),
+bumped AS (
+    UPDATE chat.conversations c SET last_seq = c.last_seq + n.count
+    FROM (SELECT conversation_id, count(*) AS count FROM fresh GROUP BY conversation_id) n
+    WHERE c.id = n.conversation_id
+    RETURNING c.id, c.last_seq - n.count AS base
+),
+numbered AS (
+    SELECT f.*, b.base + row_number() OVER (PARTITION BY f.conversation_id ORDER BY f.ord) AS seq
+    FROM fresh f JOIN bumped b ON b.id = f.conversation_id
+),
+inserted AS (
+    INSERT INTO chat.messages (id, conversation_id, seq, sender_id, text, text_exact,
+                               created_at, client_id)
+    SELECT id, conversation_id, seq, sender_id, text, text_exact, created_at, client_id
+    FROM numbered
+)
+SELECT s.seq AS stored_seq, d.id AS duplicate_id, d.seq AS duplicate_seq, n.seq AS new_seq,
+       c.first_by_id, c.first_by_client
+FROM input i
+LEFT JOIN stored_by_id s ON s.ord = i.ord
+LEFT JOIN stored_by_client d ON d.ord = i.ord
+LEFT JOIN numbered n ON n.ord = i.ord
+LEFT JOIN candidates c ON c.ord = i.ord
+ORDER BY i.ord";
+
+/// Marks a message viewed under the rule of [`ViewEffect::of`]; answers
+/// the message's state before the statement (no row: no such message).
+const VIEW_MESSAGE: &str = "
+WITH target AS (
+    SELECT sender_id, viewed_by, viewed_at FROM chat.messages
+    WHERE id = $2 AND conversation_id = $1
+),
+recorded AS (
+    UPDATE chat.messages SET viewed_by = $3, viewed_at = $4
+    WHERE id = $2 AND conversation_id = $1 AND sender_id <> $3
+      AND (viewed_by IS DISTINCT FROM $3 OR viewed_at IS NOT DISTINCT FROM $4)
+)
+SELECT sender_id, viewed_by, viewed_at FROM target";
+
+/// Moves a read cursor forward to seq `$3`, or to the seq of message `$4`
+/// when it is the other participant's. The cursor before the move is the
+/// stored one or the user's own newest message, whichever is later
+/// (posting moves it without a row). Answers `last_seq`, that cursor, the
+/// target seq (NULL: no such message) and the moved cursor (NULL: not
+/// moved); no row when the conversation does not exist.
+const MOVE_CURSOR: &str = "
+WITH state AS (
+    SELECT c.last_seq, GREATEST(
+        coalesce((SELECT r.last_read_seq FROM chat.read_cursors r
+                  WHERE r.conversation_id = $1 AND r.user_id = $2), 0),
+        coalesce((SELECT max(m.seq) FROM chat.messages m
+                  WHERE m.conversation_id = $1 AND m.sender_id = $2), 0)) AS cursor
+    FROM chat.conversations c WHERE c.id = $1
+),
+target AS (
+    SELECT $3::int8 AS seq WHERE $4::bytea IS NULL
+    UNION ALL
+    SELECT m.seq FROM chat.messages m
+    WHERE $4::bytea IS NOT NULL AND m.id = $4 AND m.conversation_id = $1 AND m.sender_id <> $2
+),
+moved AS (
+    INSERT INTO chat.read_cursors (conversation_id, user_id, last_read_seq)
+    SELECT $1, $2, t.seq FROM state s, target t WHERE t.seq <= s.last_seq AND t.seq > s.cursor
+    ON CONFLICT (conversation_id, user_id) DO UPDATE
+        SET last_read_seq = GREATEST(chat.read_cursors.last_read_seq, EXCLUDED.last_read_seq)
+    RETURNING last_read_seq
+)
+SELECT s.last_seq, s.cursor, (SELECT t.seq FROM target t), (SELECT last_read_seq FROM moved)
+FROM state s";
+
+/// What one statement of a batch does.
+enum Step {
+    /// `ops[range]` are all inserts.
+    Inserts(std::ops::Range<usize>),
+    /// `ops[index]` is a view or a cursor move.
+    Single(usize),
+}
+
+/// The statements of a batch, in order: runs of inserts and single ops.
+fn steps(ops: &[WriteOp]) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut index = 0;
+    while index < ops.len() {
+        if matches!(ops[index], WriteOp::Insert(_)) {
+            let start = index;
+            while index < ops.len() && matches!(ops[index], WriteOp::Insert(_)) {
+                index += 1;
+            }
+            steps.push(Step::Inserts(start..index));
+        } else {
+            steps.push(Step::Single(index));
+            index += 1;
+        }
+    }
+    steps
+}
+
+/// The parameters of one statement, owned so the pipeline can borrow them.
+enum Params {
+    Inserts {
+        ids: Vec<Vec<u8>>,
+        conversations: Vec<Vec<u8>>,
+        senders: Vec<i64>,
+        texts: Vec<String>,
+        exact_texts: Vec<Option<Vec<u8>>>,
+        created: Vec<SystemTime>,
+        client_ids: Vec<Option<Vec<u8>>>,
+    },
+    View {
+        conversation: Vec<u8>,
+        message: Vec<u8>,
+        viewer: i64,
+        at: SystemTime,
+    },
+    Read {
+        conversation: Vec<u8>,
+        user: i64,
+        seq: Option<i64>,
+        message: Option<Vec<u8>>,
+    },
+}
+
+impl Params {
+    fn of(step: &Step, ops: &[WriteOp]) -> Params {
+        match step {
+            Step::Inserts(range) => {
+                let messages: Vec<&Message> = ops[range.clone()]
+                    .iter()
+                    .filter_map(|op| match op {
+                        WriteOp::Insert(message) => Some(message),
+                        _ => None,
+                    })
+                    .collect();
+                let (texts, exact_texts) = messages.iter().map(|m| stored_text(&m.text)).unzip();
+                Params::Inserts {
+                    ids: messages.iter().map(|m| id_bytes(m.id)).collect(),
+                    conversations: messages
+                        .iter()
+                        .map(|m| id_bytes(m.conversation_id))
+                        .collect(),
+                    senders: messages.iter().map(|m| m.sender_id).collect(),
+                    texts,
+                    exact_texts,
+                    created: messages.iter().map(|m| time(m.created_at)).collect(),
+                    client_ids: messages
+                        .iter()
+                        .map(|m| m.client_id.as_ref().map(|c| c.as_bytes().to_vec()))
+                        .collect(),
+                }
+            }
+            Step::Single(index) => match &ops[*index] {
+                WriteOp::View {
+                    conversation_id,
+                    message_id,
+                    viewer_id,
+                    at,
+                } => Params::View {
+                    conversation: id_bytes(*conversation_id),
+                    message: id_bytes(*message_id),
+                    viewer: *viewer_id,
+                    at: time(*at),
+                },
+                WriteOp::Read {
+                    conversation_id,
+                    user_id,
+                    up_to,
+                } => {
+                    let (seq, message) = match up_to {
+                        ReadUpTo::Seq(seq) => (Some(seq_param(*seq)), None),
+                        ReadUpTo::Message(id) => (None, Some(id_bytes(*id))),
+                    };
+                    Params::Read {
+                        conversation: id_bytes(*conversation_id),
+                        user: *user_id,
+                        seq,
+                        message,
+                    }
+                }
+                // `steps` puts inserts in runs.
+                WriteOp::Insert(_) => Params::Read {
+                    conversation: Vec::new(),
+                    user: 0,
+                    seq: None,
+                    message: None,
+                },
+            },
+        }
+    }
+
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        match self {
+            Params::Inserts {
+                ids,
+                conversations,
+                senders,
+                texts,
+                exact_texts,
+                created,
+                client_ids,
+            } => vec![
+                ids,
+                conversations,
+                senders,
+                texts,
+                exact_texts,
+                created,
+                client_ids,
+            ],
+            Params::View {
+                conversation,
+                message,
+                viewer,
+                at,
+            } => vec![conversation, message, viewer, at],
+            Params::Read {
+                conversation,
+                user,
+                seq,
+                message,
+            } => vec![conversation, user, seq, message],
+        }
+    }
+}
+
+/// The batch's prepared statements on one connection.
+struct Statements {
+    insert: Statement,
+    view: Statement,
+    read: Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &Object) -> Result<Statements, StoreError> {
+        let prepare = |sql: &'static str| async move {
+            client
+                .prepare_cached(sql)
+                .await
+                .map_err(|error| write_error("prepare", error))
+        };
+        Ok(Statements {
+            insert: prepare(INSERT_MESSAGES).await?,
+            view: prepare(VIEW_MESSAGE).await?,
+            read: prepare(MOVE_CURSOR).await?,
+        })
+    }
+
+    fn of(&self, step: &Step, ops: &[WriteOp]) -> &Statement {
+        match step {
+            Step::Inserts(_) => &self.insert,
+            Step::Single(index) => match ops[*index] {
+                WriteOp::View { .. } => &self.view,
+                _ => &self.read,
+            },
+        }
+    }
+}
+
+/// A connection that goes back to the pool only after a batch ended
+/// cleanly: a batch dropped or failed halfway could leave it inside a
+/// transaction, so it is closed instead.
+struct BatchConnection(Option<Object>);
+
+impl BatchConnection {
+    fn client(&self) -> Result<&Object, StoreError> {
+        self.0.as_ref().ok_or_else(|| {
+            StoreError::Internal("postgres: batch connection used after release".into())
+        })
+    }
+
+    fn release(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for BatchConnection {
+    fn drop(&mut self) {
+        if let Some(object) = self.0.take() {
+            drop(Object::take(object));
+        }
+    }
+}
+
+type RowsFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a>>;
+
+impl PostgresStore {
+    pub(super) async fn apply_batch(
+        &self,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.apply_steps(&ops).await {
+            Err(StoreError::Internal(reason)) if ops.len() > 1 => {
+                tracing::warn!(%reason, ops = ops.len(), "a PostgreSQL batch failed for good; applying its ops one by one");
+                self.apply_one_by_one(ops).await
+            }
+            result => result,
+        }
+    }
+
+    /// Each op alone, so one that can never succeed is `Rejected` and the
+    /// others are stored. `Unavailable` stops it (the batch is retried
+    /// whole, which is safe).
+    async fn apply_one_by_one(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for op in ops {
+            let single = [op];
+            match self.apply_steps(&single).await {
+                Ok(mut outcome) => outcomes.push(
+                    outcome
+                        .pop()
+                        .unwrap_or_else(|| WriteOutcome::Rejected("postgres: no outcome".into())),
+                ),
+                Err(StoreError::Internal(reason)) => outcomes.push(WriteOutcome::Rejected(reason)),
+                Err(unavailable) => return Err(unavailable),
+            }
+        }
+        Ok(outcomes)
+    }
+
+    async fn apply_steps(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+        let connection = BatchConnection(Some(self.client().await?));
+        let client = connection.client()?;
+        let statements = Statements::prepare(client).await?;
+        let steps = steps(ops);
+        let params: Vec<Params> = steps.iter().map(|step| Params::of(step, ops)).collect();
+        let values: Vec<Vec<&(dyn ToSql + Sync)>> = params.iter().map(Params::values).collect();
+        let in_transaction = steps.len() > 1;
+        let mut futures: Vec<RowsFuture<'_>> = Vec::with_capacity(steps.len() + 2);
+        if in_transaction {
+            futures.push(Box::pin(async move {
+                client.batch_execute("BEGIN").await.map(|()| Vec::new())
+            }));
+        }
+        for (step, values) in steps.iter().zip(&values) {
+            let statement = statements.of(step, ops);
+            futures.push(Box::pin(client.query(statement, values)));
+        }
+        if in_transaction {
+            // After a failed statement this ends the transaction as a
+            // ROLLBACK; the statement's own error is what is reported.
+            futures.push(Box::pin(async move {
+                client.batch_execute("COMMIT").await.map(|()| Vec::new())
+            }));
+        }
+        let mut answers = pipeline::in_order(futures).await;
+        if in_transaction {
+            let commit = answers.pop();
+            answers
+                .remove(0)
+                .map_err(|error| write_error("begin", error))?;
+            // A statement's error first: it is the cause of a failed commit
+            // (and the statements after it only say the transaction aborted).
+            if let Some(position) = answers.iter().position(Result::is_err) {
+                if let Some(Err(error)) = answers.into_iter().nth(position) {
+                    return Err(write_error("write batch", error));
+                }
+                return Err(StoreError::Internal(
+                    "postgres: lost a statement's error".into(),
+                ));
+            }
+            if let Some(Err(error)) = commit {
+                return Err(write_error("commit", error));
+            }
+        }
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for (step, answer) in steps.iter().zip(answers) {
+            let rows = answer.map_err(|error| write_error("write batch", error))?;
+            match step {
+                Step::Inserts(range) => {
+                    insert_outcomes(&ops[range.clone()], &rows, &mut outcomes)?;
+                }
+                Step::Single(index) => outcomes.push(single_outcome(&ops[*index], &rows)?),
+            }
+        }
+        connection.release();
+        Ok(outcomes)
+    }
+}
+
+fn cell<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    index: usize,
+) -> Result<T, StoreError> {
+    row.try_get(index)
+        .map_err(|error| write_error("read outcome", error))
+}
+
+/// Outcomes of a run of inserts from [`INSERT_MESSAGES`]' rows.
+fn insert_outcomes(
+    ops: &[WriteOp],
+    rows: &[Row],
+    outcomes: &mut Vec<WriteOutcome>,
+) -> Result<(), StoreError> {
+    if rows.len() != ops.len() {
+        return Err(StoreError::Internal(format!(
+            "postgres: {} outcomes for {} inserts",
+            rows.len(),
+            ops.len()
+        )));
+    }
+    let first = outcomes.len();
+    for (position, row) in rows.iter().enumerate() {
+        let stored_seq: Option<i64> = cell(row, 0)?;
+        let duplicate_id: Option<Vec<u8>> = cell(row, 1)?;
+        let duplicate_seq: Option<i64> = cell(row, 2)?;
+        let new_seq: Option<i64> = cell(row, 3)?;
+        let first_by_id: Option<i64> = cell(row, 4)?;
+        let first_by_client: Option<i64> = cell(row, 5)?;
+        // Positions in the run are 1-based (ORDINALITY).
+        let earlier = |ordinal: Option<i64>| {
+            ordinal
+                .and_then(|o| usize::try_from(o - 1).ok())
+                .filter(|&p| p < position)
+        };
+        let outcome = if let Some(seq) = stored_seq {
+            WriteOutcome::Inserted {
+                seq: seq_value(seq),
+            }
+        } else if let (Some(id), Some(seq)) = (duplicate_id, duplicate_seq) {
+            WriteOutcome::Duplicate {
+                existing: object_id(&id, "message")?,
+                seq: seq_value(seq),
+            }
+        } else if let Some(seq) = new_seq {
+            WriteOutcome::Inserted {
+                seq: seq_value(seq),
+            }
+        } else if let Some(same_id) = earlier(first_by_id) {
+            // The same message twice in the run: as the first one went.
+            outcomes[first + same_id].clone()
+        } else if let Some(same_client) = earlier(first_by_client) {
+            match &outcomes[first + same_client] {
+                WriteOutcome::Inserted { seq } => WriteOutcome::Duplicate {
+                    existing: message_id(&ops[same_client])?,
+                    seq: *seq,
+                },
+                other => other.clone(),
+            }
+        } else {
+            WriteOutcome::Rejected("no such conversation".into())
+        };
+        outcomes.push(outcome);
+    }
+    Ok(())
+}
+
+fn message_id(op: &WriteOp) -> Result<MessageId, StoreError> {
+    match op {
+        WriteOp::Insert(message) => Ok(message.id),
+        _ => Err(StoreError::Internal(
+            "postgres: an insert run holds another op".into(),
+        )),
+    }
+}
+
+/// The outcome of a view or a cursor move from its statement's rows.
+fn single_outcome(op: &WriteOp, rows: &[Row]) -> Result<WriteOutcome, StoreError> {
+    match op {
+        WriteOp::View { viewer_id, at, .. } => {
+            let Some(row) = rows.first() else {
+                return Ok(WriteOutcome::ViewTargetMissing);
+            };
+            let sender: i64 = cell(row, 0)?;
+            let viewed_by: Option<i64> = cell(row, 1)?;
+            let viewed_at: Option<SystemTime> = cell(row, 2)?;
+            Ok(ViewEffect::of(sender, viewed_by, viewed_at.map(millis), *viewer_id, *at).into())
+        }
+        WriteOp::Read { up_to, .. } => {
+            let Some(row) = rows.first() else {
+                // No such conversation: nothing to read in it.
+                return Ok(match up_to {
+                    ReadUpTo::Seq(0) => WriteOutcome::ReadUnchanged { last_read_seq: 0 },
+                    ReadUpTo::Seq(_) => WriteOutcome::SeqBeyondLast { last_seq: 0 },
+                    ReadUpTo::Message(_) => WriteOutcome::ViewTargetMissing,
+                });
+            };
+            let last_seq = seq_value(cell(row, 0)?);
+            let cursor = seq_value(cell(row, 1)?);
+            let target: Option<i64> = cell(row, 2)?;
+            let moved: Option<i64> = cell(row, 3)?;
+            Ok(match (up_to, target, moved) {
+                (_, _, Some(moved)) => WriteOutcome::ReadMoved {
+                    last_read_seq: seq_value(moved),
+                },
+                (ReadUpTo::Message(_), None, None) => WriteOutcome::ViewTargetMissing,
+                (ReadUpTo::Seq(seq), _, None) if *seq > last_seq => {
+                    WriteOutcome::SeqBeyondLast { last_seq }
+                }
+                _ => WriteOutcome::ReadUnchanged {
+                    last_read_seq: cursor,
+                },
+            })
+        }
+        WriteOp::Insert(_) => Err(StoreError::Internal(
+            "postgres: an insert outside an insert run".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Millis, ObjectId};
+
+    fn insert() -> WriteOp {
+        WriteOp::Insert(Message {
+            id: ObjectId::new(),
+            conversation_id: ObjectId::new(),
+            sender_id: 1,
+            text: String::new(),
+            created_at: Millis(0),
+            seq: 0,
+            client_id: None,
+            viewed_by: None,
+            viewed_at: None,
+        })
+    }
+
+    fn read() -> WriteOp {
+        WriteOp::Read {
+            conversation_id: ObjectId::new(),
+            user_id: 1,
+            up_to: ReadUpTo::Seq(1),
+        }
+    }
+
+    #[test]
+    fn inserts_run_together_and_other_ops_stand_alone() {
+        let ops = vec![insert(), insert(), read(), read(), insert()];
+        let shape: Vec<String> = steps(&ops)
+            .iter()
+            .map(|step| match step {
+                Step::Inserts(range) => format!("i{}..{}", range.start, range.end),
+                Step::Single(index) => format!("s{index}"),
+            })
+            .collect();
+        assert_eq!(shape, ["i0..2", "s2", "s3", "i4..5"]);
+    }
+}
