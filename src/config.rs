@@ -428,6 +428,35 @@ mod tests {
     }
 
     #[test]
+    fn mongodb_and_postgresql_together_are_refused_naming_both() {
+        let err = parse(&[
+            "--django-base-url",
+            "http://h",
+            "--mongo-uri",
+            "mongodb://m",
+            "--postgres-url",
+            "postgres://p/chat",
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("MONGO_URI") && err.contains("CHAT_POSTGRES_URL"),
+            "{err}"
+        );
+        let cfg = parse(&[
+            "--django-base-url",
+            "http://h",
+            "--postgres-url",
+            "postgres://p/chat",
+        ])
+        .unwrap();
+        assert_eq!(cfg.postgres_url.as_deref(), Some("postgres://p/chat"));
+        assert_eq!(
+            (cfg.postgres_pool_size, cfg.postgres_timeout_ms),
+            (16, 5000)
+        );
+    }
+
+    #[test]
     fn missing_base_url_names_the_variable() {
         let err = parse(&[]).unwrap_err();
         assert!(err.contains("DJANGO_BASE_URL"), "{err}");

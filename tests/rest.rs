@@ -643,7 +643,12 @@ async fn health_readiness_and_unknown_paths() {
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json["status"], "ok");
     assert_eq!(ready.json["detail"]["django_reachable"], true);
-    assert_eq!(ready.json["detail"]["store"], "sqlite");
+    let store = if common::postgres::binary_tests_use_postgres() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    assert_eq!(ready.json["detail"]["store"], store);
     assert!(ready.json["detail"]["closed_connections"]["slow_consumer"].is_u64());
     f.django.set_outage(Outage::Refuse);
     let ready = f.server.get("/readyz", None, None).await;

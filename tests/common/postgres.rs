@@ -80,6 +80,13 @@ impl Cluster {
             .prefix("chat-pg-")
             .tempdir_in("/tmp")
             .expect("temp dir");
+        // The cluster runs as the postgres user, who must reach its
+        // directory inside this one.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .expect("chmod the cluster's parent");
         let port = free_port();
         let mut cluster = Cluster {
             dir,
@@ -153,4 +160,33 @@ fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .expect("a free port")
+}
+
+/// Whether the real-binary tests run on PostgreSQL (`CHAT_TEST_STORE=postgres`,
+/// set by `scripts/test.sh` for its second pass) instead of the embedded store.
+pub fn binary_tests_use_postgres() -> bool {
+    std::env::var("CHAT_TEST_STORE").is_ok_and(|store| store == "postgres")
+}
+
+/// A new, empty database on the shared test server, for one server under
+/// test (so fixed user and lesson ids of one test never meet another's);
+/// its URL. Panics without a server: the caller asked for PostgreSQL.
+pub fn fresh_database() -> String {
+    let admin = std::env::var("CHAT_TEST_POSTGRES_URL")
+        .expect("CHAT_TEST_STORE=postgres needs CHAT_TEST_POSTGRES_URL");
+    let name = format!("chat_test_{}", chat_service::model::ObjectId::new());
+    let output = Command::new("psql")
+        .arg(&admin)
+        .args(["-qAtX", "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .expect("run psql");
+    assert!(
+        output.status.success(),
+        "CREATE DATABASE: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let base = admin.split('?').next().unwrap_or(&admin);
+    let (server, _db) = base.rsplit_once('/').expect("a database in the URL");
+    format!("{server}/{name}")
 }

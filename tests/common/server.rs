@@ -1,5 +1,6 @@
 //! The real `chat-service` binary, started on an ephemeral loopback port
-//! against a Django stand-in, with its own data directory.
+//! against a Django stand-in, with its own data directory (and, under
+//! `CHAT_TEST_STORE=postgres`, a PostgreSQL database of its own).
 
 #![allow(dead_code)]
 
@@ -56,6 +57,19 @@ impl Server {
     fn start_stopped(django_url: &str, env: &[(&str, &str)]) -> Server {
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().join("data");
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let chose_store = env
+            .iter()
+            .any(|(k, _)| k == "CHAT_POSTGRES_URL" || k == "MONGO_URI");
+        if super::postgres::binary_tests_use_postgres() && !chose_store {
+            env.push((
+                "CHAT_POSTGRES_URL".into(),
+                super::postgres::fresh_database(),
+            ));
+        }
         Server {
             child: None,
             addr: String::new(),
@@ -63,10 +77,7 @@ impl Server {
             _temp: Some(temp),
             logs: Default::default(),
             django_url: django_url.to_string(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env,
             open_files: None,
         }
     }
