@@ -1,5 +1,8 @@
-//! The batched writer persisting into SQLite (`synchronous=normal`, a temp
-//! directory) at batch sizes 1, 64 and 512; throughput in messages.
+//! The batched writer persisting at batch sizes 1, 64 and 512; throughput
+//! in messages. Into SQLite (`synchronous=normal`, a temp directory), and
+//! into PostgreSQL when `CHAT_BENCH_POSTGRES_URL` names a server (the same
+//! cases in the same run, so the two are comparable; see BENCHMARKS.md for
+//! the server's settings).
 //!
 //! Each iteration submits a burst of prepared messages (spread over 64
 //! conversations, or all in one; every message with a client id, as
@@ -10,24 +13,54 @@
 //!
 //! `cargo bench --bench writer -- --warm-up-time 1 --measurement-time 3`
 
+use std::any::Any;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_service::config::Config;
 use chat_service::model::{ConversationKey, Message, Millis, ObjectId};
+use chat_service::store::postgres::{PostgresSettings, PostgresStore};
 use chat_service::store::sqlite::{SqliteOptions, SqliteStore};
 use chat_service::store::writer::{Writer, WriterConfig, WriterHandle};
 use chat_service::store::{Store, WriteOp};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tokio::runtime::Runtime;
 use tokio::sync::Notify;
+
+/// A store to bench and whatever must live as long as it (a temp dir).
+type Opened = (Arc<dyn Store>, Box<dyn Any>);
 
 fn writer_batching(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let mut group = c.benchmark_group("writer_sqlite_normal");
+    bench_store(c, &runtime, "writer_sqlite_normal", &|| {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::open(dir.path(), SqliteOptions::from(&Config::defaults())).unwrap();
+        (Arc::new(store), Box::new(dir))
+    });
+    match std::env::var("CHAT_BENCH_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => {
+            let settings = PostgresSettings {
+                url,
+                ..PostgresSettings::from(&Config::defaults())
+            };
+            bench_store(c, &runtime, "writer_postgres", &|| {
+                let store = runtime.block_on(PostgresStore::connect(&settings)).unwrap();
+                (Arc::new(store), Box::new(()))
+            });
+        }
+        _ => {
+            eprintln!("SKIPPED: writer_postgres (set CHAT_BENCH_POSTGRES_URL to bench PostgreSQL)")
+        }
+    }
+}
+
+fn bench_store(c: &mut Criterion, runtime: &Runtime, group: &str, open: &dyn Fn() -> Opened) {
+    let mut group = c.benchmark_group(group);
     // (batch size, conversations written at once, messages per iteration)
     let cases: [(usize, i64, usize); 4] = [
         (1, 64, 512),
@@ -36,10 +69,7 @@ fn writer_batching(c: &mut Criterion) {
         (512, 1, 16_384),
     ];
     for (max_batch, spread, burst) in cases {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(dir.path(), SqliteOptions::from(&Config::defaults())).unwrap(),
-        );
+        let (store, _keep) = open();
         let conversations = runtime.block_on(async {
             let mut ids = Vec::new();
             for n in 0..spread {

@@ -10,6 +10,9 @@
 #   scripts/bench.sh --no-build       use the binaries already in target/release
 #                                     (persistence still compiles its criterion bench)
 #   scripts/bench.sh --out FILE       write the report elsewhere
+#   scripts/bench.sh --postgres URL   also the throughput scenario and the writer bench on
+#                                     PostgreSQL (URL of a server whose schema "chat" it may
+#                                     drop; e.g. POSTGRES_DURABLE=1 scripts/lib/postgres.sh start DIR)
 #   scripts/bench.sh --server ceiling the same load against the bare reference relay
 #                                     (../shared/ceiling/run.sh; no stand-in; idle, throughput,
 #                                     latency, knee; report to /tmp/BENCHMARKS-ceiling.md)
@@ -27,6 +30,7 @@ BUILD=1
 ONLY=""
 OUT=""
 SERVER=chat-service
+POSTGRES_URL=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -34,7 +38,8 @@ while [ $# -gt 0 ]; do
     --only) ONLY="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --server) SERVER="$2"; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --postgres) POSTGRES_URL="$2"; shift ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -43,7 +48,10 @@ done
 # under the same load, to report chat-service as a fraction of it. Storm (counts Django
 # calls) and persistence (chat-service's writer) do not apply to it.
 case $SERVER in
-  chat-service) ONLY=${ONLY:-idle,throughput,latency,knee,storm,persistence}; OUT=${OUT:-$ROOT/BENCHMARKS.md} ;;
+  chat-service)
+    ONLY=${ONLY:-idle,throughput,latency,knee,storm,persistence}
+    if [ -n "$POSTGRES_URL" ]; then ONLY="$ONLY,throughput_postgres"; fi
+    OUT=${OUT:-$ROOT/BENCHMARKS.md} ;;
   ceiling)
     CEILING_RUN=${BENCH_CEILING_RUN:-$ROOT/../shared/ceiling/run.sh}
     ONLY=${ONLY:-idle,throughput,latency,knee}; OUT=${OUT:-${TMPDIR:-/tmp}/BENCHMARKS-ceiling.md}
@@ -95,15 +103,21 @@ start_standin() {
   echo "bench.sh: the Django stand-in did not start" >&2; cat "$WORK/standin.log" >&2; exit 1
 }
 
+SCENARIO_STORE=sqlite
 start_server() { # a fresh service and store for each scenario, so RSS starts from the same point
   rm -rf "$WORK/data"; mkdir -p "$WORK/data"
+  local store_env=()
+  if [ "$SCENARIO_STORE" = postgres ]; then
+    psql "$POSTGRES_URL" -qX -c 'DROP SCHEMA IF EXISTS chat CASCADE' >/dev/null 2>&1
+    store_env=(CHAT_POSTGRES_URL="$POSTGRES_URL")
+  fi
   local tries=150
   if [ "$SERVER" = ceiling ]; then # run.sh builds if needed (~35 s the first time), then execs the relay
     "$CEILING_RUN" "$PORT_SERVICE" "http://127.0.0.1:1" >>"$WORK/server.log" 2>&1 &
     tries=1200
   else
     PORT=$PORT_SERVICE CHAT_BIND=127.0.0.1 DJANGO_BASE_URL="http://127.0.0.1:$PORT_STANDIN" \
-      CHAT_DATA_DIR="$WORK/data" CHAT_LOG=warn "$BIN/chat-service" >>"$WORK/server.log" 2>&1 &
+      CHAT_DATA_DIR="$WORK/data" CHAT_LOG=warn env "${store_env[@]}" "$BIN/chat-service" >>"$WORK/server.log" 2>&1 &
   fi
   SERVER_PID=$!
   for _ in $(seq "$tries"); do
@@ -180,6 +194,15 @@ scenario throughput "Throughput" \
   --pairs "$LOAD_PAIRS" --rate max --window 8 --duration "$LOAD_SECS" --ramp-rate 4000 --drain-timeout 15 \
   --expect connections_failed==0 --expect 'delivered_per_s>=200000' --expect lost==0 --expect refused==0 --expect unacked==0
 
+# The same on PostgreSQL (--postgres): issue 14 asks for it beside SQLite,
+# in the same run.
+SCENARIO_STORE=postgres
+scenario throughput_postgres "Throughput on PostgreSQL" \
+  "the throughput scenario with CHAT_POSTGRES_URL (server on this machine); zero lost" \
+  --pairs "$LOAD_PAIRS" --rate max --window 8 --duration "$LOAD_SECS" --ramp-rate 4000 --drain-timeout 15 \
+  --expect connections_failed==0 --expect lost==0 --expect refused==0 --expect unacked==0
+SCENARIO_STORE=sqlite
+
 # The latency targets (issue 13, delivery after durability): at the standard
 # rate p99 ≤ 2 ms and p99.9 ≤ 20 ms; below saturation p99 ≤ 1 ms.
 LATENCY_CHECKS=(--expect connections_failed==0 --expect lost==0 --expect refused==0)
@@ -211,11 +234,15 @@ persistence() {
   if [ "$QUICK" = 1 ]; then args=(--warm-up-time 0.5 --measurement-time 1 --sample-size 10); fi
   local cmd=(cargo bench --locked --bench writer -- "${args[@]}")
   local rc=0
+  if [ -n "$POSTGRES_URL" ]; then
+    psql "$POSTGRES_URL" -qX -c 'DROP SCHEMA IF EXISTS chat CASCADE' >/dev/null 2>&1
+    export CHAT_BENCH_POSTGRES_URL="$POSTGRES_URL"
+  fi
   timeout --kill-after=10 1200 "${cmd[@]}" >"$WORK/persistence.txt" 2>"$WORK/persistence.err" || rc=$?
   cat "$WORK/persistence.txt" >&2
   # A result is its name on one line, then "thrpt: [low U mid U high U]";
   # the next "thrpt:" line (a change against an earlier run) is skipped.
-  awk '/^writer_sqlite/ {name=$1}
+  awk '/^writer_(sqlite|postgres)/ {name=$1}
        /thrpt:/ && name != "" {
          scale = ($5 ~ /^Melem/) ? 1e6 : (($5 ~ /^Kelem/) ? 1e3 : 1)
          printf "%s %.0f\n", name, $4 * scale; name = "" }' \
@@ -223,11 +250,21 @@ persistence() {
   local verdict="PASS"
   if [ "$rc" != 0 ] || ! grep -q batch_512 "$WORK/persistence.rates"; then
     verdict="**ERROR** (exit $rc)"
-  elif awk '$1 ~ /batch_512/ && $2 < 300000 {low=1} END {exit !low}' "$WORK/persistence.rates"; then
+  elif awk '$1 ~ /^writer_sqlite.*batch_512/ && $2 < 300000 {low=1} END {exit !low}' "$WORK/persistence.rates"; then
     verdict="**FAIL**"
   fi
   local goal="the batched writer alone stores ≥ 300,000 messages/s into SQLite (synchronous=normal) at batch 512"
   echo "| Persistence | $goal | $verdict |" >>"$SUMMARY"
+  if [ -n "$POSTGRES_URL" ]; then
+    local pg_goal="the batched writer alone stores ≥ 50,000 messages/s into PostgreSQL (on this machine) at batch 512"
+    local pg_verdict="PASS"
+    if ! grep -q '^writer_postgres.*batch_512' "$WORK/persistence.rates"; then
+      pg_verdict="**ERROR** (no result)"
+    elif awk '$1 ~ /^writer_postgres.*batch_512/ && $2 < 50000 {low=1} END {exit !low}' "$WORK/persistence.rates"; then
+      pg_verdict="**FAIL**"
+    fi
+    echo "| Persistence on PostgreSQL | $pg_goal | $pg_verdict |" >>"$SUMMARY"
+  fi
   {
     echo "## Persistence"
     echo
@@ -253,7 +290,7 @@ if ! git diff --quiet HEAD 2>/dev/null; then COMMIT="$COMMIT (with uncommitted c
 {
   echo "# Benchmarks$( [ "$SERVER" = ceiling ] && echo ": the bare reference relay (ceiling), not chat-service")"
   echo
-  echo "Generated by \`scripts/bench.sh$( [ "$QUICK" = 1 ] && echo " --quick")$( [ "$SERVER" = ceiling ] && echo " --server ceiling")\` — do not edit by hand."
+  echo "Generated by \`scripts/bench.sh$( [ "$QUICK" = 1 ] && echo " --quick")$( [ "$SERVER" = ceiling ] && echo " --server ceiling")$( [ -n "$POSTGRES_URL" ] && echo " --postgres URL")\` — do not edit by hand."
   echo
   echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "- commit: $COMMIT"
@@ -265,6 +302,9 @@ if ! git diff --quiet HEAD 2>/dev/null; then COMMIT="$COMMIT (with uncommitted c
     echo "- Django: none (the relay asks nothing)"
   else
     echo "- service: \`target/release/chat-service\`, embedded store, CHAT_LOG=warn, a fresh process and data directory per scenario"
+    if [ -n "$POSTGRES_URL" ]; then
+      echo "- PostgreSQL scenarios: $(psql "$POSTGRES_URL" -qAtX -c 'SHOW server_version' 2>/dev/null) on this machine, fsync $(psql "$POSTGRES_URL" -qAtX -c 'SHOW fsync' 2>/dev/null), synchronous_commit $(psql "$POSTGRES_URL" -qAtX -c 'SHOW synchronous_commit' 2>/dev/null), schema dropped before each"
+    fi
     echo "- Django: \`target/release/django-standin\` (token scheme bench-m-/bench-s-)"
   fi
   echo "- generator: \`target/release/loadtest\`, on the same machine (it competes with the service for the cores)"

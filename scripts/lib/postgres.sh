@@ -7,8 +7,9 @@
 #   scripts/lib/postgres.sh stop DIR           fast shutdown
 #
 # Needs Debian's `postgresql` package (PostgreSQL 15). As root, the cluster
-# runs as the `postgres` user (initdb refuses root). fsync is off: a test
-# cluster trades crash safety for speed; never use this for real data.
+# runs as the `postgres` user (initdb refuses root), so DIR's parent must be
+# traversable by that user. fsync is off (a test cluster trades crash
+# safety for speed) unless POSTGRES_DURABLE=1 (benchmarks, scripts/dev.sh).
 set -euo pipefail
 
 pg_bin() {
@@ -43,8 +44,10 @@ case "$cmd" in
     if [ ! -f "$dir/PG_VERSION" ]; then
       as_owner "$bin/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 --no-locale >/dev/null
     fi
+    durability="-c fsync=off"
+    if [ "${POSTGRES_DURABLE:-0}" = 1 ]; then durability=""; fi
     as_owner "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start \
-      -o "-p $port -c listen_addresses=127.0.0.1 -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" >/dev/null
+      -o "-p $port -c listen_addresses=127.0.0.1 -k $dir $durability -c max_connections=200" >/dev/null
     as_owner "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -qAt \
       -c "SELECT 1 FROM pg_database WHERE datname = 'chat'" | grep -q 1 ||
       as_owner "$bin/createdb" -h 127.0.0.1 -p "$port" -U postgres chat

@@ -142,15 +142,18 @@ impl PostgresStore {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(sql)
-            .await
-            .map_err(|error| store_error(what, error))?;
-        client
-            .query(&statement, params)
-            .await
-            .map_err(|error| store_error(what, error))
+        // Pooled again once the call has ended, not when it is dropped at
+        // its deadline (`bounded`): then the connection is closed.
+        let connection = write::BatchConnection(Some(self.client().await?));
+        let client = connection.client()?;
+        let rows = async {
+            let statement = client.prepare_cached(sql).await?;
+            client.query(&statement, params).await
+        }
+        .await
+        .map_err(|error| store_error(what, error));
+        connection.release();
+        rows
     }
 
     async fn find_by_key(&self, key: ConversationKey) -> Result<Option<Conversation>, StoreError> {

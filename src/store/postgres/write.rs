@@ -1,11 +1,16 @@
 //! Write batches: one round trip each.
 //!
-//! A run of inserts is one statement ([`INSERT_MESSAGES`]) that finds what
-//! is already stored (by id: a retried batch; by client_id: a resent
-//! message), numbers the new messages by bumping `last_seq` on their
-//! conversations (`UPDATE … RETURNING`, which locks those rows until the
-//! commit: nodes sharing the database number a conversation's messages one
-//! batch after another, with no gap) and inserts them. A batch that also
+//! A run of inserts is one statement that numbers the new messages by
+//! bumping `last_seq` on their conversations (`UPDATE … RETURNING`, which
+//! locks those rows until the commit: nodes sharing the database number a
+//! conversation's messages one batch after another, with no gap) and
+//! inserts them. It is first tried optimistically ([`INSERT_NEW_MESSAGES`]:
+//! every message new), since a resend or a retried batch is rare; the unique
+//! indexes catch the exceptions (a unique violation), and the batch is then
+//! written again with [`INSERT_MESSAGES`], which first finds what is
+//! already stored (by id: a retried batch; by client_id: a resent message).
+//! Measured with `benches/writer.rs` (docs/performance.md): the two lookups
+//! per message of the careful statement cost about as much as the insert. A batch that also
 //! views messages or moves read cursors runs as one transaction whose
 //! statements are pipelined (`BEGIN`, each run or op in batch order,
 //! `COMMIT`), so a view sees the insert before it.
@@ -89,6 +94,35 @@ LEFT JOIN stored_by_client d ON d.ord = i.ord
 LEFT JOIN numbered n ON n.ord = i.ord
 LEFT JOIN candidates c ON c.ord = i.ord
 ORDER BY i.ord";
+
+/// Inserts a run of messages that are all new (no id or client_id stored,
+/// none twice in the run; else a unique violation fails it): one row per
+/// input message, in input order, with its seq (NULL: no such
+/// conversation).
+const INSERT_NEW_MESSAGES: &str = "
+WITH input AS (
+    SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::text[], $5::bytea[],
+                         $6::timestamptz[], $7::bytea[])
+        WITH ORDINALITY AS i(id, conversation_id, sender_id, text, text_exact, created_at,
+                             client_id, ord)
+),
+bumped AS (
+    UPDATE chat.conversations c SET last_seq = c.last_seq + n.count
+    FROM (SELECT conversation_id, count(*) AS count FROM input GROUP BY conversation_id) n
+    WHERE c.id = n.conversation_id
+    RETURNING c.id, c.last_seq - n.count AS base
+),
+numbered AS (
+    SELECT i.*, b.base + row_number() OVER (PARTITION BY i.conversation_id ORDER BY i.ord) AS seq
+    FROM input i JOIN bumped b ON b.id = i.conversation_id
+),
+inserted AS (
+    INSERT INTO chat.messages (id, conversation_id, seq, sender_id, text, text_exact,
+                               created_at, client_id)
+    SELECT id, conversation_id, seq, sender_id, text, text_exact, created_at, client_id
+    FROM numbered
+)
+SELECT n.seq FROM input i LEFT JOIN numbered n ON n.ord = i.ord ORDER BY i.ord";
 
 /// Marks a message viewed under the rule of [`ViewEffect::of`]; answers
 /// the message's state before the statement (no row: no such message).
@@ -289,6 +323,28 @@ impl Params {
     }
 }
 
+/// How a run of inserts is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Inserts {
+    /// As all new ([`INSERT_NEW_MESSAGES`]).
+    Optimistic,
+    /// Looking for what is stored first ([`INSERT_MESSAGES`]).
+    Careful,
+}
+
+/// Why a try at a batch failed.
+enum Failure {
+    /// The optimistic inserts met a stored message (a unique violation).
+    Conflict,
+    Store(StoreError),
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Failure {
+        Failure::Store(error)
+    }
+}
+
 /// The batch's prepared statements on one connection.
 struct Statements {
     insert: Statement,
@@ -297,15 +353,19 @@ struct Statements {
 }
 
 impl Statements {
-    async fn prepare(client: &Object) -> Result<Statements, StoreError> {
+    async fn prepare(client: &Object, inserts: Inserts) -> Result<Statements, StoreError> {
         let prepare = |sql: &'static str| async move {
             client
                 .prepare_cached(sql)
                 .await
                 .map_err(|error| write_error("prepare", error))
         };
+        let insert = match inserts {
+            Inserts::Optimistic => INSERT_NEW_MESSAGES,
+            Inserts::Careful => INSERT_MESSAGES,
+        };
         Ok(Statements {
-            insert: prepare(INSERT_MESSAGES).await?,
+            insert: prepare(insert).await?,
             view: prepare(VIEW_MESSAGE).await?,
             read: prepare(MOVE_CURSOR).await?,
         })
@@ -324,17 +384,19 @@ impl Statements {
 
 /// A connection that goes back to the pool only after a batch ended
 /// cleanly: a batch dropped or failed halfway could leave it inside a
-/// transaction, so it is closed instead.
-struct BatchConnection(Option<Object>);
+/// transaction, so it is closed instead. Reads use it too: a read dropped
+/// at its deadline leaves its statement on the connection, and every later
+/// call on it would wait behind that one (a server that stopped answering).
+pub(super) struct BatchConnection(pub(super) Option<Object>);
 
 impl BatchConnection {
-    fn client(&self) -> Result<&Object, StoreError> {
+    pub(super) fn client(&self) -> Result<&Object, StoreError> {
         self.0.as_ref().ok_or_else(|| {
             StoreError::Internal("postgres: batch connection used after release".into())
         })
     }
 
-    fn release(mut self) {
+    pub(super) fn release(mut self) {
         drop(self.0.take());
     }
 }
@@ -358,12 +420,31 @@ impl PostgresStore {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        match self.apply_steps(&ops).await {
+        match self.apply_carefully_on_conflict(&ops).await {
             Err(StoreError::Internal(reason)) if ops.len() > 1 => {
                 tracing::warn!(%reason, ops = ops.len(), "a PostgreSQL batch failed for good; applying its ops one by one");
                 self.apply_one_by_one(ops).await
             }
             result => result,
+        }
+    }
+
+    /// Optimistic first; written again carefully if it met a stored message.
+    async fn apply_carefully_on_conflict(
+        &self,
+        ops: &[WriteOp],
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        match self.apply_steps(ops, Inserts::Optimistic).await {
+            Ok(outcomes) => Ok(outcomes),
+            Err(Failure::Conflict) => match self.apply_steps(ops, Inserts::Careful).await {
+                Ok(outcomes) => Ok(outcomes),
+                Err(Failure::Store(error)) => Err(error),
+                // Careful inserts report a unique violation as a Store error.
+                Err(Failure::Conflict) => Err(StoreError::Unavailable(
+                    "postgres: a stored message appeared while the batch was written".into(),
+                )),
+            },
+            Err(Failure::Store(error)) => Err(error),
         }
     }
 
@@ -374,7 +455,7 @@ impl PostgresStore {
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
             let single = [op];
-            match self.apply_steps(&single).await {
+            match self.apply_carefully_on_conflict(&single).await {
                 Ok(mut outcome) => outcomes.push(
                     outcome
                         .pop()
@@ -387,10 +468,25 @@ impl PostgresStore {
         Ok(outcomes)
     }
 
-    async fn apply_steps(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+    async fn apply_steps(
+        &self,
+        ops: &[WriteOp],
+        inserts: Inserts,
+    ) -> Result<Vec<WriteOutcome>, Failure> {
         let connection = BatchConnection(Some(self.client().await?));
         let client = connection.client()?;
-        let statements = Statements::prepare(client).await?;
+        let statements = Statements::prepare(client, inserts).await?;
+        // The error that fails the batch: a unique violation of the
+        // optimistic inserts means "write it carefully".
+        let failure = |what: &str, error: tokio_postgres::Error| {
+            if inserts == Inserts::Optimistic
+                && error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+            {
+                Failure::Conflict
+            } else {
+                Failure::Store(write_error(what, error))
+            }
+        };
         let steps = steps(ops);
         let params: Vec<Params> = steps.iter().map(|step| Params::of(step, ops)).collect();
         let values: Vec<Vec<&(dyn ToSql + Sync)>> = params.iter().map(Params::values).collect();
@@ -415,29 +511,31 @@ impl PostgresStore {
         let mut answers = pipeline::in_order(futures).await;
         if in_transaction {
             let commit = answers.pop();
-            answers
-                .remove(0)
-                .map_err(|error| write_error("begin", error))?;
+            answers.remove(0).map_err(|error| failure("begin", error))?;
             // A statement's error first: it is the cause of a failed commit
             // (and the statements after it only say the transaction aborted).
             if let Some(position) = answers.iter().position(Result::is_err) {
                 if let Some(Err(error)) = answers.into_iter().nth(position) {
-                    return Err(write_error("write batch", error));
+                    return Err(failure("write batch", error));
                 }
-                return Err(StoreError::Internal(
+                return Err(Failure::Store(StoreError::Internal(
                     "postgres: lost a statement's error".into(),
-                ));
+                )));
             }
             if let Some(Err(error)) = commit {
-                return Err(write_error("commit", error));
+                return Err(failure("commit", error));
             }
         }
         let mut outcomes = Vec::with_capacity(ops.len());
         for (step, answer) in steps.iter().zip(answers) {
-            let rows = answer.map_err(|error| write_error("write batch", error))?;
+            let rows = answer.map_err(|error| failure("write batch", error))?;
             match step {
                 Step::Inserts(range) => {
-                    insert_outcomes(&ops[range.clone()], &rows, &mut outcomes)?;
+                    let run = &ops[range.clone()];
+                    match inserts {
+                        Inserts::Optimistic => new_insert_outcomes(run, &rows, &mut outcomes)?,
+                        Inserts::Careful => insert_outcomes(run, &rows, &mut outcomes)?,
+                    }
                 }
                 Step::Single(index) => outcomes.push(single_outcome(&ops[*index], &rows)?),
             }
@@ -510,6 +608,31 @@ fn insert_outcomes(
             WriteOutcome::Rejected("no such conversation".into())
         };
         outcomes.push(outcome);
+    }
+    Ok(())
+}
+
+/// Outcomes of a run of inserts from [`INSERT_NEW_MESSAGES`]' rows.
+fn new_insert_outcomes(
+    ops: &[WriteOp],
+    rows: &[Row],
+    outcomes: &mut Vec<WriteOutcome>,
+) -> Result<(), StoreError> {
+    if rows.len() != ops.len() {
+        return Err(StoreError::Internal(format!(
+            "postgres: {} outcomes for {} inserts",
+            rows.len(),
+            ops.len()
+        )));
+    }
+    for row in rows {
+        let seq: Option<i64> = cell(row, 0)?;
+        outcomes.push(match seq {
+            Some(seq) => WriteOutcome::Inserted {
+                seq: seq_value(seq),
+            },
+            None => WriteOutcome::Rejected("no such conversation".into()),
+        });
     }
     Ok(())
 }
