@@ -114,7 +114,8 @@ fn bench_store(c: &mut Criterion, runtime: &Runtime, group: &str, open: &dyn Fn(
                                     ),
                                     created_at: Millis(1_735_725_600_000),
                                     seq: 0,
-                                    client_id: Some(format!("client-{sequence}")),
+                                    // Unique across cases and runs: a PostgreSQL database outlives them.
+                                    client_id: Some(format!("client-{}", ObjectId::new())),
                                     viewed_by: None,
                                     viewed_at: None,
                                 }

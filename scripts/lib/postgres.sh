@@ -42,7 +42,7 @@ case "$cmd" in
     if [ "$(id -u)" = 0 ]; then chown postgres: "$dir"; fi
     chmod 700 "$dir"
     if [ ! -f "$dir/PG_VERSION" ]; then
-      as_owner "$bin/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 --no-locale >/dev/null
+      as_owner "$bin/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 --no-locale --no-sync >/dev/null
     fi
     durability="-c fsync=off"
     if [ "${POSTGRES_DURABLE:-0}" = 1 ]; then durability=""; fi

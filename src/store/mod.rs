@@ -2,11 +2,13 @@
 //!
 //! REST and the upgrade path read through [`Store`]; every write goes through
 //! the batching [`writer`], which calls [`Store::write_batch`]. The service
-//! runs [`sqlite::SqliteStore`] (embedded, used when `MONGO_URI` is unset) or
-//! [`mongo::MongoStore`]; [`memory::MemoryStore`] serves tests and benches.
+//! runs [`postgres::PostgresStore`] (`CHAT_POSTGRES_URL`),
+//! [`mongo::MongoStore`] (`MONGO_URI`) or [`sqlite::SqliteStore`] (embedded,
+//! when neither is set); [`memory::MemoryStore`] serves tests and benches.
 //! Every one of them, and SQLite without a journal and with forced merges,
-//! passes the same conformance suite (`tests/store_conformance.rs`; MongoDB
-//! when `MONGO_URI` is set).
+//! passes the same conformance suite (`tests/store_conformance.rs`;
+//! PostgreSQL when `CHAT_TEST_POSTGRES_URL` is set, MongoDB when
+//! `MONGO_URI` is).
 
 pub mod memory;
 pub mod mongo;
@@ -283,7 +285,8 @@ impl From<ViewEffect> for WriteOutcome {
 /// - Reads never wait behind a write batch for long: they do not share one
 ///   queue with the writer.
 pub trait Store: Send + Sync + 'static {
-    /// A short name for logs and `/readyz`: `"sqlite"`, `"mongodb"` or `"memory"`.
+    /// A short name for logs and `/readyz`: `"sqlite"`, `"postgres"`,
+    /// `"mongodb"` or `"memory"`.
     fn kind(&self) -> &'static str;
 
     /// The conversation for `key`, created with `created_at` if absent.

@@ -80,8 +80,12 @@ impl PostgresStore {
         );
         config.options(options.trim());
         config.connect_timeout(settings.timeout);
+        // A peer that vanished (partition, failover) is found in about a
+        // minute instead of the kernel's default of over two hours.
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
+        config.keepalives_interval(Duration::from_secs(10));
+        config.keepalives_retries(3);
         let manager = Manager::from_config(
             config,
             tls::connector()?,
