@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chat_service::model::{Millis, ObjectId};
 use chat_service::store::postgres::PostgresStore;
-use chat_service::store::{Store, StoreError, WriteOp, WriteOutcome};
+use chat_service::store::{ReadUpTo, Store, StoreError, WriteOp, WriteOutcome};
 use common::{history, message, random_key};
 
 /// A store on a database of its own.
@@ -252,4 +252,170 @@ async fn one_resent_message_on_two_nodes_is_stored_once() {
         );
     }
     assert_eq!(history(&*nodes[1], conversation.id).await.len(), 20);
+}
+
+/// Batches of two nodes touching the same conversations in opposite orders
+/// wait for each other (the batch locks its conversations in id order
+/// first) instead of deadlocking: not one try fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opposite_orders_on_two_nodes_never_deadlock() {
+    let Some((first, url)) = fresh_store().await else {
+        return;
+    };
+    let second = PostgresStore::connect(&common::postgres::settings(&url))
+        .await
+        .unwrap();
+    let (x_key, y_key) = (random_key(), random_key());
+    let x = first.conversation_for(x_key, Millis(0)).await.unwrap();
+    let y = first.conversation_for(y_key, Millis(0)).await.unwrap();
+    let nodes: Vec<Arc<dyn Store>> = vec![Arc::new(first), Arc::new(second)];
+    // Three writers per node, as a node's batches and another's overlap.
+    let writers = (0..6).map(|writer| {
+        let node = writer % 2;
+        let store = Arc::clone(&nodes[node]);
+        let order = if node == 0 {
+            [x.clone(), y.clone()]
+        } else {
+            [y.clone(), x.clone()]
+        };
+        // Inserts into one, a cursor move (so the next inserts are a
+        // statement of their own), inserts into the other.
+        let ops_of = move || -> Vec<WriteOp> {
+            order
+                .iter()
+                .flat_map(|conversation| {
+                    (0..3)
+                        .map(|_| {
+                            WriteOp::Insert(message(
+                                ObjectId::new(),
+                                conversation.id,
+                                conversation.student_id,
+                                "crossing",
+                                None,
+                            ))
+                        })
+                        .chain([WriteOp::Read {
+                            conversation_id: conversation.id,
+                            user_id: conversation.mentor_id,
+                            up_to: ReadUpTo::Seq(1),
+                        }])
+                })
+                .collect()
+        };
+        tokio::spawn(async move {
+            for _ in 0..40 {
+                // Not retried: a deadlock would surface here as Unavailable.
+                store.write_batch(ops_of()).await.expect("no deadlock");
+            }
+        })
+    });
+    let writers: Vec<_> = writers.collect();
+    for writer in writers {
+        writer.await.expect("join");
+    }
+    for conversation in [&x, &y] {
+        let stored = history(&*nodes[0], conversation.id).await;
+        let mut seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=720).collect::<Vec<_>>());
+    }
+}
+
+/// An op the database refuses for good is rejected alone: the batch is
+/// written in halves until it stands alone, the others are stored, and
+/// the seqs stay gap-free.
+#[tokio::test]
+async fn an_op_refused_for_good_is_rejected_alone() {
+    let Some((store, url)) = fresh_store().await else {
+        return;
+    };
+    // A rule of this database only, to make one message unstorable.
+    psql(
+        &url,
+        "ALTER TABLE chat.messages ADD CONSTRAINT test_no_poison CHECK (text <> 'poison')",
+    );
+    let key = random_key();
+    let conversation = store.conversation_for(key, Millis(0)).await.unwrap();
+    let texts = ["one", "two", "poison", "three", "four"];
+    let ops: Vec<WriteOp> = texts
+        .iter()
+        .map(|text| {
+            WriteOp::Insert(message(
+                ObjectId::new(),
+                conversation.id,
+                key.student_id,
+                text,
+                None,
+            ))
+        })
+        .collect();
+    let outcomes = store.write_batch(ops).await.expect("the batch is written");
+    assert_eq!(
+        outcomes[..2],
+        [
+            WriteOutcome::Inserted { seq: 1 },
+            WriteOutcome::Inserted { seq: 2 }
+        ]
+    );
+    assert!(
+        matches!(&outcomes[2], WriteOutcome::Rejected(reason) if reason.contains("test_no_poison")),
+        "{:?}",
+        outcomes[2]
+    );
+    assert_eq!(
+        outcomes[3..],
+        [
+            WriteOutcome::Inserted { seq: 3 },
+            WriteOutcome::Inserted { seq: 4 }
+        ]
+    );
+    let stored: Vec<_> = history(&store, conversation.id)
+        .await
+        .into_iter()
+        .map(|m| (m.text, m.seq))
+        .collect();
+    assert_eq!(
+        stored,
+        [("one", 1), ("two", 2), ("three", 3), ("four", 4)].map(|(t, s)| (t.to_string(), s))
+    );
+}
+
+/// sslmode as libpq means it, against a server with Debian's self-signed
+/// snakeoil certificate: `prefer` (the default) and `require` encrypt
+/// without checking it, `verify-full` refuses it.
+#[tokio::test]
+async fn sslmode_require_accepts_a_self_signed_server_and_verify_full_refuses_it() {
+    const CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    const KEY: &str = "/etc/ssl/private/ssl-cert-snakeoil.key";
+    if !std::path::Path::new(KEY).exists() {
+        common::postgres::skip("no snakeoil certificate (Debian's ssl-cert package)");
+        return;
+    }
+    let Some(cluster) = common::postgres::Cluster::start() else {
+        return;
+    };
+    cluster.psql(&format!("ALTER SYSTEM SET ssl_cert_file = '{CERT}'"));
+    cluster.psql(&format!("ALTER SYSTEM SET ssl_key_file = '{KEY}'"));
+    cluster.psql("ALTER SYSTEM SET ssl = on");
+    cluster.psql("SELECT pg_reload_conf()");
+    let encrypted = |url: String| async move {
+        let store = PostgresStore::connect(&common::postgres::settings(&url)).await?;
+        store.ping().await?;
+        Ok::<_, StoreError>(())
+    };
+    for mode in ["prefer", "require"] {
+        encrypted(format!("{}?sslmode={mode}", cluster.url))
+            .await
+            .unwrap_or_else(|error| panic!("sslmode={mode}: {error}"));
+    }
+    assert_eq!(
+        cluster.psql("SELECT count(*) > 0 FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.application_name = 'chat-service'"),
+        "t",
+        "no encrypted session seen"
+    );
+    let refused = encrypted(format!("{}?sslmode=verify-full", cluster.url)).await;
+    assert!(
+        refused.is_err(),
+        "verify-full accepted a self-signed certificate"
+    );
 }

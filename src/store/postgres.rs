@@ -55,7 +55,12 @@ pub struct PostgresSettings {
 /// Conversations, messages and read cursors in PostgreSQL.
 #[derive(Clone)]
 pub struct PostgresStore {
+    /// REST, connects, recovery.
     pool: Pool,
+    /// The writer's own connections, so a burst of reads never makes a
+    /// batch wait for a connection (two: a batch's try, and one being
+    /// replaced after a try was dropped).
+    writes: Pool,
     /// Deadline of one store call, on the client.
     call_timeout: Duration,
 }
@@ -65,7 +70,8 @@ impl PostgresStore {
     /// date. `Err(Unavailable)` when the server cannot be reached within
     /// `settings.timeout`; `Err(Internal)` for an unusable URL.
     pub async fn connect(settings: &PostgresSettings) -> Result<PostgresStore, StoreError> {
-        let mut config: tokio_postgres::Config = settings.url.parse().map_err(|error| {
+        let (url, verify) = tls::ssl_mode(&settings.url);
+        let mut config: tokio_postgres::Config = url.parse().map_err(|error| {
             StoreError::Internal(format!("CHAT_POSTGRES_URL is not usable: {error}"))
         })?;
         if config.get_application_name().is_none() {
@@ -73,47 +79,71 @@ impl PostgresStore {
         }
         let timeout_ms = settings.timeout.as_millis().max(1);
         // The server cancels a statement past the timeout (57014, retried)
-        // instead of holding locks for a client that gave up.
+        // instead of holding locks for a client that gave up. The isolation
+        // level is pinned: the seq numbering relies on READ COMMITTED's
+        // re-read of a row updated concurrently, where a database default
+        // of REPEATABLE READ would turn it into serialization failures.
         let options = format!(
-            "{} -c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
+            "{} -c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms} \
+             -c default_transaction_isolation=read\\ committed",
             config.get_options().unwrap_or_default()
         );
         config.options(options.trim());
         config.connect_timeout(settings.timeout);
         // A peer that vanished (partition, failover) is found in about a
-        // minute instead of the kernel's default of over two hours.
+        // minute instead of the kernel's defaults (two hours idle, fifteen
+        // minutes with data unacknowledged): keepalive probes while idle,
+        // and a limit on unacknowledged data while not.
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
         config.keepalives_interval(Duration::from_secs(10));
         config.keepalives_retries(3);
-        let manager = Manager::from_config(
-            config,
-            tls::connector()?,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(usize::try_from(settings.pool_size.max(1)).unwrap_or(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(settings.timeout))
-            .create_timeout(Some(settings.timeout))
-            .recycle_timeout(Some(settings.timeout))
-            .build()
-            .map_err(|error| StoreError::Internal(format!("postgres pool: {error}")))?;
+        config.tcp_user_timeout(Duration::from_secs(60));
+        let connector = tls::connector(verify)?;
+        let pool_of = |size: usize| {
+            let manager = Manager::from_config(
+                config.clone(),
+                connector.clone(),
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(size)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(settings.timeout))
+                .create_timeout(Some(settings.timeout))
+                .recycle_timeout(Some(settings.timeout))
+                .build()
+                .map_err(|error| StoreError::Internal(format!("postgres pool: {error}")))
+        };
         let store = PostgresStore {
-            pool,
+            pool: pool_of(usize::try_from(settings.pool_size.max(1)).unwrap_or(1))?,
+            writes: pool_of(2)?,
             call_timeout: settings.timeout.saturating_mul(2),
         };
-        let (found, now) = store
-            .bounded("migrate", async {
-                // Its own connection, closed after: the migration holds a
-                // session lock while it runs.
-                let client = store.client().await?;
-                let mut client = Object::take(client);
-                migrations::migrate(&mut client).await
-            })
-            .await?;
+        let client = store.bounded("connect", store.client()).await?;
+        // Its own connection, closed after: the migration holds a session
+        // lock while it runs, and may wait for another node's migration or
+        // build an index for longer than any statement timeout allows.
+        let mut client = Object::take(client);
+        let (found, now) = match tokio::time::timeout(MIGRATION_DEADLINE, async {
+            check_encoding(&client).await?;
+            client
+                .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
+                .await
+                .map_err(|error| store_error("migration session", error))?;
+            migrations::migrate(&mut client).await
+        })
+        .await
+        {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "postgres migrations: not done within {MIGRATION_DEADLINE:?}"
+                )))
+            }
+        };
         tracing::info!(schema_found = found, schema = now, "PostgreSQL store ready");
         Ok(store)
     }
@@ -121,6 +151,11 @@ impl PostgresStore {
     /// A pooled connection.
     async fn client(&self) -> Result<Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
+    }
+
+    /// A connection of the writer's pool.
+    async fn write_client(&self) -> Result<Object, StoreError> {
+        self.writes.get().await.map_err(pool_error)
     }
 
     /// Runs `call` with the store's deadline; a missed deadline is
@@ -271,7 +306,12 @@ impl PostgresStore {
         if query.limit == 0 {
             return Ok(HistoryPage::default());
         }
-        // Open ends as bounds every id passes (ids are 12 bytes; bytea
+        // Pages follow id, as the Store contract says (the seed's cursor).
+        // Known limit: with several nodes writing one conversation, id
+        // order (each node's clock and process bytes) need not be seq
+        // order, and recovery resolves seqs to ids; cluster mode needs a
+        // seq-ranged history call in the trait (see the README).
+        // Open ends are ids every id passes (ids are 12 bytes; bytea
         // compares bytes, then length), so one plan serves every page.
         let after = query.after.map_or_else(Vec::new, id_bytes);
         let before = query.before.map_or_else(|| vec![0xff; 13], id_bytes);
@@ -332,10 +372,34 @@ impl PostgresStore {
     }
 }
 
+/// How long start-up waits for the migrations (another node's included).
+const MIGRATION_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Texts are UTF-8; a database in another encoding would refuse some of
+/// them one by one, so it is refused at start instead.
+async fn check_encoding(client: &tokio_postgres::Client) -> Result<(), StoreError> {
+    let encoding: String = client
+        .query_one("SHOW server_encoding", &[])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(|error| store_error("server encoding", error))?;
+    if encoding.eq_ignore_ascii_case("UTF8") {
+        Ok(())
+    } else {
+        Err(StoreError::Internal(format!(
+            "the PostgreSQL database's encoding is {encoding}; chat-service needs UTF8 \
+             (CREATE DATABASE … ENCODING 'UTF8')"
+        )))
+    }
+}
+
+/// Getting a connection never wrote anything: whatever went wrong, a
+/// later try may work (a wrong password included: an operator can fix it
+/// while the writer keeps its queue).
 fn pool_error(error: PoolError) -> StoreError {
     match error {
-        PoolError::Backend(error) => store_error("connect", error),
         PoolError::NoRuntimeSpecified => StoreError::Internal("postgres pool: no runtime".into()),
+        PoolError::Backend(error) => StoreError::Unavailable(format!("postgres connect: {error}")),
         other => StoreError::Unavailable(format!("postgres pool: {other}")),
     }
 }
@@ -382,7 +446,8 @@ impl Store for PostgresStore {
     }
 
     fn write_batch(&self, ops: Vec<WriteOp>) -> StoreFuture<'_, Vec<WriteOutcome>> {
-        Box::pin(self.bounded("write_batch", self.apply_batch(ops)))
+        // Each try of the batch has the deadline (see `write`).
+        Box::pin(self.apply_batch(ops))
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {

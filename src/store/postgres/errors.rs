@@ -13,9 +13,11 @@ use tokio_postgres::error::SqlState;
 use crate::store::StoreError;
 
 /// SQLSTATE classes that mean "not now" as a whole: connection exceptions
-/// (08), insufficient resources (53), operator intervention such as
-/// shutdown or a cancelled statement (57), system errors such as I/O (58).
-const TRANSIENT_CLASSES: [&str; 4] = ["08", "53", "57", "58"];
+/// (08), transaction rollbacks such as serialization failures and
+/// deadlocks (40), insufficient resources (53), operator intervention such
+/// as shutdown or a cancelled statement (57), system errors such as I/O
+/// (58).
+const TRANSIENT_CLASSES: [&str; 5] = ["08", "40", "53", "57", "58"];
 
 /// Single SQLSTATEs that mean "not now".
 fn is_transient_state(state: &SqlState) -> bool {
@@ -33,6 +35,13 @@ fn is_transient_state(state: &SqlState) -> bool {
             SqlState::ADMIN_SHUTDOWN,
             SqlState::CANNOT_CONNECT_NOW,
             SqlState::QUERY_CANCELED,
+            // An operator can mend these (a revoked grant, a database or
+            // schema being restored or renamed) while the writer keeps its
+            // queue; failing the ops would lose them.
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::INVALID_CATALOG_NAME,
+            SqlState::INVALID_SCHEMA_NAME,
+            SqlState::UNDEFINED_TABLE,
         ]
         .contains(state)
 }
@@ -47,13 +56,28 @@ pub(crate) fn store_error(context: &str, error: tokio_postgres::Error) -> StoreE
     }
 }
 
-/// Like [`store_error`], but a unique violation is retryable too: in a write
-/// batch it means another node stored the same message (same id or
-/// client_id) after this batch's statement took its snapshot, and the retry
-/// finds it and answers as for any duplicate.
+/// The unique indexes a message meets when another node stored the same
+/// message (same id or client_id) after a batch's statement took its
+/// snapshot: a retry finds it and answers as for any duplicate.
+const RACED_INDEXES: [&str; 2] = ["messages_pkey", "messages_client_id"];
+
+/// Like [`store_error`], but a unique violation of [`RACED_INDEXES`] is
+/// retryable too. Any other (a seq taken twice: `last_seq` behind the
+/// stored messages, which only a hand edit or a restore can cause) is
+/// final, and logged loudly: retrying could never succeed.
 pub(crate) fn write_error(context: &str, error: tokio_postgres::Error) -> StoreError {
     if error.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-        return StoreError::Unavailable(format!("postgres {context}: {}", describe(&error)));
+        let constraint = error.as_db_error().and_then(|db| db.constraint());
+        if constraint.is_some_and(|name| RACED_INDEXES.contains(&name)) {
+            return StoreError::Unavailable(format!("postgres {context}: {}", describe(&error)));
+        }
+        tracing::error!(
+            error = %describe(&error),
+            "PostgreSQL: a unique index refused a write for good; if it is \
+             messages_conversation_seq, a conversation's last_seq is behind its messages \
+             (UPDATE chat.conversations c SET last_seq = GREATEST(last_seq, (SELECT \
+             coalesce(max(seq), 0) FROM chat.messages m WHERE m.conversation_id = c.id)) fixes it)"
+        );
     }
     store_error(context, error)
 }
@@ -117,6 +141,8 @@ mod tests {
             SqlState::TOO_MANY_CONNECTIONS,
             SqlState::DISK_FULL,
             SqlState::IO_ERROR,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::UNDEFINED_TABLE,
         ] {
             assert!(is_transient_state(&state), "{}", state.code());
         }
@@ -129,7 +155,7 @@ mod tests {
             SqlState::FOREIGN_KEY_VIOLATION,
             SqlState::CHECK_VIOLATION,
             SqlState::SYNTAX_ERROR,
-            SqlState::UNDEFINED_TABLE,
+            SqlState::UNDEFINED_COLUMN,
             SqlState::CHARACTER_NOT_IN_REPERTOIRE,
         ] {
             assert!(!is_transient_state(&state), "{}", state.code());

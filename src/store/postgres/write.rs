@@ -10,15 +10,20 @@
 //! written again with [`INSERT_MESSAGES`], which first finds what is
 //! already stored (by id: a retried batch; by client_id: a resent message).
 //! Measured with `benches/writer.rs` (docs/performance.md): the two lookups
-//! per message of the careful statement cost about as much as the insert. A batch that also
+//! per message of the careful statement cost about as much as the insert.
+//! A batch over several conversations, or of several statements, is a
+//! transaction that first locks its conversations in id order
+//! ([`LOCK_CONVERSATIONS`]), so nodes never deadlock; long runs are cut
+//! into statements of at most [`RUN_ROWS`] messages. A fresh connection
+//! prepares its statements first (once). A batch that also
 //! views messages or moves read cursors runs as one transaction whose
 //! statements are pipelined (`BEGIN`, each run or op in batch order,
 //! `COMMIT`), so a view sees the insert before it.
 //!
 //! A statement that fails for good (a bug or a constraint no op should
 //! meet) would fail the whole batch, other users' messages with it: the
-//! batch is then applied op by op, and only the ops that fail alone are
-//! `Rejected`.
+//! batch is then written in halves, down to the ops that fail alone, which
+//! are `Rejected`. Each try has the store's deadline.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -124,6 +129,13 @@ inserted AS (
 )
 SELECT n.seq FROM input i LEFT JOIN numbered n ON n.ord = i.ord ORDER BY i.ord";
 
+/// Locks a batch's conversations in id order before anything else, so
+/// batches of several nodes that touch the same conversations wait for each
+/// other instead of deadlocking (every other row a batch writes belongs to
+/// one of them).
+const LOCK_CONVERSATIONS: &str =
+    "SELECT 1 FROM chat.conversations WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
+
 /// Marks a message viewed under the rule of [`ViewEffect::of`]; answers
 /// the message's state before the statement (no row: no such message).
 const VIEW_MESSAGE: &str = "
@@ -177,14 +189,26 @@ enum Step {
     Single(usize),
 }
 
-/// The statements of a batch, in order: runs of inserts and single ops.
+/// Most messages one insert statement carries, and most text bytes: a
+/// drained backlog (up to `CHAT_WRITER_BATCH` ops) becomes several
+/// statements in one transaction, each well inside `statement_timeout`.
+const RUN_ROWS: usize = 1_000;
+const RUN_TEXT_BYTES: usize = 4 << 20;
+
+/// The statements of a batch, in order: runs of inserts (cut at
+/// [`RUN_ROWS`] or [`RUN_TEXT_BYTES`]) and single ops.
 fn steps(ops: &[WriteOp]) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut index = 0;
     while index < ops.len() {
         if matches!(ops[index], WriteOp::Insert(_)) {
             let start = index;
-            while index < ops.len() && matches!(ops[index], WriteOp::Insert(_)) {
+            let mut bytes = 0;
+            while index < ops.len() && index - start < RUN_ROWS && bytes < RUN_TEXT_BYTES {
+                let WriteOp::Insert(message) = &ops[index] else {
+                    break;
+                };
+                bytes += message.text.len();
                 index += 1;
             }
             steps.push(Step::Inserts(start..index));
@@ -194,6 +218,25 @@ fn steps(ops: &[WriteOp]) -> Vec<Step> {
         }
     }
     steps
+}
+
+/// The conversations a batch writes to.
+fn conversations_of(ops: &[WriteOp]) -> Vec<Vec<u8>> {
+    let mut ids: Vec<_> = ops
+        .iter()
+        .map(|op| match op {
+            WriteOp::Insert(message) => message.conversation_id,
+            WriteOp::View {
+                conversation_id, ..
+            }
+            | WriteOp::Read {
+                conversation_id, ..
+            } => *conversation_id,
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.into_iter().map(id_bytes).collect()
 }
 
 /// The parameters of one statement, owned so the pipeline can borrow them.
@@ -347,6 +390,7 @@ impl From<StoreError> for Failure {
 
 /// The batch's prepared statements on one connection.
 struct Statements {
+    lock: Statement,
     insert: Statement,
     view: Statement,
     read: Statement,
@@ -365,6 +409,7 @@ impl Statements {
             Inserts::Careful => INSERT_MESSAGES,
         };
         Ok(Statements {
+            lock: prepare(LOCK_CONVERSATIONS).await?,
             insert: prepare(insert).await?,
             view: prepare(VIEW_MESSAGE).await?,
             read: prepare(MOVE_CURSOR).await?,
@@ -420,52 +465,54 @@ impl PostgresStore {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        match self.apply_carefully_on_conflict(&ops).await {
-            Err(StoreError::Internal(reason)) if ops.len() > 1 => {
-                tracing::warn!(%reason, ops = ops.len(), "a PostgreSQL batch failed for good; applying its ops one by one");
-                self.apply_one_by_one(ops).await
-            }
-            result => result,
-        }
+        self.apply_isolating(&ops).await
     }
 
-    /// Optimistic first; written again carefully if it met a stored message.
-    async fn apply_carefully_on_conflict(
-        &self,
-        ops: &[WriteOp],
-    ) -> Result<Vec<WriteOutcome>, StoreError> {
-        match self.apply_steps(ops, Inserts::Optimistic).await {
-            Ok(outcomes) => Ok(outcomes),
-            Err(Failure::Conflict) => match self.apply_steps(ops, Inserts::Careful).await {
+    /// The batch; if it fails for good, each half of it, down to the ops
+    /// that fail alone, which are `Rejected` (about 2·log2(n) tries for
+    /// one bad op). Halves are written in order, each committed before the
+    /// next, so a view still comes after its insert. `Unavailable` ends it:
+    /// the writer retries the whole batch, which is safe.
+    fn apply_isolating<'a>(
+        &'a self,
+        ops: &'a [WriteOp],
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<WriteOutcome>, StoreError>> + Send + 'a>> {
+        Box::pin(async move {
+            match self.apply_once(ops).await {
+                Err(StoreError::Internal(reason)) if ops.len() == 1 => {
+                    tracing::error!(%reason, "PostgreSQL refused a write for good; it is rejected");
+                    Ok(vec![WriteOutcome::Rejected(reason)])
+                }
+                Err(StoreError::Internal(reason)) => {
+                    tracing::warn!(%reason, ops = ops.len(), "a PostgreSQL batch failed for good; writing its halves apart");
+                    let (first, second) = ops.split_at(ops.len() / 2);
+                    let mut outcomes = self.apply_isolating(first).await?;
+                    outcomes.extend(self.apply_isolating(second).await?);
+                    Ok(outcomes)
+                }
+                result => result,
+            }
+        })
+    }
+
+    /// One try, within the call deadline: optimistic first, and written
+    /// again carefully if it met a stored message.
+    async fn apply_once(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+        self.bounded("write batch", async {
+            match self.apply_steps(ops, Inserts::Optimistic).await {
                 Ok(outcomes) => Ok(outcomes),
+                Err(Failure::Conflict) => match self.apply_steps(ops, Inserts::Careful).await {
+                    Ok(outcomes) => Ok(outcomes),
+                    Err(Failure::Store(error)) => Err(error),
+                    // Careful inserts report unique violations as store errors.
+                    Err(Failure::Conflict) => Err(StoreError::Unavailable(
+                        "postgres: a stored message appeared while the batch was written".into(),
+                    )),
+                },
                 Err(Failure::Store(error)) => Err(error),
-                // Careful inserts report a unique violation as a Store error.
-                Err(Failure::Conflict) => Err(StoreError::Unavailable(
-                    "postgres: a stored message appeared while the batch was written".into(),
-                )),
-            },
-            Err(Failure::Store(error)) => Err(error),
-        }
-    }
-
-    /// Each op alone, so one that can never succeed is `Rejected` and the
-    /// others are stored. `Unavailable` stops it (the batch is retried
-    /// whole, which is safe).
-    async fn apply_one_by_one(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, StoreError> {
-        let mut outcomes = Vec::with_capacity(ops.len());
-        for op in ops {
-            let single = [op];
-            match self.apply_carefully_on_conflict(&single).await {
-                Ok(mut outcome) => outcomes.push(
-                    outcome
-                        .pop()
-                        .unwrap_or_else(|| WriteOutcome::Rejected("postgres: no outcome".into())),
-                ),
-                Err(StoreError::Internal(reason)) => outcomes.push(WriteOutcome::Rejected(reason)),
-                Err(unavailable) => return Err(unavailable),
             }
-        }
-        Ok(outcomes)
+        })
+        .await
     }
 
     async fn apply_steps(
@@ -473,76 +520,93 @@ impl PostgresStore {
         ops: &[WriteOp],
         inserts: Inserts,
     ) -> Result<Vec<WriteOutcome>, Failure> {
-        let connection = BatchConnection(Some(self.client().await?));
-        let client = connection.client()?;
-        let statements = Statements::prepare(client, inserts).await?;
-        // The error that fails the batch: a unique violation of the
-        // optimistic inserts means "write it carefully".
-        let failure = |what: &str, error: tokio_postgres::Error| {
-            if inserts == Inserts::Optimistic
-                && error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
-            {
-                Failure::Conflict
-            } else {
-                Failure::Store(write_error(what, error))
-            }
-        };
-        let steps = steps(ops);
-        let params: Vec<Params> = steps.iter().map(|step| Params::of(step, ops)).collect();
-        let values: Vec<Vec<&(dyn ToSql + Sync)>> = params.iter().map(Params::values).collect();
-        let in_transaction = steps.len() > 1;
-        let mut futures: Vec<RowsFuture<'_>> = Vec::with_capacity(steps.len() + 2);
-        if in_transaction {
-            futures.push(Box::pin(async move {
-                client.batch_execute("BEGIN").await.map(|()| Vec::new())
-            }));
-        }
-        for (step, values) in steps.iter().zip(&values) {
-            let statement = statements.of(step, ops);
-            futures.push(Box::pin(client.query(statement, values)));
-        }
-        if in_transaction {
-            // After a failed statement this ends the transaction as a
-            // ROLLBACK; the statement's own error is what is reported.
-            futures.push(Box::pin(async move {
-                client.batch_execute("COMMIT").await.map(|()| Vec::new())
-            }));
-        }
-        let mut answers = pipeline::in_order(futures).await;
-        if in_transaction {
-            let commit = answers.pop();
-            answers.remove(0).map_err(|error| failure("begin", error))?;
-            // A statement's error first: it is the cause of a failed commit
-            // (and the statements after it only say the transaction aborted).
-            if let Some(position) = answers.iter().position(Result::is_err) {
-                if let Some(Err(error)) = answers.into_iter().nth(position) {
-                    return Err(failure("write batch", error));
-                }
-                return Err(Failure::Store(StoreError::Internal(
-                    "postgres: lost a statement's error".into(),
-                )));
-            }
-            if let Some(Err(error)) = commit {
-                return Err(failure("commit", error));
-            }
-        }
-        let mut outcomes = Vec::with_capacity(ops.len());
-        for (step, answer) in steps.iter().zip(answers) {
-            let rows = answer.map_err(|error| failure("write batch", error))?;
-            match step {
-                Step::Inserts(range) => {
-                    let run = &ops[range.clone()];
-                    match inserts {
-                        Inserts::Optimistic => new_insert_outcomes(run, &rows, &mut outcomes)?,
-                        Inserts::Careful => insert_outcomes(run, &rows, &mut outcomes)?,
-                    }
-                }
-                Step::Single(index) => outcomes.push(single_outcome(&ops[*index], &rows)?),
-            }
-        }
+        let connection = BatchConnection(Some(self.write_client().await?));
+        let result = run_pipeline(connection.client()?, ops, inserts).await;
+        // Every answer was read, an error's too (an aborted transaction ends
+        // with its COMMIT as a rollback): the session is idle again. Only a
+        // try dropped halfway (its deadline) closes the connection.
         connection.release();
-        Ok(outcomes)
+        result
     }
+}
+
+/// Sends a batch's statements (in a transaction when there are several,
+/// or several conversations) and reads their answers, one round trip.
+async fn run_pipeline(
+    client: &Object,
+    ops: &[WriteOp],
+    inserts: Inserts,
+) -> Result<Vec<WriteOutcome>, Failure> {
+    let statements = Statements::prepare(client, inserts).await?;
+    // The error that fails the batch: a unique violation of the
+    // optimistic inserts means "write it carefully".
+    let failure = |what: &str, error: tokio_postgres::Error| {
+        if inserts == Inserts::Optimistic
+            && error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+        {
+            Failure::Conflict
+        } else {
+            Failure::Store(write_error(what, error))
+        }
+    };
+    let steps = steps(ops);
+    let params: Vec<Params> = steps.iter().map(|step| Params::of(step, ops)).collect();
+    let values: Vec<Vec<&(dyn ToSql + Sync)>> = params.iter().map(Params::values).collect();
+    let conversations = conversations_of(ops);
+    let lock_values: [&(dyn ToSql + Sync); 1] = [&conversations];
+    let in_transaction = steps.len() > 1 || conversations.len() > 1;
+    let mut futures: Vec<RowsFuture<'_>> = Vec::with_capacity(steps.len() + 3);
+    if in_transaction {
+        futures.push(Box::pin(async move {
+            client.batch_execute("BEGIN").await.map(|()| Vec::new())
+        }));
+        futures.push(Box::pin(client.query(&statements.lock, &lock_values)));
+    }
+    for (step, values) in steps.iter().zip(&values) {
+        let statement = statements.of(step, ops);
+        futures.push(Box::pin(client.query(statement, values)));
+    }
+    if in_transaction {
+        // After a failed statement this ends the transaction as a
+        // ROLLBACK; the statement's own error is what is reported.
+        futures.push(Box::pin(async move {
+            client.batch_execute("COMMIT").await.map(|()| Vec::new())
+        }));
+    }
+    let mut answers = pipeline::in_order(futures).await;
+    if in_transaction {
+        let commit = answers.pop();
+        // BEGIN, the lock, the statements: the first error is the cause of
+        // a failed commit (the statements after it only say the transaction
+        // aborted).
+        if let Some(position) = answers.iter().position(Result::is_err) {
+            if let Some(Err(error)) = answers.into_iter().nth(position) {
+                return Err(failure("write batch", error));
+            }
+            return Err(Failure::Store(StoreError::Internal(
+                "postgres: lost a statement's error".into(),
+            )));
+        }
+        answers.drain(..2);
+        if let Some(Err(error)) = commit {
+            return Err(failure("commit", error));
+        }
+    }
+    let mut outcomes = Vec::with_capacity(ops.len());
+    for (step, answer) in steps.iter().zip(answers) {
+        let rows = answer.map_err(|error| failure("write batch", error))?;
+        match step {
+            Step::Inserts(range) => {
+                let run = &ops[range.clone()];
+                match inserts {
+                    Inserts::Optimistic => new_insert_outcomes(run, &rows, &mut outcomes)?,
+                    Inserts::Careful => insert_outcomes(run, &rows, &mut outcomes)?,
+                }
+            }
+            Step::Single(index) => outcomes.push(single_outcome(&ops[*index], &rows)?),
+        }
+    }
+    Ok(outcomes)
 }
 
 fn cell<'a, T: tokio_postgres::types::FromSql<'a>>(
@@ -728,5 +792,34 @@ mod tests {
             })
             .collect();
         assert_eq!(shape, ["i0..2", "s2", "s3", "i4..5"]);
+    }
+
+    #[test]
+    fn long_runs_are_cut_by_rows_and_by_text_bytes() {
+        let many: Vec<WriteOp> = (0..2_500).map(|_| insert()).collect();
+        let lengths: Vec<usize> = steps(&many)
+            .iter()
+            .map(|step| match step {
+                Step::Inserts(range) => range.len(),
+                Step::Single(_) => 0,
+            })
+            .collect();
+        assert_eq!(lengths, [1_000, 1_000, 500]);
+        let big = |_| match insert() {
+            WriteOp::Insert(message) => WriteOp::Insert(Message {
+                text: "x".repeat(1 << 20),
+                ..message
+            }),
+            other => other,
+        };
+        let large: Vec<WriteOp> = (0..10).map(big).collect();
+        let lengths: Vec<usize> = steps(&large)
+            .iter()
+            .map(|step| match step {
+                Step::Inserts(range) => range.len(),
+                Step::Single(_) => 0,
+            })
+            .collect();
+        assert_eq!(lengths, [4, 4, 2]);
     }
 }
