@@ -13,6 +13,7 @@ use std::time::Duration;
 use chat_service::model::{Millis, ObjectId};
 use chat_service::store::postgres::PostgresStore;
 use chat_service::store::{ReadUpTo, Store, StoreError, WriteOp, WriteOutcome};
+use common::postgres::psql;
 use common::{history, message, random_key};
 
 /// A store on a database of its own.
@@ -23,20 +24,6 @@ async fn fresh_store() -> Option<(PostgresStore, String)> {
         .await
         .expect("connect");
     Some((store, url))
-}
-
-fn psql(url: &str, sql: &str) -> String {
-    let output = Command::new("psql")
-        .arg(url)
-        .args(["-qAtX", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .output()
-        .expect("run psql");
-    assert!(
-        output.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 /// Retries a batch while the store says `Unavailable`, as the writer does.

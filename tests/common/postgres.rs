@@ -129,17 +129,7 @@ impl Cluster {
 
     /// Runs SQL through psql as the superuser (for fault injection).
     pub fn psql(&self, sql: &str) -> String {
-        let output = Command::new("psql")
-            .arg(&self.url)
-            .args(["-qAtX", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .output()
-            .expect("run psql");
-        assert!(
-            output.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
+        psql(&self.url, sql)
     }
 }
 
@@ -153,6 +143,21 @@ impl Drop for Cluster {
                 .output();
         }
     }
+}
+
+/// Runs SQL on `url` through psql; its output, unaligned.
+pub fn psql(url: &str, sql: &str) -> String {
+    let output = Command::new("psql")
+        .arg(url)
+        .args(["-qAtX", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("run psql");
+    assert!(
+        output.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 fn free_port() -> u16 {

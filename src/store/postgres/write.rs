@@ -40,18 +40,59 @@ use super::PostgresStore;
 use crate::model::{Message, MessageId, ViewEffect};
 use crate::store::{ReadUpTo, StoreError, WriteOp, WriteOutcome};
 
-/// Inserts a run of messages; one row per input message, in input order:
-/// `stored_seq` (stored by an earlier try, same id), `duplicate_id` and
-/// `duplicate_seq` (another message with its client_id was stored first),
-/// `new_seq` (stored now), and for a message that repeats an earlier one
-/// of the same run, the position of that one by id or by client_id.
-const INSERT_MESSAGES: &str = "
+/// The run of messages to insert, as the statement's rows (`ord`: 1-based
+/// position in the run). Shared by both insert statements.
+macro_rules! input_rows {
+    () => {
+        "
 WITH input AS (
     SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::text[], $5::bytea[],
                          $6::timestamptz[], $7::bytea[])
         WITH ORDINALITY AS i(id, conversation_id, sender_id, text, text_exact, created_at,
                              client_id, ord)
+),"
+    };
+}
+
+/// Numbers the rows of `$new` (a CTE of new messages) from each
+/// conversation's `last_seq`, which it bumps, and inserts them: CTEs
+/// `bumped`, `numbered` and `inserted`. Shared by both insert statements.
+macro_rules! number_and_insert {
+    ($new:literal) => {
+        concat!(
+            "
+bumped AS (
+    UPDATE chat.conversations c SET last_seq = c.last_seq + n.count
+    FROM (SELECT conversation_id, count(*) AS count FROM ",
+            $new,
+            " GROUP BY conversation_id) n
+    WHERE c.id = n.conversation_id
+    RETURNING c.id, c.last_seq - n.count AS base
 ),
+numbered AS (
+    SELECT f.*, b.base + row_number() OVER (PARTITION BY f.conversation_id ORDER BY f.ord) AS seq
+    FROM ",
+            $new,
+            " f JOIN bumped b ON b.id = f.conversation_id
+),
+inserted AS (
+    INSERT INTO chat.messages (id, conversation_id, seq, sender_id, text, text_exact,
+                               created_at, client_id)
+    SELECT id, conversation_id, seq, sender_id, text, text_exact, created_at, client_id
+    FROM numbered
+)"
+        )
+    };
+}
+
+/// Inserts a run of messages; one row per input message, in input order:
+/// `stored_seq` (stored by an earlier try, same id), `duplicate_id` and
+/// `duplicate_seq` (another message with its client_id was stored first),
+/// `new_seq` (stored now), and for a message that repeats an earlier one
+/// of the same run, the position of that one by id or by client_id.
+const INSERT_MESSAGES: &str = concat!(
+    input_rows!(),
+    "
 stored_by_id AS (
     SELECT i.ord, m.seq FROM input i JOIN chat.messages m ON m.id = i.id
 ),
@@ -74,23 +115,9 @@ candidates AS (
 ),
 fresh AS (
     SELECT * FROM candidates WHERE first_by_id = ord AND first_by_client = ord
-),
-bumped AS (
-    UPDATE chat.conversations c SET last_seq = c.last_seq + n.count
-    FROM (SELECT conversation_id, count(*) AS count FROM fresh GROUP BY conversation_id) n
-    WHERE c.id = n.conversation_id
-    RETURNING c.id, c.last_seq - n.count AS base
-),
-numbered AS (
-    SELECT f.*, b.base + row_number() OVER (PARTITION BY f.conversation_id ORDER BY f.ord) AS seq
-    FROM fresh f JOIN bumped b ON b.id = f.conversation_id
-),
-inserted AS (
-    INSERT INTO chat.messages (id, conversation_id, seq, sender_id, text, text_exact,
-                               created_at, client_id)
-    SELECT id, conversation_id, seq, sender_id, text, text_exact, created_at, client_id
-    FROM numbered
-)
+),",
+    number_and_insert!("fresh"),
+    "
 SELECT s.seq AS stored_seq, d.id AS duplicate_id, d.seq AS duplicate_seq, n.seq AS new_seq,
        c.first_by_id, c.first_by_client
 FROM input i
@@ -98,36 +125,19 @@ LEFT JOIN stored_by_id s ON s.ord = i.ord
 LEFT JOIN stored_by_client d ON d.ord = i.ord
 LEFT JOIN numbered n ON n.ord = i.ord
 LEFT JOIN candidates c ON c.ord = i.ord
-ORDER BY i.ord";
+ORDER BY i.ord"
+);
 
 /// Inserts a run of messages that are all new (no id or client_id stored,
 /// none twice in the run; else a unique violation fails it): one row per
 /// input message, in input order, with its seq (NULL: no such
 /// conversation).
-const INSERT_NEW_MESSAGES: &str = "
-WITH input AS (
-    SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::text[], $5::bytea[],
-                         $6::timestamptz[], $7::bytea[])
-        WITH ORDINALITY AS i(id, conversation_id, sender_id, text, text_exact, created_at,
-                             client_id, ord)
-),
-bumped AS (
-    UPDATE chat.conversations c SET last_seq = c.last_seq + n.count
-    FROM (SELECT conversation_id, count(*) AS count FROM input GROUP BY conversation_id) n
-    WHERE c.id = n.conversation_id
-    RETURNING c.id, c.last_seq - n.count AS base
-),
-numbered AS (
-    SELECT i.*, b.base + row_number() OVER (PARTITION BY i.conversation_id ORDER BY i.ord) AS seq
-    FROM input i JOIN bumped b ON b.id = i.conversation_id
-),
-inserted AS (
-    INSERT INTO chat.messages (id, conversation_id, seq, sender_id, text, text_exact,
-                               created_at, client_id)
-    SELECT id, conversation_id, seq, sender_id, text, text_exact, created_at, client_id
-    FROM numbered
-)
-SELECT n.seq FROM input i LEFT JOIN numbered n ON n.ord = i.ord ORDER BY i.ord";
+const INSERT_NEW_MESSAGES: &str = concat!(
+    input_rows!(),
+    number_and_insert!("input"),
+    "
+SELECT n.seq FROM input i LEFT JOIN numbered n ON n.ord = i.ord ORDER BY i.ord"
+);
 
 /// Locks a batch's conversations in id order before anything else, so
 /// batches of several nodes that touch the same conversations wait for each
