@@ -43,8 +43,8 @@ if [ -n "${CHAT_TEST_POSTGRES_URL:-}" ]; then
   CHAT_TEST_STORE=postgres cargo test --locked --test ws_protocol --test ws_checks \
     --test rest --test continuity --test read_state --test hardening
 fi
-echo "== benches run once (criterion test mode)"
-cargo test --workspace --locked --benches
+echo "== benches run once (criterion test mode; the writer bench on PostgreSQL too)"
+CHAT_BENCH_POSTGRES_URL="${CHAT_TEST_POSTGRES_URL:-}" cargo test --workspace --locked --benches
 
 if [ "$rust_only" = 0 ]; then
   echo "== end-to-end (real Django, release binary, headless Chromium)"
