@@ -2,6 +2,7 @@
 //! SIGTERM/SIGINT, then drain and exit 0.
 
 use std::cell::Cell;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -63,9 +64,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Colour codes only for a person at a terminal: in a file, a pipe or a
+    // log collector they are noise.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
     disable_transparent_huge_pages();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -110,8 +114,11 @@ async fn serve(config: Config) -> ExitCode {
         "listening"
     );
     let report = server::run(listener, app, background, shutdown_signal()).await;
+    // Two counts, so "nothing in the final flush" does not read as
+    // "nothing stored": most writes were stored long before shutdown.
     tracing::info!(
-        written = report.flush.written,
+        written_total = report.flush.written_total,
+        final_flush_written = report.flush.written,
         unwritten = report.flush.unwritten,
         sessions_left = report.sessions_left,
         "stopped"

@@ -93,16 +93,26 @@ async fn resends_after_a_restart_are_recognised() {
 #[tokio::test]
 async fn sigterm_closes_with_1001_flushes_and_exits_0() {
     let django = DjangoStandin::with_pair().await;
-    let mut server = Server::start(&django.base_url(), &[]);
+    // NO_COLOR empty counts as unset: the logs go to a pipe, which alone
+    // must turn colour codes off.
+    let mut server = Server::start(&django.base_url(), &[("NO_COLOR", "")]);
     let mut student = Client::connect(&server.ws_url(STUDENT)).await;
     student.expect("presence").await;
     let (conversation, acked) = send_and_collect_acks(&mut student, 50).await;
     let status = server.terminate();
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(student.expect_close().await, Some(1001));
+    let logs = server.logs.lock().clone();
+    let stopped = logs
+        .iter()
+        .find(|l| l.contains("stopped"))
+        .expect("shutdown was orderly");
+    // What was stored over the process's life, not only in the last flush.
+    assert!(stopped.contains("written_total=50"), "{stopped}");
+    assert!(stopped.contains("final_flush_written="), "{stopped}");
     assert!(
-        server.logs.lock().iter().any(|l| l.contains("stopped")),
-        "shutdown was orderly"
+        logs.iter().all(|l| !l.contains('\u{1b}')),
+        "colour codes in a piped log: {logs:?}"
     );
 
     // Same data directory, new process.

@@ -572,6 +572,7 @@ async fn shutdown_flushes_everything_and_reports() {
     assert_eq!(
         report,
         FlushReport {
+            written_total: 20,
             written: 20,
             unwritten: 0
         }
@@ -608,6 +609,7 @@ async fn shutdown_gives_up_at_the_deadline_when_the_store_stays_down() {
     assert_eq!(
         report,
         FlushReport {
+            written_total: 0,
             written: 0,
             unwritten: 10
         }

@@ -81,7 +81,10 @@ pub struct Overloaded;
 /// the last handle dropped) until the task ended.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlushReport {
-    /// Ops the store settled (completed with `Ok`).
+    /// Ops the store settled (completed with `Ok`) over the writer's life,
+    /// the final flush included.
+    pub written_total: u64,
+    /// Ops the store settled during the final flush.
     pub written: u64,
     /// Ops completed with `Err`: not written.
     pub unwritten: usize,
@@ -173,6 +176,7 @@ impl Writer {
             Err(join_error) => {
                 tracing::error!(error = %join_error, "the writer task failed");
                 FlushReport {
+                    written_total: 0,
                     written: 0,
                     unwritten: self.shared.pending.load(Ordering::SeqCst),
                 }
@@ -397,6 +401,9 @@ impl Task {
     }
 
     fn finish(&mut self, done: Completion, result: Result<WriteOutcome, StoreError>) {
+        if result.is_ok() {
+            self.report.written_total += 1;
+        }
         if self.flushing {
             match result {
                 Ok(_) => self.report.written += 1,
