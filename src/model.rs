@@ -269,6 +269,16 @@ impl Conversation {
     pub(crate) fn has_participant(&self, user: UserId) -> bool {
         self.mentor_id == user || self.student_id == user
     }
+
+    /// The participant who is not `caller`: the student for the mentor,
+    /// the mentor for anyone else (the inbox's "other participant").
+    pub(crate) fn other_participant(&self, caller: UserId) -> UserId {
+        if caller == self.mentor_id {
+            self.student_id
+        } else {
+            self.mentor_id
+        }
+    }
 }
 
 /// A message as stored (CONTRACT §5) and listed by REST (§4).

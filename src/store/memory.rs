@@ -79,11 +79,7 @@ impl State {
 
     fn inbox_entry(&self, caller: UserId, conversation: &Conversation) -> InboxEntry {
         let id = conversation.id;
-        let other = if caller == conversation.mentor_id {
-            conversation.student_id
-        } else {
-            conversation.mentor_id
-        };
+        let other = conversation.other_participant(caller);
         let last_read_seq = self.read_cursor(id, caller);
         let unread_count = self
             .messages_of(id)

@@ -40,6 +40,23 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// Runs a call of `store` with its deadline; a missed deadline is
+/// `Unavailable`, like any other timeout. The remote stores bound every
+/// call with it (their drivers have no overall deadline of their own).
+pub(crate) async fn within<T>(
+    store: &str,
+    what: &str,
+    deadline: std::time::Duration,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(deadline, call).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "{store} {what}: no answer within {deadline:?}"
+        ))),
+    }
+}
+
 /// A conversation as one participant's inbox shows it (CONTRACT §6): the
 /// conversation with the caller's read state and what is waiting.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

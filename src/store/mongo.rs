@@ -153,13 +153,7 @@ impl MongoStore {
         what: &str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.call_timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "mongodb {what}: no answer within {:?}",
-                self.call_timeout
-            ))),
-        }
+        crate::store::within("mongodb", what, self.call_timeout, call).await
     }
 
     async fn ping_now(&self) -> Result<(), StoreError> {

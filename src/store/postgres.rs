@@ -165,13 +165,7 @@ impl PostgresStore {
         what: &str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.call_timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "postgres {what}: no answer within {:?}",
-                self.call_timeout
-            ))),
-        }
+        crate::store::within("postgres", what, self.call_timeout, call).await
     }
 
     /// Runs one prepared (and per-connection cached) statement.

@@ -4,7 +4,7 @@
 //! and `waiting_since`, and on `messages_conversation_seq` for the newest
 //! message.
 
-use super::rows::{id_bytes, message_from, millis, seq_value, MESSAGE_COLUMNS};
+use super::rows::{column, id_bytes, message_from, millis, seq_value, MESSAGE_COLUMNS};
 use super::PostgresStore;
 use crate::model::{Conversation, UserId};
 use crate::store::{InboxEntry, StoreError};
@@ -60,13 +60,7 @@ impl PostgresStore {
         let ids: Vec<Vec<u8>> = conversations.iter().map(|c| id_bytes(c.id)).collect();
         let others: Vec<i64> = conversations
             .iter()
-            .map(|c| {
-                if caller == c.mentor_id {
-                    c.student_id
-                } else {
-                    c.mentor_id
-                }
-            })
+            .map(|c| c.other_participant(caller))
             .collect();
         let caller_is_mentor: Vec<bool> = conversations
             .iter()
@@ -86,22 +80,15 @@ impl PostgresStore {
                 conversations.len()
             )));
         }
-        let read = |row: &tokio_postgres::Row, index: usize| -> Result<Option<i64>, StoreError> {
-            row.try_get(index)
-                .map_err(|error| super::errors::store_error("inbox", error))
-        };
+        let read = |row, index| column::<Option<i64>>(row, index);
         conversations
             .into_iter()
             .zip(&rows)
             .map(|(conversation, row)| {
                 // A conversation deleted since it was listed keeps its seq.
                 let last_seq = read(row, 0)?.map_or(conversation.last_seq, seq_value);
-                let waiting: Option<std::time::SystemTime> = row
-                    .try_get(4)
-                    .map_err(|error| super::errors::store_error("inbox", error))?;
-                let last_id: Option<Vec<u8>> = row
-                    .try_get(5)
-                    .map_err(|error| super::errors::store_error("inbox", error))?;
+                let waiting: Option<std::time::SystemTime> = column(row, 4)?;
+                let last_id: Option<Vec<u8>> = column(row, 5)?;
                 Ok(InboxEntry {
                     last_message: match last_id {
                         Some(_) => Some(message_from(row, 5)?),

@@ -74,7 +74,9 @@ pub(crate) fn stored_text(text: &str) -> (String, Option<Vec<u8>>) {
     }
 }
 
-fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+/// Column `index` of `row`; a value of the wrong type is an error, not a
+/// panic.
+pub(crate) fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
     row: &'a Row,
     index: usize,
 ) -> Result<T, StoreError> {

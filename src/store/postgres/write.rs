@@ -35,7 +35,7 @@ use tokio_postgres::{Row, Statement};
 
 use super::errors::write_error;
 use super::pipeline;
-use super::rows::{id_bytes, millis, object_id, seq_param, seq_value, stored_text, time};
+use super::rows::{column, id_bytes, millis, object_id, seq_param, seq_value, stored_text, time};
 use super::PostgresStore;
 use crate::model::{Message, MessageId, ViewEffect};
 use crate::store::{ReadUpTo, StoreError, WriteOp, WriteOutcome};
@@ -619,12 +619,17 @@ async fn run_pipeline(
     Ok(outcomes)
 }
 
-fn cell<'a, T: tokio_postgres::types::FromSql<'a>>(
-    row: &'a Row,
-    index: usize,
-) -> Result<T, StoreError> {
-    row.try_get(index)
-        .map_err(|error| write_error("read outcome", error))
+/// Both insert statements answer one row per message of the run.
+fn one_row_per_insert(ops: &[WriteOp], rows: &[Row]) -> Result<(), StoreError> {
+    if rows.len() == ops.len() {
+        Ok(())
+    } else {
+        Err(StoreError::Internal(format!(
+            "postgres: {} outcomes for {} inserts",
+            rows.len(),
+            ops.len()
+        )))
+    }
 }
 
 /// Outcomes of a run of inserts from [`INSERT_MESSAGES`]' rows.
@@ -633,21 +638,15 @@ fn insert_outcomes(
     rows: &[Row],
     outcomes: &mut Vec<WriteOutcome>,
 ) -> Result<(), StoreError> {
-    if rows.len() != ops.len() {
-        return Err(StoreError::Internal(format!(
-            "postgres: {} outcomes for {} inserts",
-            rows.len(),
-            ops.len()
-        )));
-    }
+    one_row_per_insert(ops, rows)?;
     let first = outcomes.len();
     for (position, row) in rows.iter().enumerate() {
-        let stored_seq: Option<i64> = cell(row, 0)?;
-        let duplicate_id: Option<Vec<u8>> = cell(row, 1)?;
-        let duplicate_seq: Option<i64> = cell(row, 2)?;
-        let new_seq: Option<i64> = cell(row, 3)?;
-        let first_by_id: Option<i64> = cell(row, 4)?;
-        let first_by_client: Option<i64> = cell(row, 5)?;
+        let stored_seq: Option<i64> = column(row, 0)?;
+        let duplicate_id: Option<Vec<u8>> = column(row, 1)?;
+        let duplicate_seq: Option<i64> = column(row, 2)?;
+        let new_seq: Option<i64> = column(row, 3)?;
+        let first_by_id: Option<i64> = column(row, 4)?;
+        let first_by_client: Option<i64> = column(row, 5)?;
         // Positions in the run are 1-based (ORDINALITY).
         let earlier = |ordinal: Option<i64>| {
             ordinal
@@ -692,15 +691,9 @@ fn new_insert_outcomes(
     rows: &[Row],
     outcomes: &mut Vec<WriteOutcome>,
 ) -> Result<(), StoreError> {
-    if rows.len() != ops.len() {
-        return Err(StoreError::Internal(format!(
-            "postgres: {} outcomes for {} inserts",
-            rows.len(),
-            ops.len()
-        )));
-    }
+    one_row_per_insert(ops, rows)?;
     for row in rows {
-        let seq: Option<i64> = cell(row, 0)?;
+        let seq: Option<i64> = column(row, 0)?;
         outcomes.push(match seq {
             Some(seq) => WriteOutcome::Inserted {
                 seq: seq_value(seq),
@@ -727,9 +720,9 @@ fn single_outcome(op: &WriteOp, rows: &[Row]) -> Result<WriteOutcome, StoreError
             let Some(row) = rows.first() else {
                 return Ok(WriteOutcome::ViewTargetMissing);
             };
-            let sender: i64 = cell(row, 0)?;
-            let viewed_by: Option<i64> = cell(row, 1)?;
-            let viewed_at: Option<SystemTime> = cell(row, 2)?;
+            let sender: i64 = column(row, 0)?;
+            let viewed_by: Option<i64> = column(row, 1)?;
+            let viewed_at: Option<SystemTime> = column(row, 2)?;
             Ok(ViewEffect::of(sender, viewed_by, viewed_at.map(millis), *viewer_id, *at).into())
         }
         WriteOp::Read { up_to, .. } => {
@@ -741,10 +734,10 @@ fn single_outcome(op: &WriteOp, rows: &[Row]) -> Result<WriteOutcome, StoreError
                     ReadUpTo::Message(_) => WriteOutcome::ViewTargetMissing,
                 });
             };
-            let last_seq = seq_value(cell(row, 0)?);
-            let cursor = seq_value(cell(row, 1)?);
-            let target: Option<i64> = cell(row, 2)?;
-            let moved: Option<i64> = cell(row, 3)?;
+            let last_seq = seq_value(column(row, 0)?);
+            let cursor = seq_value(column(row, 1)?);
+            let target: Option<i64> = column(row, 2)?;
+            let moved: Option<i64> = column(row, 3)?;
             Ok(match (up_to, target, moved) {
                 (_, _, Some(moved)) => WriteOutcome::ReadMoved {
                     last_read_seq: seq_value(moved),

@@ -58,14 +58,6 @@ struct Counted {
     last_message: Option<Message>,
 }
 
-fn other_of(conversation: &Conversation, caller: UserId) -> UserId {
-    if caller == conversation.mentor_id {
-        conversation.student_id
-    } else {
-        conversation.mentor_id
-    }
-}
-
 fn seq_value(value: Option<i64>) -> Seq {
     value.and_then(|v| Seq::try_from(v).ok()).unwrap_or(0)
 }
@@ -89,7 +81,7 @@ pub(super) fn inbox(
         let stored = stored_parts(conn, caller, &conversations)?;
         let mut cursors = Vec::with_capacity(conversations.len());
         for ((conversation, stored), tail) in conversations.iter().zip(&stored).zip(&tail) {
-            let other = other_of(conversation, caller);
+            let other = conversation.other_participant(caller);
             let newer = tail.messages.iter().filter(|m| m.0 > stored.last_seq);
             let sent_by = |user: UserId| {
                 newer
@@ -108,7 +100,7 @@ pub(super) fn inbox(
         for (i, conversation) in conversations.into_iter().enumerate() {
             let (stored, counted, tail) = (&stored[i], &counted[i], &tail[i]);
             let (my_read, other_read) = cursors[i];
-            let other = other_of(&conversation, caller);
+            let other = conversation.other_participant(caller);
             let newer: Vec<&(Seq, UserId, Millis)> = tail
                 .messages
                 .iter()
@@ -177,7 +169,7 @@ fn stored_parts(
         params.push(Value::Integer(n as i64));
         params.push(Value::Blob(conversation.id.bytes().to_vec()));
         params.push(Value::Integer(caller));
-        params.push(Value::Integer(other_of(conversation, caller)));
+        params.push(Value::Integer(conversation.other_participant(caller)));
     }
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(params), |row| {
@@ -226,7 +218,7 @@ fn counted_parts(
         let is_mentor = caller == conversation.mentor_id;
         params.push(Value::Integer(n as i64));
         params.push(Value::Blob(conversation.id.bytes().to_vec()));
-        params.push(Value::Integer(other_of(conversation, caller)));
+        params.push(Value::Integer(conversation.other_participant(caller)));
         params.push(Value::Integer(
             i64::try_from(cursors[n].0).unwrap_or(i64::MAX),
         ));
