@@ -199,6 +199,22 @@ async fn history_pages_with_limit_before_and_after() {
         ),
         ["m1", "m2"]
     );
+    // Crossed cursors (`after` not below `before`) match nothing: an empty
+    // page, and the store goes on serving (once, a SQLite reader panicked
+    // on the reversed range of its unmerged tail and never read again).
+    for crossed in [
+        format!("after={}&before={}", f.ids[3], f.ids[1]),
+        format!("after={}&before={}", f.ids[2], f.ids[2]),
+        "after=ffffffffffffffffffffffff&before=000000000000000000000001".to_string(),
+        "after_seq=4&before_seq=2".to_string(),
+    ] {
+        for _ in 0..4 {
+            let reply = get(crossed.clone()).await;
+            assert_eq!(reply.status, 200, "{crossed}: {:?}", reply.json);
+            assert_eq!(reply.json, json!([]), "{crossed}");
+        }
+    }
+    assert_eq!(texts(&get("limit=1".into()).await.json), ["m4"]);
     for bad in [
         "limit=0",
         "limit=1001",

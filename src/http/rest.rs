@@ -127,8 +127,12 @@ pub(crate) async fn conversation<B>(
     let caller = authenticate(app, request).await?;
     match app.store.conversation(id).await? {
         Some(conversation) if access::can_read(caller, &conversation) => {
-            let entry = app.store.inbox(caller, vec![conversation]).await?;
-            Ok(json_response(StatusCode::OK, &entry.first()))
+            let entries = app.store.inbox(caller, vec![conversation]).await?;
+            // One entry per conversation asked for; never a 200 `null`.
+            match entries.first() {
+                Some(entry) => Ok(json_response(StatusCode::OK, entry)),
+                None => Err(ApiError::internal("the store listed no inbox entry")),
+            }
         }
         _ => Err(ApiError::not_found("conversation not found")),
     }

@@ -97,8 +97,46 @@ fn run_reader(conn: Connection, jobs: &Mutex<mpsc::Receiver<ReadJob>>) {
         // the lock is released before the job runs.
         let job = jobs.lock().recv();
         match job {
-            Ok(job) => job(&conn),
+            // A panicking query (a bug) fails its own request, whose reply
+            // is dropped, and not every later read: the thread lives on.
+            // Its statements were dropped in the unwind, so the connection
+            // is as usable as after an error.
+            Ok(job) => {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&conn))).is_err() {
+                    tracing::error!("a SQLite read panicked; its request failed");
+                }
+            }
             Err(mpsc::RecvError) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// More panicking reads than there are reader threads, then a read that
+    /// must still be answered: before, each panic killed its thread for
+    /// good, and three of them stopped every read of the store.
+    #[tokio::test]
+    async fn a_panicking_read_fails_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("readers.sqlite3");
+        Connection::open(&path)
+            .and_then(|conn| conn.pragma_update(None, "journal_mode", "WAL"))
+            .expect("a WAL database");
+        let readers = ReaderConnections::open(&path, 1)
+            .and_then(ReaderConnections::start)
+            .expect("readers");
+        for _ in 0..READERS * 2 {
+            let failed = readers
+                .read(|_conn| -> rusqlite::Result<()> { panic!("a bug in a query") })
+                .await;
+            assert!(failed.is_err());
+        }
+        let answer = readers
+            .read(|conn| conn.query_row("SELECT 41 + 1", [], |row| row.get::<_, i64>(0)))
+            .await;
+        assert_eq!(answer.ok(), Some(42));
     }
 }

@@ -69,7 +69,10 @@ impl Generation {
         before: Option<MessageId>,
     ) -> impl DoubleEndedIterator<Item = &Message> {
         let low = after.unwrap_or(ObjectId::from_bytes([0; 12]));
-        let high = before.unwrap_or(ObjectId::from_bytes([0xff; 12]));
+        // Crossed cursors (`after` >= `before`) match nothing; `BTreeMap`
+        // panics on a range whose start is past its end, so the bounds
+        // never cross (`low..=low` holds at most `after`, filtered below).
+        let high = before.unwrap_or(ObjectId::from_bytes([0xff; 12])).max(low);
         self.messages
             .range((conversation, low)..=(conversation, high))
             .map(|(_, message)| message)
@@ -379,6 +382,37 @@ mod tests {
         assert_eq!(ids(&merged), [4, 5, 6, 7]);
         assert_eq!(merged.messages[1], viewed);
         assert!(!merged.truncated);
+    }
+
+    /// `after` at or past `before` is an empty page, from either end, not
+    /// a panic of the reader thread.
+    #[test]
+    fn crossed_cursors_read_nothing() {
+        let mut tail = Tail::default();
+        for id in 1..=5 {
+            tail.insert(message(id, 10));
+        }
+        tail.freeze();
+        tail.insert(message(6, 10));
+        for (after, before) in [(4, 2), (3, 3), (0xff, 1)] {
+            for newest_first in [true, false] {
+                let query = HistoryQuery {
+                    after: Some(ObjectId::from_bytes([after; 12])),
+                    before: Some(ObjectId::from_bytes([before; 12])),
+                    ..query(newest_first, usize::MAX)
+                };
+                for page in tail.history(&query) {
+                    assert!(page.messages.is_empty(), "after {after}, before {before}");
+                }
+            }
+        }
+        let query = HistoryQuery {
+            after: Some(ObjectId::from_bytes([2; 12])),
+            before: Some(ObjectId::from_bytes([6; 12])),
+            ..query(false, usize::MAX)
+        };
+        let [merging, active] = tail.history(&query);
+        assert_eq!((ids(&merging), ids(&active)), (vec![3, 4, 5], vec![]));
     }
 
     #[test]
