@@ -51,6 +51,7 @@ fn fanout(c: &mut Criterion) {
                                 sender_id: 1,
                                 text: format!("benchmark message {i}"),
                                 client_id: None,
+                                received: std::time::Instant::now(),
                             };
                             shard.send(publish).await.unwrap();
                         }

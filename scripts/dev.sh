@@ -27,10 +27,17 @@ DATA_DIR="${CHAT_DATA_DIR:-$REPO_ROOT/data}"
 DJANGO_URL="http://127.0.0.1:$DJANGO_PORT"
 export CHAT_SERVICE_URL="http://127.0.0.1:$CHAT_PORT"
 
+# Said before anything slow: a cold build prints nothing useful for minutes.
+if [ -n "${CHAT_SERVICE_BIN:-}" ]; then
+  log "dev stack: Django on $DJANGO_URL, chat-service ($CHAT_SERVICE_BIN, no build) on $CHAT_SERVICE_URL"
+else
+  log "dev stack: the first run builds chat-service (cargo build --profile local: about 4 minutes on 2 cores) before anything starts; a rebuild after an edit takes about 40 s"
+fi
 ensure_venv "$DJANGO_DIR/requirements.txt"
 log "migrating and seeding the Django database"
 django_manage migrate -v0
-build_chat_service
+# The `local` profile (Cargo.toml): optimized, no LTO, incremental.
+build_chat_service local
 mkdir -p "$DATA_DIR"
 
 postgres_cluster=""
@@ -70,9 +77,11 @@ wait_http "$CHAT_SERVICE_URL/healthz" 60 "${STARTED_PIDS[0]}" || exit 1
 django_manage seed_demo
 cat <<MSG
 
-  Open $DJANGO_URL/ in two browser windows (one private) and log in as
+  Chat page (served by the reference Django): $DJANGO_URL/
+  Open it in two browser windows (one private) and log in as
   mentor / mentor-pass and alice / alice-pass (or bob / bob-pass).
-  chat-service: $CHAT_SERVICE_URL ($store_text), Django admin: $DJANGO_URL/admin/
+  chat-service: $CHAT_SERVICE_URL/ (an index of its endpoints, not a chat
+  page; $store_text). Django admin: $DJANGO_URL/admin/
   Ctrl-C stops both.
 
 MSG

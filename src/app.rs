@@ -17,6 +17,7 @@ use crate::store::postgres::{PostgresSettings, PostgresStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::writer::{Writer, WriterConfig, WriterHandle};
 use crate::store::Store;
+use crate::wire::protocol::ErrorCode;
 use crate::ws::session::SessionLimits;
 
 /// Shared state of every request and session.
@@ -87,6 +88,7 @@ impl App {
     ) -> Result<(Arc<App>, Background), StartError> {
         let django =
             DjangoClient::new(DjangoSettings::from(&config)).map_err(StartError::Django)?;
+        crate::metrics::get().ws_error_codes(ErrorCode::ALL.map(ErrorCode::as_str));
         let (writer, writer_handle) =
             Writer::spawn(Arc::clone(&store), WriterConfig::from(&config));
         let (hub, shards) = Hub::start(HubSettings::from(&config), writer_handle.clone());

@@ -154,6 +154,18 @@ pub struct Config {
     )]
     pub log: String,
 
+    /// Log line format: `text` (for people) or `json` (one object per line,
+    /// for log collectors; span fields such as the connection's user and
+    /// conversation ride along).
+    #[arg(
+        long,
+        env = "CHAT_LOG_FORMAT",
+        value_name = "CHAT_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+
     /// Most concurrent WebSocket connections (default: what the open-files
     /// limit allows, less a reserve).
     #[arg(long, env = "CHAT_MAX_CONNECTIONS", value_name = "CHAT_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
@@ -381,6 +393,13 @@ fn origin_list(value: &str) -> Result<OriginList, String> {
     Ok(OriginList(origins))
 }
 
+/// How log lines are written (`CHAT_LOG_FORMAT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 fn path_template(placeholder: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone {
     move |value: &str| {
         if !value.starts_with('/') {
@@ -507,6 +526,7 @@ mod tests {
         assert_eq!(cfg.django_timeout_ms, 5000);
         assert_eq!(cfg.auth_cache_ttl_s, 30);
         assert_eq!(cfg.sqlite_sync, SqliteSync::Normal);
+        assert_eq!(cfg.log_format, LogFormat::Text);
         assert_eq!(cfg.sqlite_cache_mb, 64);
         assert_eq!(cfg.sqlite_journal_max, 262_144);
         assert_eq!(

@@ -6,6 +6,7 @@
 //! is no cycle between them (`tests/module_layers.rs` enforces it).
 //!
 //! - [`model`]: ids, conversations, messages, time.
+//! - [`metrics`]: the Prometheus registry and the hot path's handles.
 //! - [`wire`]: the `/ws` events, the encoded server frames, the close codes.
 //! - [`user_counts`]: what each user holds open, counted by drop guards.
 //! - [`store`]: the `Store` seam (SQLite, MongoDB) and the batched writer.
@@ -31,6 +32,7 @@ pub(crate) mod capacity;
 pub mod config;
 pub(crate) mod http;
 pub mod hub;
+pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod store;

@@ -12,7 +12,7 @@ use tokio::net::TcpSocket;
 use tracing_subscriber::EnvFilter;
 
 use chat_service::app::App;
-use chat_service::config::Config;
+use chat_service::config::{Config, LogFormat};
 use chat_service::server;
 
 #[global_allocator]
@@ -64,13 +64,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Colour codes only for a person at a terminal: in a file, a pipe or a
-    // log collector they are noise.
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+        .with_target(false);
+    match config.log_format {
+        // One object per line; the connection's span (user, role,
+        // conversation) is in every line it encloses.
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+        // Colour codes only for a person at a terminal: in a file, a pipe
+        // or a log collector they are noise.
+        LogFormat::Text => logs.with_ansi(std::io::stdout().is_terminal()).init(),
+    }
     disable_transparent_huge_pages();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 /// Left to right: a module may use those before it, never those after.
 const LAYERS: &[&str] = &[
     "model",
+    "metrics",
     "wire",
     "user_counts",
     "store",

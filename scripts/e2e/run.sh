@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end tests: the real reference Django + the real chat-service release
-# binary on free loopback ports, then (a) the protocol scenario (pytest) and
-# (b) the browser test (playwright-core driving Debian's chromium).
+# binary on free loopback ports, then (a) the protocol scenario (pytest, with
+# every status docs/openapi.json documents), (b) schemathesis against the
+# served OpenAPI document and (c) the browser test (playwright-core driving
+# Debian's chromium).
 # Works on a fresh Debian machine as root; exits non-zero on any failure.
 #
 # Environment: CHAT_SERVICE_BIN (skip the cargo build), CHROMIUM_BIN
@@ -46,8 +48,17 @@ trap 'exit 130' INT TERM
 DJANGO_PORT="$(free_port)"
 CHAT_PORT="$(free_port)"
 while [ "$CHAT_PORT" = "$DJANGO_PORT" ]; do CHAT_PORT="$(free_port)"; done
+# A second chat-service whose Django address has nothing listening (every
+# authenticated call is a Django outage) and which allows one WebSocket
+# origin: the documented 503s and the origin 403 (test_openapi_statuses.py).
+DEGRADED_PORT="$(free_port)"
+NO_DJANGO_PORT="$(free_port)"
+while [ "$DEGRADED_PORT" = "$DJANGO_PORT" ] || [ "$DEGRADED_PORT" = "$CHAT_PORT" ]; do DEGRADED_PORT="$(free_port)"; done
+while [ "$NO_DJANGO_PORT" = "$DJANGO_PORT" ] || [ "$NO_DJANGO_PORT" = "$CHAT_PORT" ] ||
+    [ "$NO_DJANGO_PORT" = "$DEGRADED_PORT" ]; do NO_DJANGO_PORT="$(free_port)"; done
 export E2E_DJANGO_URL="http://127.0.0.1:$DJANGO_PORT"
 export E2E_CHAT_URL="http://127.0.0.1:$CHAT_PORT"
+export E2E_DEGRADED_CHAT_URL="http://127.0.0.1:$DEGRADED_PORT"
 export E2E_DEMO_JSON="$WORK/demo.json"
 export E2E_DJANGO_SECRET_KEY="e2e-$(python3 -c 'import secrets; print(secrets.token_hex(24))')"
 export DJANGO_SECRET_KEY="$E2E_DJANGO_SECRET_KEY"
@@ -71,14 +82,24 @@ PORT="$CHAT_PORT" CHAT_BIND=127.0.0.1 DJANGO_BASE_URL="$E2E_DJANGO_URL" CHAT_DAT
     CHAT_RECOVERY_MAX="$E2E_RECOVERY_MAX" \
     CHAT_LOG="${CHAT_LOG:-info}" "$CHAT_SERVICE_BIN" >"$WORK/chat-service.log" 2>&1 &
 STARTED_PIDS+=($!)
+PORT="$DEGRADED_PORT" CHAT_BIND=127.0.0.1 DJANGO_BASE_URL="http://127.0.0.1:$NO_DJANGO_PORT" \
+    CHAT_DATA_DIR="$WORK/chat-degraded-data" CHAT_ALLOWED_ORIGINS="http://allowed.invalid" \
+    CHAT_LOG="${CHAT_LOG:-info}" "$CHAT_SERVICE_BIN" >"$WORK/chat-service-degraded.log" 2>&1 &
+STARTED_PIDS+=($!)
 wait_http "$E2E_DJANGO_URL/" 60 "${STARTED_PIDS[0]}" || { tail -n 30 "$WORK/django.log" >&2; exit 1; }
 wait_http "$E2E_CHAT_URL/healthz" 60 "${STARTED_PIDS[1]}" || { tail -n 30 "$WORK/chat-service.log" >&2; exit 1; }
+wait_http "$E2E_DEGRADED_CHAT_URL/healthz" 60 "${STARTED_PIDS[2]}" ||
+    { tail -n 30 "$WORK/chat-service-degraded.log" >&2; exit 1; }
 
-# ---- (a) protocol scenario, (b) browser; both run, either failing fails the script ----
+# ---- (a) protocol scenario, (b) schemathesis, (c) browser; all run, any failing fails the script ----
 protocol_status=0
 log "protocol scenario (pytest)"
 timeout 300 "$VENV_DIR/bin/python" -m pytest "$E2E_DIR/protocol" -q -p no:cacheprovider --color=no \
     --junitxml="$WORK/pytest.xml" || protocol_status=$?
+
+schemathesis_status=0
+log "schemathesis against $E2E_CHAT_URL/openapi.json"
+timeout 180 "$E2E_DIR/schemathesis.sh" || schemathesis_status=$?
 
 browser_status=0
 log "browser test (playwright-core + $CHROMIUM_BIN)"
@@ -87,11 +108,12 @@ if [ "$browser_status" -ne 0 ] && [ "$browser_status" -ne 1 ]; then
     echo "browser: 0 passed, 1 failed"  # killed by the timeout or crashed before its summary
 fi
 
-# One closing line over both runners: pytest's tests (from its JUnit XML; an
-# unreadable report counts as one failure) plus the browser test.
-read -r passed failed < <(python3 - "$WORK/pytest.xml" "$protocol_status" "$browser_status" <<'PY'
+# One closing line over the runners: pytest's tests (from its JUnit XML; an
+# unreadable report counts as one failure), schemathesis and the browser test
+# (one each).
+read -r passed failed < <(python3 - "$WORK/pytest.xml" "$protocol_status" "$browser_status" "$schemathesis_status" <<'PY'
 import sys, xml.etree.ElementTree as ET
-path, protocol, browser = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+path, protocol, browser, schemathesis = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 try:
     suite = ET.parse(path).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
@@ -101,14 +123,15 @@ try:
         failed = 1
 except Exception:
     passed, failed = 0, 1
-if browser:
-    failed += 1
-else:
-    passed += 1
+for status in (schemathesis, browser):
+    if status:
+        failed += 1
+    else:
+        passed += 1
 print(passed, failed)
 PY
 )
 echo
-echo "e2e: protocol $([ $protocol_status = 0 ] && echo ok || echo "FAILED ($protocol_status)"), browser $([ $browser_status = 0 ] && echo ok || echo "FAILED ($browser_status)"), $((SECONDS - STARTED_AT)) s; screenshot and logs in $E2E_ARTIFACTS_DIR"
+echo "e2e: protocol $([ $protocol_status = 0 ] && echo ok || echo "FAILED ($protocol_status)"), schemathesis $([ $schemathesis_status = 0 ] && echo ok || echo "FAILED ($schemathesis_status)"), browser $([ $browser_status = 0 ] && echo ok || echo "FAILED ($browser_status)"), $((SECONDS - STARTED_AT)) s; screenshot and logs in $E2E_ARTIFACTS_DIR"
 echo "e2e: $passed passed, $failed failed"
-[ "$protocol_status" = 0 ] && [ "$browser_status" = 0 ]
+[ "$protocol_status" = 0 ] && [ "$schemathesis_status" = 0 ] && [ "$browser_status" = 0 ]

@@ -68,16 +68,18 @@ ensure_cargo() {
     command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust with rustup)"
 }
 
-# Builds chat-service in release mode unless CHAT_SERVICE_BIN names a binary.
+# Builds chat-service with cargo profile $1 (default `release`; dev.sh uses
+# `local`: no LTO, incremental) unless CHAT_SERVICE_BIN names a binary.
 build_chat_service() {
+    local profile="${1:-release}"
     if [ -n "${CHAT_SERVICE_BIN:-}" ]; then
         [ -x "$CHAT_SERVICE_BIN" ] || die "CHAT_SERVICE_BIN=$CHAT_SERVICE_BIN is not executable"
         return
     fi
     ensure_cargo
-    log "cargo build --release (chat-service)"
-    (cd "$REPO_ROOT" && cargo build --release --bin chat-service)
-    CHAT_SERVICE_BIN="$REPO_ROOT/target/release/chat-service"
+    log "cargo build --profile $profile --locked (chat-service)"
+    (cd "$REPO_ROOT" && cargo build --profile "$profile" --locked --bin chat-service)
+    CHAT_SERVICE_BIN="$REPO_ROOT/target/$profile/chat-service"
 }
 
 # Stops the processes whose ids are in STARTED_PIDS: TERM, then KILL after 5 s.

@@ -107,6 +107,9 @@ enum Answer {
 impl DjangoClient {
     /// Checks the settings and builds the connection pool.
     pub fn new(settings: DjangoSettings) -> Result<DjangoClient, String> {
+        for endpoint in [Endpoint::Users, Endpoint::Lesson] {
+            crate::metrics::get().django_endpoint(endpoint.name());
+        }
         // reqwest is built without a crypto provider; mongodb's rustls already
         // links ring, so ring becomes the process default. Whoever installs
         // first wins, which is the same provider either way.
@@ -158,8 +161,16 @@ impl DjangoClient {
                 user_path: settings.user_path,
                 lesson_path: settings.lesson_path,
                 timeout: settings.timeout,
-                users: LookupCache::new(settings.cache_ttl, MAX_CACHED_ANSWERS),
-                lessons: LookupCache::new(settings.cache_ttl, MAX_CACHED_ANSWERS),
+                users: LookupCache::new(
+                    Endpoint::Users.name(),
+                    settings.cache_ttl,
+                    MAX_CACHED_ANSWERS,
+                ),
+                lessons: LookupCache::new(
+                    Endpoint::Lesson.name(),
+                    settings.cache_ttl,
+                    MAX_CACHED_ANSWERS,
+                ),
             }),
         })
     }
@@ -271,8 +282,33 @@ fn bearer(token: &str) -> Option<HeaderValue> {
     Some(value)
 }
 
-/// One GET; sorts the answer into success, denial and outage.
+/// One GET, timed for `chat_django_request_seconds`.
 async fn call(
+    http: &reqwest::Client,
+    url: String,
+    authorization: HeaderValue,
+    endpoint: Endpoint,
+    id: i64,
+) -> Result<Answer, AuthError> {
+    let started = std::time::Instant::now();
+    let answer = call_untimed(http, url, authorization, endpoint, id).await;
+    let outcome = match &answer {
+        Ok(Answer::Ok(_)) => "ok",
+        Ok(Answer::Denied) => "denied",
+        Err(_) => "outage",
+    };
+    crate::metrics::get()
+        .django_seconds
+        .get_or_create(&crate::metrics::DjangoLabels {
+            endpoint: endpoint.name(),
+            outcome,
+        })
+        .observe(started.elapsed().as_secs_f64());
+    answer
+}
+
+/// One GET; sorts the answer into success, denial and outage.
+async fn call_untimed(
     http: &reqwest::Client,
     url: String,
     authorization: HeaderValue,
@@ -341,6 +377,10 @@ fn parse<T: serde::de::DeserializeOwned>(
 
 fn outage(endpoint: Endpoint, id: i64, reason: &str) -> AuthError {
     let name = endpoint.name();
+    crate::metrics::get()
+        .django_outages
+        .get_or_create(&crate::metrics::EndpointLabels { endpoint: name })
+        .inc();
     tracing::warn!(endpoint = name, id, reason, "django outage");
     AuthError::Outage(format!("{name} {id}: {reason}"))
 }

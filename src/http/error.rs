@@ -69,6 +69,7 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
+        crate::metrics::get().store_error("read", error.kind());
         match error {
             StoreError::Unavailable(_) => {
                 tracing::warn!(%error, "store unavailable");

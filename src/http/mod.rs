@@ -4,6 +4,8 @@
 pub(crate) mod body;
 pub(crate) mod cors;
 pub(crate) mod error;
+pub(crate) mod index;
+pub(crate) mod metrics;
 pub(crate) mod pending;
 pub(crate) mod query;
 pub(crate) mod rest;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
+use tracing::Instrument;
 
 use super::error::ApiError;
 use super::query::Query;
@@ -100,8 +101,23 @@ pub(crate) async fn handle(
         parts.headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
     }
 
+    let role = if conversation.mentor_id == user.id {
+        "mentor"
+    } else {
+        "student"
+    };
+    let open = crate::metrics::get().connection_opened(role);
     let conn_id = app.next_conn_id();
-    tracing::debug!(conn = conn_id, user = user.id, lesson = lesson_id, conversation = %conversation.id, "upgrading");
+    // Every line the session logs carries who and where; never the token.
+    let span = tracing::info_span!(
+        "conn",
+        id = conn_id,
+        user = user.id,
+        role,
+        lesson = lesson_id,
+        conversation = %conversation.id,
+    );
+    tracing::debug!(parent: &span, "upgrading");
     let session = Session {
         conn_id,
         user_id: user.id,
@@ -116,15 +132,18 @@ pub(crate) async fn handle(
         }),
         limits: app.limits,
         shutdown: app.sessions_shutdown.clone(),
-        guards: Box::new((slot, presence)),
+        guards: Box::new((slot, presence, open)),
     };
     // The upgrade completes only after the 101 is sent, so it is awaited in
     // the spawned task, never here.
-    app.sessions.spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => session.run(upgraded).await,
-            Err(error) => tracing::debug!(conn = conn_id, %error, "upgrade failed"),
+    app.sessions.spawn(
+        async move {
+            match upgrade.await {
+                Ok(upgraded) => session.run(upgraded).await,
+                Err(error) => tracing::debug!(%error, "upgrade failed"),
+            }
         }
-    });
+        .instrument(span),
+    );
     Ok(Response::from_parts(parts, Body::default()))
 }

@@ -54,6 +54,8 @@ pub enum Command {
         sender_id: UserId,
         text: String,
         client_id: Option<String>,
+        /// When the frame was read, for the delivery-latency histogram.
+        received: std::time::Instant,
     },
     Typing {
         conversation_id: ConversationId,
@@ -100,10 +102,11 @@ impl Hub {
         let shard_count = settings.shards.max(1);
         let mut senders = Vec::with_capacity(shard_count);
         let mut tasks = Vec::with_capacity(shard_count);
-        for _ in 0..shard_count {
+        for index in 0..shard_count {
             let (tx, rx) = mpsc::channel(SHARD_QUEUE);
             senders.push(tx);
-            let shard = shard::Shard::new(rx, writer.clone(), settings.typing_ttl);
+            let busy = crate::metrics::get().shard_busy(index as u32);
+            let shard = shard::Shard::new(rx, writer.clone(), settings.typing_ttl, busy);
             tasks.push(tokio::spawn(shard.run()));
         }
         let hub = Hub {
@@ -120,6 +123,13 @@ impl Hub {
 
     pub(crate) fn presence(&self) -> &Arc<Presence> {
         &self.presence
+    }
+
+    /// Commands waiting in each shard's queue, for `/metrics`.
+    pub(crate) fn queue_depths(&self) -> impl Iterator<Item = usize> + '_ {
+        self.shards
+            .iter()
+            .map(|shard| shard.max_capacity() - shard.capacity())
     }
 }
 

@@ -5,11 +5,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::room::{Room, TYPING_INTERVAL};
 use super::Command;
+use crate::metrics;
 use crate::model::{now, ConversationId, Message, MessageId, ObjectId, UserId};
 use crate::store::writer::WriterHandle;
 use crate::store::{ReadUpTo, StoreError, WriteOp, WriteOutcome};
@@ -24,6 +28,7 @@ pub(super) enum Done {
         conn_id: u64,
         /// The message as submitted; its `seq` comes with the outcome.
         message: Message,
+        received: std::time::Instant,
         outcome: Result<WriteOutcome, StoreError>,
     },
     Viewed {
@@ -60,6 +65,9 @@ pub(super) struct Shard {
     /// the front needs a timer. An entry whose typer was refreshed since,
     /// or stopped, finds nothing to end.
     typing_deadlines: VecDeque<(Instant, ConversationId)>,
+    /// Time spent handling work (`chat_shard_busy_seconds`): how close
+    /// this shard is to a full core.
+    busy: Counter<f64, AtomicU64>,
 }
 
 impl Shard {
@@ -67,6 +75,7 @@ impl Shard {
         commands: mpsc::Receiver<Command>,
         writer: WriterHandle,
         typing_ttl: Duration,
+        busy: Counter<f64, AtomicU64>,
     ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Shard {
@@ -78,6 +87,7 @@ impl Shard {
             typing_held: Vec::new(),
             typing_ttl,
             typing_deadlines: VecDeque::new(),
+            busy,
         }
     }
 
@@ -99,11 +109,14 @@ impl Shard {
                 }
             }
             // Every arm is cancel-safe: `recv_many` on an mpsc receiver and
-            // `Interval::tick` lose nothing when another arm wins.
+            // `Interval::tick` lose nothing when another arm wins. The
+            // clock is read after the wake-up, so idle time is not counted.
+            let mut woke = None;
             tokio::select! {
                 biased;
                 n = self.done_rx.recv_many(&mut done, BATCH) => {
                     debug_assert!(n > 0, "the shard holds a sender of its own done lane");
+                    woke = Some(std::time::Instant::now());
                     for item in done.drain(..) {
                         self.on_done(item);
                     }
@@ -118,10 +131,14 @@ impl Shard {
                     if n == 0 {
                         break;
                     }
+                    woke = Some(std::time::Instant::now());
                     for command in commands.drain(..) {
                         self.on_command(command);
                     }
                 }
+            }
+            if let Some(woke) = woke {
+                metrics::add_seconds(&self.busy, woke.elapsed());
             }
         }
     }
@@ -171,7 +188,15 @@ impl Shard {
                 sender_id,
                 text,
                 client_id,
-            } => self.publish(conversation_id, conn_id, sender_id, text, client_id),
+                received,
+            } => self.publish(
+                conversation_id,
+                conn_id,
+                sender_id,
+                text,
+                client_id,
+                received,
+            ),
             Command::Typing {
                 conversation_id,
                 conn_id,
@@ -221,6 +246,7 @@ impl Shard {
         sender_id: UserId,
         text: String,
         client_id: Option<String>,
+        received: std::time::Instant,
     ) {
         let Some(room) = self.rooms.get_mut(&conversation_id) else {
             return;
@@ -247,6 +273,7 @@ impl Shard {
                 let _ = done_tx.send(Done::Stored {
                     conn_id,
                     message: relayed,
+                    received,
                     outcome,
                 });
             }),
@@ -406,6 +433,7 @@ impl Shard {
             Done::Stored {
                 conn_id,
                 mut message,
+                received,
                 outcome,
             } => {
                 let conversation_id = message.conversation_id;
@@ -418,6 +446,11 @@ impl Shard {
                     Ok(WriteOutcome::Inserted { seq }) => {
                         message.seq = seq;
                         room.relay(&protocol::message_event(&message), seq, conn_id);
+                        let metrics = metrics::get();
+                        metrics.messages_relayed.inc();
+                        metrics
+                            .delivery_seconds
+                            .observe(received.elapsed().as_secs_f64());
                         protocol::ack_event(&message.id, seq, message.client_id.as_deref())
                     }
                     Ok(WriteOutcome::Duplicate { existing, seq }) => {

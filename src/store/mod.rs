@@ -40,6 +40,16 @@ pub enum StoreError {
     Internal(String),
 }
 
+impl StoreError {
+    /// A stable label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Internal(_) => "internal",
+        }
+    }
+}
+
 /// Runs a call of `store` with its deadline; a missed deadline is
 /// `Unavailable`, like any other timeout. The remote stores bound every
 /// call with it (their drivers have no overall deadline of their own).

@@ -44,6 +44,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 
 use super::{Store, StoreError, WriteOp, WriteOutcome};
+use crate::metrics;
 
 /// The batching, bounding and retry policy; built from `CHAT_WRITER_*`,
 /// whose defaults are `Config`'s.
@@ -302,6 +303,8 @@ impl Task {
     /// Writes `batch`, retrying while the store is unavailable, and
     /// completes every op in it.
     async fn write(&mut self, batch: &mut Vec<Job>) {
+        let metrics = metrics::get();
+        metrics.writer_batch_ops.observe(batch.len() as f64);
         let mut backoff = self.config.retry_initial;
         loop {
             if self
@@ -311,18 +314,24 @@ impl Task {
                 return self.fail(batch, &StoreError::Unavailable("shutdown".into()));
             }
             let ops = batch.iter().map(|(op, _)| op.clone()).collect();
+            let started = Instant::now();
             match self.attempt(ops).await {
                 Ok(outcomes) => {
+                    metrics
+                        .writer_commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
                     self.set_healthy(true);
                     return self.complete(batch, outcomes);
                 }
                 Err(StoreError::Internal(reason)) => {
                     // The store answered, so it is up; this batch is lost.
+                    metrics.store_error("write", "internal");
                     self.set_healthy(true);
                     tracing::error!(%reason, ops = batch.len(), "store refused a write batch");
                     return self.fail(batch, &StoreError::Internal(reason));
                 }
                 Err(StoreError::Unavailable(reason)) => {
+                    metrics.store_error("write", "unavailable");
                     self.set_healthy(false);
                     let delay = jittered(backoff);
                     tracing::warn!(%reason, ops = batch.len(), retry_in = ?delay, "store unavailable; keeping the batch");
@@ -403,6 +412,16 @@ impl Task {
     fn finish(&mut self, done: Completion, result: Result<WriteOutcome, StoreError>) {
         if result.is_ok() {
             self.report.written_total += 1;
+        }
+        match &result {
+            Ok(WriteOutcome::Inserted { .. }) => {
+                metrics::get().messages_stored.inc();
+            }
+            Ok(WriteOutcome::Duplicate { .. }) => {
+                metrics::get().messages_duplicate.inc();
+            }
+            Ok(WriteOutcome::Rejected(_)) => metrics::get().store_error("write", "rejected"),
+            _ => {}
         }
         if self.flushing {
             match result {

@@ -53,6 +53,21 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for metrics created at start.
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::BadJson,
+        ErrorCode::UnknownType,
+        ErrorCode::EmptyText,
+        ErrorCode::TextTooLong,
+        ErrorCode::BadClientId,
+        ErrorCode::MessageNotFound,
+        ErrorCode::BadSeq,
+        ErrorCode::Forbidden,
+        ErrorCode::Overloaded,
+        ErrorCode::RateLimited,
+        ErrorCode::Internal,
+    ];
+
     pub(crate) const fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadJson => "bad_json",
@@ -402,6 +417,12 @@ struct ErrorEvent<'a> {
 
 /// `{"type":"error","code","message","client_id"?}`
 pub fn error_event(code: ErrorCode, message: &str, client_id: Option<&str>) -> Bytes {
+    crate::metrics::get()
+        .ws_errors
+        .get_or_create(&crate::metrics::CodeLabels {
+            code: code.as_str(),
+        })
+        .inc();
     encode(&ErrorEvent {
         kind: "error",
         code: code.as_str(),

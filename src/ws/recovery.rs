@@ -88,7 +88,8 @@ impl Recovery {
             // The connection is closing.
             Ok(None) => {}
             Err(error) => {
-                tracing::warn!(%error, %conversation_id, "recovery failed");
+                crate::metrics::get().store_error("read", error.kind());
+                tracing::warn!(%error, "recovery failed");
                 conn.close(Close::Internal);
             }
         }

@@ -24,6 +24,7 @@ use super::reader::{FrameReader, Received};
 use super::recovery::Recovery;
 use crate::hub::conn::Receiver;
 use crate::hub::{Command, ConnHandle};
+use crate::metrics;
 use crate::model::{Conversation, UserId};
 use crate::wire::close::{self, Close};
 use crate::wire::frame;
@@ -66,7 +67,8 @@ pub(crate) struct Session {
     pub(crate) limits: SessionLimits,
     /// Cancelled when the server shuts down: the session closes with 1001.
     pub(crate) shutdown: CancellationToken,
-    /// Held for the session's life: presence, the connection-capacity slot.
+    /// Held for the session's life: presence, the connection-capacity
+    /// slot, the open-connections gauge.
     pub(crate) guards: Box<dyn Send + Sync>,
 }
 
@@ -143,7 +145,7 @@ impl Session {
             .await;
         let _ = tokio::time::timeout(WRITE_TIMEOUT, write.shutdown()).await;
         close::record(why);
-        tracing::debug!(conn = self.conn_id, user = self.user_id, %conversation_id, close = %why, "connection closed");
+        tracing::debug!(close = %why, "connection closed");
         drop(self.guards);
     }
 }
@@ -286,6 +288,8 @@ impl Reader {
                 return;
             }
             Ok(Inbound::Message { text, client_id }) => {
+                let received = std::time::Instant::now();
+                metrics::get().messages_received.inc();
                 match self.bucket.take(tokio::time::Instant::now()) {
                     Verdict::Allowed => {}
                     Verdict::Refused => {
@@ -316,6 +320,7 @@ impl Reader {
                     sender_id: self.conn.user_id(),
                     text,
                     client_id,
+                    received,
                 }
             }
             Ok(Inbound::Typing { is_typing }) => {

@@ -137,11 +137,17 @@ impl Server {
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("server did not start; logs: {:#?}", self.logs.lock()));
             if line.contains("listening") {
+                // `addr=…` in text logs, `"addr":"…"` in JSON ones.
                 let addr = line
                     .split_whitespace()
                     .find_map(|word| word.strip_prefix("addr="))
+                    .map(str::to_string)
+                    .or_else(|| {
+                        let json: Value = serde_json::from_str(&line).ok()?;
+                        Some(json["fields"]["addr"].as_str()?.to_string())
+                    })
                     .expect("addr in the listening line");
-                self.addr = addr.to_string();
+                self.addr = addr;
                 break;
             }
         }

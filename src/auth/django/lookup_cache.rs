@@ -31,6 +31,8 @@ struct Key {
 }
 
 pub(crate) struct LookupCache<V> {
+    /// The Django endpoint, for the cache metrics.
+    endpoint: &'static str,
     ttl: Duration,
     capacity: usize,
     state: Arc<Mutex<State<V>>>,
@@ -48,8 +50,9 @@ struct State<V> {
 impl<V: Clone + Send + Sync + 'static> LookupCache<V> {
     /// `ttl` zero disables caching (single-flight still applies);
     /// `capacity` bounds the cached answers.
-    pub(crate) fn new(ttl: Duration, capacity: usize) -> Self {
+    pub(crate) fn new(endpoint: &'static str, ttl: Duration, capacity: usize) -> Self {
         LookupCache {
+            endpoint,
             ttl,
             capacity,
             state: Arc::new(Mutex::new(State {
@@ -81,11 +84,14 @@ impl<V: Clone + Send + Sync + 'static> LookupCache<V> {
         let (flight, leader) = {
             let mut state = self.state.lock();
             if let Some(value) = state.fresh(&key, Instant::now()) {
+                self.count("hit");
                 return Ok(value);
             }
             if let Some((_, flight)) = state.in_flight.get(&key) {
+                self.count("joined");
                 (flight.clone(), None)
             } else {
+                self.count("miss");
                 let (sender, receiver) = oneshot::channel();
                 let flight: Flight<V> = receiver
                     .map(|answer| {
@@ -122,6 +128,16 @@ impl<V: Clone + Send + Sync + 'static> LookupCache<V> {
             });
         }
         flight.await
+    }
+
+    fn count(&self, result: &'static str) {
+        crate::metrics::get()
+            .django_cache
+            .get_or_create(&crate::metrics::CacheLabels {
+                endpoint: self.endpoint,
+                result,
+            })
+            .inc();
     }
 
     /// How many answers are cached (tests and metrics).
@@ -240,7 +256,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn caches_ok_answers_until_the_ttl_passes() {
-        let cache = LookupCache::new(Duration::from_secs(30), 10);
+        let cache = LookupCache::new("test", Duration::from_secs(30), 10);
         let calls = Arc::new(AtomicUsize::new(0));
         assert_eq!(
             cache
@@ -267,7 +283,7 @@ mod tests {
 
     #[tokio::test]
     async fn errors_are_not_cached() {
-        let cache = LookupCache::new(Duration::from_secs(30), 10);
+        let cache = LookupCache::new("test", Duration::from_secs(30), 10);
         let calls = Arc::new(AtomicUsize::new(0));
         let denied =
             cache.get_or_fetch("t", 1, counting_fetch(&calls, Err(AuthError::Unauthorized)));
@@ -284,7 +300,7 @@ mod tests {
 
     #[tokio::test]
     async fn zero_ttl_caches_nothing() {
-        let cache = LookupCache::new(Duration::ZERO, 10);
+        let cache = LookupCache::new("test", Duration::ZERO, 10);
         let calls = Arc::new(AtomicUsize::new(0));
         for _ in 0..3 {
             assert_eq!(
@@ -300,7 +316,7 @@ mod tests {
 
     #[tokio::test]
     async fn keys_are_token_and_id() {
-        let cache = LookupCache::new(Duration::from_secs(30), 10);
+        let cache = LookupCache::new("test", Duration::from_secs(30), 10);
         let calls = Arc::new(AtomicUsize::new(0));
         assert_eq!(
             cache
@@ -325,7 +341,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn capacity_evicts_the_oldest_answer() {
-        let cache = LookupCache::new(Duration::from_secs(30), 3);
+        let cache = LookupCache::new("test", Duration::from_secs(30), 3);
         let calls = Arc::new(AtomicUsize::new(0));
         for id in 0..5 {
             cache
@@ -351,7 +367,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn expired_order_entries_do_not_grow_without_bound() {
-        let cache = LookupCache::new(Duration::from_secs(1), 100);
+        let cache = LookupCache::new("test", Duration::from_secs(1), 100);
         let calls = Arc::new(AtomicUsize::new(0));
         for _ in 0..50 {
             cache
@@ -366,7 +382,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_callers_share_one_fetch_and_survive_the_first_leaving() {
-        let cache = Arc::new(LookupCache::new(Duration::ZERO, 10));
+        let cache = Arc::new(LookupCache::new("test", Duration::ZERO, 10));
         let calls = Arc::new(AtomicUsize::new(0));
         let (release, released) = oneshot::channel::<()>();
         let first = {
@@ -413,7 +429,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_fetch_clears_its_entry() {
-        let cache = LookupCache::<u32>::new(Duration::from_secs(30), 10);
+        let cache = LookupCache::<u32>::new("test", Duration::from_secs(30), 10);
         let answer = cache
             .get_or_fetch("t", 1, || async { panic!("fetch failed") }.boxed())
             .await;

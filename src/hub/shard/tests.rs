@@ -224,6 +224,7 @@ async fn a_message_ends_typing_before_it_is_relayed() {
         sender_id: STUDENT,
         text: "done typing".into(),
         client_id: None,
+        received: std::time::Instant::now(),
     })
     .await;
     let events = events(&mut mentor).await;
