@@ -17,7 +17,8 @@
 #                                     (../shared/ceiling/run.sh; no stand-in; idle, throughput,
 #                                     latency, knee; report to /tmp/BENCHMARKS-ceiling.md)
 #
-# BENCH_SERVICE_BIN runs another chat-service binary (e.g. an older commit's).
+# BENCH_SERVICE_BIN runs another chat-service binary (e.g. an older commit's);
+# BENCH_CHAT_LOG its log filter (default warn).
 # Needs only cargo, curl and coreutils. Ports: BENCH_PORT (18480) for the service,
 # BENCH_STANDIN_PORT (18481) for the stand-in. Every process it starts is stopped
 # on exit; each step is bounded (the generator stops by itself, `timeout` backs it up).
@@ -121,7 +122,7 @@ start_server() { # a fresh service and store for each scenario, so RSS starts fr
     tries=1200
   else
     PORT=$PORT_SERVICE CHAT_BIND=127.0.0.1 DJANGO_BASE_URL="http://127.0.0.1:$PORT_STANDIN" \
-      CHAT_DATA_DIR="$WORK/data" CHAT_LOG=warn env "${store_env[@]}" "$SERVICE_BIN" >>"$WORK/server.log" 2>&1 &
+      CHAT_DATA_DIR="$WORK/data" CHAT_LOG="${BENCH_CHAT_LOG:-warn}" env "${store_env[@]}" "$SERVICE_BIN" >>"$WORK/server.log" 2>&1 &
   fi
   SERVER_PID=$!
   for _ in $(seq "$tries"); do

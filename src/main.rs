@@ -70,7 +70,12 @@ fn main() -> ExitCode {
     match config.log_format {
         // One object per line; the connection's span (user, role,
         // conversation) is in every line it encloses.
-        LogFormat::Json => logs.json().with_current_span(true).init(),
+        LogFormat::Json => {
+            logs.json().with_current_span(true).init();
+            // A panic (the SQLite readers survive one) as a JSON line too,
+            // not as the default hook's plain text on stderr.
+            std::panic::set_hook(Box::new(|panic| tracing::error!(%panic, "panic")));
+        }
         // Colour codes only for a person at a terminal: in a file, a pipe
         // or a log collector they are noise.
         LogFormat::Text => logs.with_ansi(std::io::stdout().is_terminal()).init(),

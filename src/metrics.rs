@@ -2,7 +2,7 @@
 //! process), written by `prometheus-client` in the OpenMetrics text format.
 //!
 //! The hot path only touches handles made once here: a counter is one
-//! atomic add, a histogram observation one uncontended lock of its own.
+//! atomic add, a histogram observation a lock that only its shard takes.
 //! Families with labels are looked up (a read lock and a hash) only on
 //! rare events: refusals, closes, errors, Django calls. Gauges that other
 //! parts already know (open connections, queue depths, closes per reason)
@@ -113,7 +113,7 @@ pub struct Metrics {
     pub messages_duplicate: Counter,
     pub messages_relayed: Counter,
     pub ws_errors: Family<CodeLabels, Counter>,
-    pub delivery_seconds: Histogram,
+    pub delivery_seconds: Family<ShardLabels, Histogram, fn() -> Histogram>,
     pub writer_batch_ops: Histogram,
     pub writer_commit_seconds: Histogram,
     pub store_errors: Family<StoreErrorLabels, Counter>,
@@ -136,7 +136,7 @@ impl Metrics {
             messages_duplicate: Counter::default(),
             messages_relayed: Counter::default(),
             ws_errors: Family::default(),
-            delivery_seconds: seconds_histogram(),
+            delivery_seconds: Family::new_with_constructor(seconds_histogram),
             // 1 to 16,384 ops: the writer's largest batch.
             writer_batch_ops: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 15),
@@ -208,7 +208,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "delivery",
-            "from a message frame received to its relay (stored first)",
+            "from a message frame received to its relay (stored first), by hub shard",
             Unit::Seconds,
             metrics.delivery_seconds.clone(),
         );
@@ -306,11 +306,23 @@ impl Metrics {
         }
     }
 
-    /// A shard's handle for its busy time, taken once at its start.
-    pub fn shard_busy(&self, shard: u32) -> Counter<f64, std::sync::atomic::AtomicU64> {
-        self.shard_busy_seconds
-            .get_or_create_owned(&ShardLabels { shard })
+    /// A shard's handles, taken once at its start: each shard observes
+    /// into its own histogram, so no lock is shared between shards.
+    pub fn shard(&self, shard: u32) -> ShardMetrics {
+        let labels = ShardLabels { shard };
+        ShardMetrics {
+            busy: self.shard_busy_seconds.get_or_create_owned(&labels),
+            delivery: self.delivery_seconds.get_or_create_owned(&labels),
+        }
     }
+}
+
+/// One hub shard's own metric handles.
+pub struct ShardMetrics {
+    /// Time spent handling work.
+    pub busy: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Frame received → relayed.
+    pub delivery: Histogram,
 }
 
 /// An open WebSocket connection, counted in `connections_open` until

@@ -44,9 +44,20 @@ async fn scrape(server: &Server) -> (String, HashMap<String, f64>) {
     (text, parsed)
 }
 
-/// How much `key` grew between two scrapes (absent counts as 0).
+/// How much `key` grew between two scrapes (absent counts as 0). A key
+/// ending in `{` sums every series of that name (e.g. over shards).
 fn grew(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str) -> f64 {
-    after.get(key).copied().unwrap_or(0.0) - before.get(key).copied().unwrap_or(0.0)
+    let total = |samples: &HashMap<String, f64>| -> f64 {
+        match key.strip_suffix('{') {
+            Some(name) => samples
+                .iter()
+                .filter(|(k, _)| k.starts_with(&format!("{name}{{")))
+                .map(|(_, v)| v)
+                .sum(),
+            None => samples.get(key).copied().unwrap_or(0.0),
+        }
+    };
+    total(after) - total(before)
 }
 
 async fn wait_for(server: &Server, key: &str, want: f64) -> HashMap<String, f64> {
@@ -154,7 +165,7 @@ async fn metrics_move_by_what_a_scripted_session_did() {
         ("chat_messages_stored_total", 3.0),
         ("chat_messages_duplicate_total", 1.0),
         ("chat_messages_relayed_total", 3.0),
-        ("chat_delivery_seconds_count", 3.0),
+        ("chat_delivery_seconds_count{", 3.0),
         ("chat_ws_errors_total{code=\"bad_json\"}", 1.0),
         ("chat_ws_errors_total{code=\"empty_text\"}", 1.0),
         ("chat_connections_opened_total{role=\"mentor\"}", 1.0),
@@ -408,7 +419,11 @@ async fn every_metric_the_dashboard_and_the_readme_name_is_served() {
     for file in ["deploy/grafana-dashboard.json", "README.md"] {
         let body = std::fs::read_to_string(format!("{root}/{file}")).expect(file);
         let mut rest = body.as_str();
-        while let Some(at) = rest.find("chat_").or_else(|| rest.find("process_")) {
+        while let Some(at) = ["chat_", "process_"]
+            .iter()
+            .filter_map(|prefix| rest.find(prefix))
+            .min()
+        {
             let name: String = rest[at..]
                 .chars()
                 .take_while(|c| c.is_ascii_lowercase() || *c == '_')
@@ -424,11 +439,22 @@ async fn every_metric_the_dashboard_and_the_readme_name_is_served() {
     assert!(named.len() > 40, "too few names found: {named:?}");
     let mut unknown = Vec::new();
     for (file, name) in named {
-        let base = ["_total", "_bucket", "_sum", "_count", "_info"]
+        // The suffix a sample name carries is the type's: `_total` only on
+        // counters, `_bucket`/`_sum`/`_count` on histograms, `_info` on info.
+        let (base, types) = [
+            ("_total", &["counter"][..]),
+            ("_bucket", &["histogram"][..]),
+            ("_sum", &["histogram"][..]),
+            ("_count", &["histogram"][..]),
+            ("_info", &["info"][..]),
+        ]
+        .iter()
+        .find_map(|(suffix, types)| Some((name.strip_suffix(suffix)?, *types)))
+        .unwrap_or((&name, &["gauge", "counter", "histogram", "info"][..]));
+        if !types
             .iter()
-            .find_map(|suffix| name.strip_suffix(suffix))
-            .unwrap_or(&name);
-        if !text.contains(&format!("# TYPE {base} ")) {
+            .any(|kind| text.contains(&format!("# TYPE {base} {kind}\n")))
+        {
             unknown.push(format!("{file}: {name}"));
         }
     }

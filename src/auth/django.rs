@@ -12,6 +12,7 @@
 mod lookup_cache;
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -182,27 +183,29 @@ impl DjangoClient {
         };
         let inner = Arc::clone(&self.inner);
         // Runs only on a cache miss, in the look-up's own task.
-        let fetch = move || async move {
-            let url = inner.url(&inner.user_path, "{user_id}", user_id);
-            let http = &inner.http;
-            match call(http, url, authorization, Endpoint::Users, user_id).await? {
-                Answer::Denied => Err(AuthError::Unauthorized),
-                Answer::Ok(body) => {
-                    let answer: UserAnswer = parse(&body, Endpoint::Users, user_id)?;
-                    if answer.id != user_id {
-                        tracing::warn!(
-                            user_id,
-                            answered_id = answer.id,
-                            "django users answer names another user"
-                        );
-                        return Err(AuthError::Unauthorized);
+        let fetch = move || {
+            timed(Endpoint::Users, async move {
+                let url = inner.url(&inner.user_path, "{user_id}", user_id);
+                let http = &inner.http;
+                match call(http, url, authorization, Endpoint::Users, user_id).await? {
+                    Answer::Denied => Err(AuthError::Unauthorized),
+                    Answer::Ok(body) => {
+                        let answer: UserAnswer = parse(&body, Endpoint::Users, user_id)?;
+                        if answer.id != user_id {
+                            tracing::warn!(
+                                user_id,
+                                answered_id = answer.id,
+                                "django users answer names another user"
+                            );
+                            return Err(AuthError::Unauthorized);
+                        }
+                        Ok(User {
+                            id: answer.id,
+                            is_mentor: answer.is_mentor,
+                        })
                     }
-                    Ok(User {
-                        id: answer.id,
-                        is_mentor: answer.is_mentor,
-                    })
                 }
-            }
+            })
         };
         self.inner.users.get_or_fetch(token, user_id, fetch).await
     }
@@ -214,29 +217,31 @@ impl DjangoClient {
         };
         let inner = Arc::clone(&self.inner);
         // Runs only on a cache miss, in the look-up's own task.
-        let fetch = move || async move {
-            let url = inner.url(&inner.lesson_path, "{lesson_id}", lesson_id);
-            let http = &inner.http;
-            match call(http, url, authorization, Endpoint::Lesson, lesson_id).await? {
-                Answer::Denied => Err(AuthError::LessonNotFound),
-                Answer::Ok(body) => {
-                    let answer: LessonAnswer = parse(&body, Endpoint::Lesson, lesson_id)?;
-                    if answer.id != lesson_id {
-                        tracing::warn!(
-                            lesson_id,
-                            answered_id = answer.id,
-                            "django lesson answer names another lesson"
-                        );
-                        return Err(AuthError::LessonNotFound);
+        let fetch = move || {
+            timed(Endpoint::Lesson, async move {
+                let url = inner.url(&inner.lesson_path, "{lesson_id}", lesson_id);
+                let http = &inner.http;
+                match call(http, url, authorization, Endpoint::Lesson, lesson_id).await? {
+                    Answer::Denied => Err(AuthError::LessonNotFound),
+                    Answer::Ok(body) => {
+                        let answer: LessonAnswer = parse(&body, Endpoint::Lesson, lesson_id)?;
+                        if answer.id != lesson_id {
+                            tracing::warn!(
+                                lesson_id,
+                                answered_id = answer.id,
+                                "django lesson answer names another lesson"
+                            );
+                            return Err(AuthError::LessonNotFound);
+                        }
+                        Ok(Lesson {
+                            id: answer.id,
+                            course_id: answer.course_id,
+                            teacher_id: answer.teacher_id,
+                            student_ids: answer.student_ids,
+                        })
                     }
-                    Ok(Lesson {
-                        id: answer.id,
-                        course_id: answer.course_id,
-                        teacher_id: answer.teacher_id,
-                        student_ids: answer.student_ids,
-                    })
                 }
-            }
+            })
         };
         self.inner
             .lessons
@@ -282,20 +287,19 @@ fn bearer(token: &str) -> Option<HeaderValue> {
     Some(value)
 }
 
-/// One GET, timed for `chat_django_request_seconds`.
-async fn call(
-    http: &reqwest::Client,
-    url: String,
-    authorization: HeaderValue,
+/// Runs one look-up (the call and the reading of its answer), timed for
+/// `chat_django_request_seconds` under its final outcome, so an unreadable
+/// 200 counts as the outage it is.
+async fn timed<T>(
     endpoint: Endpoint,
-    id: i64,
-) -> Result<Answer, AuthError> {
+    lookup: impl Future<Output = Result<T, AuthError>>,
+) -> Result<T, AuthError> {
     let started = std::time::Instant::now();
-    let answer = call_untimed(http, url, authorization, endpoint, id).await;
+    let answer = lookup.await;
     let outcome = match &answer {
-        Ok(Answer::Ok(_)) => "ok",
-        Ok(Answer::Denied) => "denied",
-        Err(_) => "outage",
+        Ok(_) => "ok",
+        Err(AuthError::Outage(_)) => "outage",
+        Err(AuthError::Unauthorized | AuthError::LessonNotFound) => "denied",
     };
     crate::metrics::get()
         .django_seconds
@@ -308,7 +312,7 @@ async fn call(
 }
 
 /// One GET; sorts the answer into success, denial and outage.
-async fn call_untimed(
+async fn call(
     http: &reqwest::Client,
     url: String,
     authorization: HeaderValue,

@@ -33,7 +33,7 @@ struct InfoLabels {
     store: &'static str,
 }
 
-pub(crate) fn scrape(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn scrape(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
     let mut registry = metrics::scrape_registry();
 
     let closed = Family::<CloseLabels, Counter>::default();
@@ -97,10 +97,16 @@ pub(crate) fn scrape(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
         }),
     );
 
-    let text = metrics::get().render(&registry).map_err(|error| {
-        tracing::error!(%error, "cannot encode the metrics");
-        ApiError::internal("cannot encode the metrics")
-    })?;
+    // Off the runtime's threads: the process collector reads /proc, whose
+    // fd directory holds an entry per connection.
+    let text = tokio::task::spawn_blocking(move || metrics::get().render(&registry))
+        .await
+        .map_err(|error| error.to_string())
+        .and_then(|encoded| encoded.map_err(|error| error.to_string()))
+        .map_err(|error| {
+            tracing::error!(%error, "cannot encode the metrics");
+            ApiError::internal("cannot encode the metrics")
+        })?;
     let mut response = Response::new(Body::new(text));
     *response.status_mut() = StatusCode::OK;
     response

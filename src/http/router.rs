@@ -58,7 +58,7 @@ async fn route(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
             &serde_json::json!({"status": "ok"}),
         )),
         (&Method::GET, "/readyz") => Ok(rest::readyz(app).await),
-        (&Method::GET, "/metrics") => metrics::scrape(app),
+        (&Method::GET, "/metrics") => metrics::scrape(app).await,
         (&Method::GET, "/") => Ok(index::page()),
         (&Method::GET, "/openapi.json") => Ok(openapi()),
         (&Method::GET, "/conversations" | "/conversations/") => {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use tracing::Instrument;
 
 use super::error::ApiError;
 use super::query::Query;
@@ -106,9 +105,9 @@ pub(crate) async fn handle(
     } else {
         "student"
     };
-    let open = crate::metrics::get().connection_opened(role);
     let conn_id = app.next_conn_id();
-    // Every line the session logs carries who and where; never the token.
+    // Who and where, never the token: entered only to log (a span entered
+    // around the whole task would cost two filter look-ups on every poll).
     let span = tracing::info_span!(
         "conn",
         id = conn_id,
@@ -132,18 +131,19 @@ pub(crate) async fn handle(
         }),
         limits: app.limits,
         shutdown: app.sessions_shutdown.clone(),
-        guards: Box::new((slot, presence, open)),
+        guards: Box::new((slot, presence)),
     };
     // The upgrade completes only after the 101 is sent, so it is awaited in
     // the spawned task, never here.
-    app.sessions.spawn(
-        async move {
-            match upgrade.await {
-                Ok(upgraded) => session.run(upgraded).await,
-                Err(error) => tracing::debug!(%error, "upgrade failed"),
+    app.sessions.spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let _open = crate::metrics::get().connection_opened(role);
+                let why = session.run(upgraded).await;
+                tracing::debug!(parent: &span, close = %why, "connection closed");
             }
+            Err(error) => tracing::debug!(parent: &span, %error, "upgrade failed"),
         }
-        .instrument(span),
-    );
+    });
     Ok(Response::from_parts(parts, Body::default()))
 }

@@ -105,8 +105,8 @@ impl Hub {
         for index in 0..shard_count {
             let (tx, rx) = mpsc::channel(SHARD_QUEUE);
             senders.push(tx);
-            let busy = crate::metrics::get().shard_busy(index as u32);
-            let shard = shard::Shard::new(rx, writer.clone(), settings.typing_ttl, busy);
+            let metrics = crate::metrics::get().shard(index as u32);
+            let shard = shard::Shard::new(rx, writer.clone(), settings.typing_ttl, metrics);
             tasks.push(tokio::spawn(shard.run()));
         }
         let hub = Hub {

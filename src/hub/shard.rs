@@ -5,15 +5,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use std::sync::atomic::AtomicU64;
-
-use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::room::{Room, TYPING_INTERVAL};
 use super::Command;
-use crate::metrics;
+use crate::metrics::{self, ShardMetrics};
 use crate::model::{now, ConversationId, Message, MessageId, ObjectId, UserId};
 use crate::store::writer::WriterHandle;
 use crate::store::{ReadUpTo, StoreError, WriteOp, WriteOutcome};
@@ -65,9 +62,9 @@ pub(super) struct Shard {
     /// the front needs a timer. An entry whose typer was refreshed since,
     /// or stopped, finds nothing to end.
     typing_deadlines: VecDeque<(Instant, ConversationId)>,
-    /// Time spent handling work (`chat_shard_busy_seconds`): how close
-    /// this shard is to a full core.
-    busy: Counter<f64, AtomicU64>,
+    /// Busy time (how close this shard is to a full core) and delivery
+    /// latency, this shard's own.
+    metrics: ShardMetrics,
 }
 
 impl Shard {
@@ -75,7 +72,7 @@ impl Shard {
         commands: mpsc::Receiver<Command>,
         writer: WriterHandle,
         typing_ttl: Duration,
-        busy: Counter<f64, AtomicU64>,
+        metrics: ShardMetrics,
     ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Shard {
@@ -87,7 +84,7 @@ impl Shard {
             typing_held: Vec::new(),
             typing_ttl,
             typing_deadlines: VecDeque::new(),
-            busy,
+            metrics,
         }
     }
 
@@ -111,35 +108,41 @@ impl Shard {
             // Every arm is cancel-safe: `recv_many` on an mpsc receiver and
             // `Interval::tick` lose nothing when another arm wins. The
             // clock is read after the wake-up, so idle time is not counted.
-            let mut woke = None;
-            tokio::select! {
+            // Each arm gives back when it started working.
+            let woke = tokio::select! {
                 biased;
                 n = self.done_rx.recv_many(&mut done, BATCH) => {
                     debug_assert!(n > 0, "the shard holds a sender of its own done lane");
-                    woke = Some(std::time::Instant::now());
+                    let woke = std::time::Instant::now();
                     for item in done.drain(..) {
                         self.on_done(item);
                     }
+                    woke
                 }
                 // Timers before commands: a flood of commands must not
                 // starve them (ticks are rare and cheap).
-                _ = typing_tick.tick(), if !self.typing_held.is_empty() => self.flush_typing(),
+                _ = typing_tick.tick(), if !self.typing_held.is_empty() => {
+                    let woke = std::time::Instant::now();
+                    self.flush_typing();
+                    woke
+                }
                 () = typing_expiry.as_mut(), if !self.typing_deadlines.is_empty() => {
+                    let woke = std::time::Instant::now();
                     self.expire_typing();
+                    woke
                 }
                 n = self.commands.recv_many(&mut commands, BATCH) => {
                     if n == 0 {
                         break;
                     }
-                    woke = Some(std::time::Instant::now());
+                    let woke = std::time::Instant::now();
                     for command in commands.drain(..) {
                         self.on_command(command);
                     }
+                    woke
                 }
-            }
-            if let Some(woke) = woke {
-                metrics::add_seconds(&self.busy, woke.elapsed());
-            }
+            };
+            metrics::add_seconds(&self.metrics.busy, woke.elapsed());
         }
     }
 
@@ -446,10 +449,9 @@ impl Shard {
                     Ok(WriteOutcome::Inserted { seq }) => {
                         message.seq = seq;
                         room.relay(&protocol::message_event(&message), seq, conn_id);
-                        let metrics = metrics::get();
-                        metrics.messages_relayed.inc();
-                        metrics
-                            .delivery_seconds
+                        metrics::get().messages_relayed.inc();
+                        self.metrics
+                            .delivery
                             .observe(received.elapsed().as_secs_f64());
                         protocol::ack_event(&message.id, seq, message.client_id.as_deref())
                     }

@@ -67,29 +67,29 @@ pub(crate) struct Session {
     pub(crate) limits: SessionLimits,
     /// Cancelled when the server shuts down: the session closes with 1001.
     pub(crate) shutdown: CancellationToken,
-    /// Held for the session's life: presence, the connection-capacity
-    /// slot, the open-connections gauge.
+    /// Held for the session's life: presence, the connection-capacity slot.
     pub(crate) guards: Box<dyn Send + Sync>,
 }
 
 impl Session {
-    /// Runs the connection to its end. Never panics on client input.
-    pub(crate) async fn run(self, upgraded: Upgraded) {
+    /// Runs the connection to its end; returns why it ended. Never panics
+    /// on client input.
+    pub(crate) async fn run(self, upgraded: Upgraded) -> Close {
         // Take the raw TCP stream back from hyper, so the halves need no lock
         // and hyper's read buffer is freed.
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 let (read, write) = parts.io.into_inner().into_split();
-                self.serve(Prefixed::new(parts.read_buf, read), write).await;
+                self.serve(Prefixed::new(parts.read_buf, read), write).await
             }
             Err(upgraded) => {
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-                self.serve(read, write).await;
+                self.serve(read, write).await
             }
         }
     }
 
-    async fn serve<R, W>(self, read: R, write: W)
+    async fn serve<R, W>(self, read: R, write: W) -> Close
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -145,8 +145,8 @@ impl Session {
             .await;
         let _ = tokio::time::timeout(WRITE_TIMEOUT, write.shutdown()).await;
         close::record(why);
-        tracing::debug!(close = %why, "connection closed");
         drop(self.guards);
+        why
     }
 }
 

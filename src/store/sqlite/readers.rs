@@ -86,7 +86,10 @@ impl Readers {
                 let _ = reply.send(query(conn));
             });
             self.jobs.send(job).map_err(|_| threads_stopped())?;
-            answer.await.map_err(|_| threads_stopped())?
+            // The reply is dropped unanswered only when the query panicked.
+            answer
+                .await
+                .map_err(|_| StoreError::Internal("a SQLite read failed (logged)".into()))?
         })
     }
 }
@@ -99,11 +102,15 @@ fn run_reader(conn: Connection, jobs: &Mutex<mpsc::Receiver<ReadJob>>) {
         match job {
             // A panicking query (a bug) fails its own request, whose reply
             // is dropped, and not every later read: the thread lives on.
-            // Its statements were dropped in the unwind, so the connection
-            // is as usable as after an error.
+            // Its statements were dropped in the unwind; a transaction it
+            // had begun is rolled back here, or the connection would keep
+            // an old snapshot and pin the WAL.
             Ok(job) => {
                 if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&conn))).is_err() {
                     tracing::error!("a SQLite read panicked; its request failed");
+                    if !conn.is_autocommit() {
+                        let _ = conn.execute_batch("ROLLBACK");
+                    }
                 }
             }
             Err(mpsc::RecvError) => return,
@@ -129,14 +136,25 @@ mod tests {
             .and_then(ReaderConnections::start)
             .expect("readers");
         for _ in 0..READERS * 2 {
+            // Inside a transaction, as the inbox reads.
             let failed = readers
-                .read(|_conn| -> rusqlite::Result<()> { panic!("a bug in a query") })
+                .read(|conn| -> rusqlite::Result<()> {
+                    conn.execute_batch("BEGIN")?;
+                    panic!("a bug in a query")
+                })
                 .await;
             assert!(failed.is_err());
         }
-        let answer = readers
-            .read(|conn| conn.query_row("SELECT 41 + 1", [], |row| row.get::<_, i64>(0)))
-            .await;
-        assert_eq!(answer.ok(), Some(42));
+        for _ in 0..READERS * 2 {
+            let answer = readers
+                .read(|conn| {
+                    conn.execute_batch("BEGIN")?;
+                    let answer = conn.query_row("SELECT 41 + 1", [], |row| row.get::<_, i64>(0));
+                    conn.execute_batch("COMMIT")?;
+                    answer
+                })
+                .await;
+            assert_eq!(answer.ok(), Some(42));
+        }
     }
 }
