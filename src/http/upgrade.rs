@@ -106,9 +106,11 @@ pub(crate) async fn handle(
         "student"
     };
     let conn_id = app.next_conn_id();
-    // Who and where, never the token: entered only to log (a span entered
-    // around the whole task would cost two filter look-ups on every poll).
-    let span = tracing::info_span!(
+    // Who and where, never the token. Entered only to log (around the whole
+    // task it would cost two filter look-ups on every poll); at debug level,
+    // that of the lines it encloses, since a live span costs about 1 KiB
+    // per connection (docs/performance.md, "Metrics cost").
+    let span = tracing::debug_span!(
         "conn",
         id = conn_id,
         user = user.id,

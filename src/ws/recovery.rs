@@ -89,7 +89,7 @@ impl Recovery {
             Ok(None) => {}
             Err(error) => {
                 crate::metrics::get().store_error("read", error.kind());
-                tracing::warn!(%error, %conversation_id, "recovery failed");
+                tracing::warn!(%error, conn = conn.id(), user = conn.user_id(), %conversation_id, "recovery failed");
                 conn.close(Close::Internal);
             }
         }
