@@ -10,6 +10,7 @@
 # release binary for the end-to-end tests) before the first test result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/common.sh
 
 rust_only=0
 for arg in "$@"; do
@@ -135,7 +136,7 @@ if [ -z "${CHAT_TEST_POSTGRES_URL:-}" ] && [ -n "$pg_bin" ]; then
   begin pg_start
   postgres_dir="$(mktemp -d /tmp/chat-test-pg.XXXXXX)"
   chmod 711 "$postgres_dir"
-  postgres_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  postgres_port="$(free_port)"
   echo "== PostgreSQL: throwaway cluster in $postgres_dir on port $postgres_port"
   CHAT_TEST_POSTGRES_URL="$(scripts/lib/postgres.sh start "$postgres_dir/cluster" "$postgres_port")"
   export CHAT_TEST_POSTGRES_URL

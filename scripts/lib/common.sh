@@ -1,4 +1,5 @@
-# Shared helpers for scripts/dev.sh and scripts/e2e/run.sh (sourced, not run).
+# Shared helpers for the scripts (dev.sh, test.sh, check_deploy.sh,
+# e2e/run.sh): sourced, not run; they only define variables and functions.
 # shellcheck shell=bash
 
 SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

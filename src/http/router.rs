@@ -69,12 +69,8 @@ async fn route(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
         (&Method::GET, path) if path.starts_with("/conversations/") => {
             rest::conversation(app, &request, &path["/conversations/".len()..]).await
         }
-        (
-            _,
-            "/ws" | "/healthz" | "/readyz" | "/conversations" | "/messages" | "/presence"
-            | "/openapi.json" | "/metrics" | "/",
-        ) => Err(ApiError::method_not_allowed()),
-        (_, path) if path.starts_with("/conversations/") => Err(ApiError::method_not_allowed()),
+        // A route of ours (`route_label` knows them all) with another method.
+        _ if route_name != "other" => Err(ApiError::method_not_allowed()),
         _ => Err(ApiError::not_found("no such endpoint")),
     };
     let metrics = crate::metrics::get();
@@ -98,8 +94,9 @@ async fn route(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
     response
 }
 
-/// The route `path` belongs to: a bounded label for metrics (a raw path
-/// would make a series per conversation id, or per scanner probe).
+/// The route `path` belongs to, `other` when none: a bounded label for
+/// metrics (a raw path would make a series per conversation id, or per
+/// scanner probe), and what tells a 405 from a 404.
 fn route_label(path: &str) -> &'static str {
     match path {
         "/" => "/",

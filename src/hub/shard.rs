@@ -45,6 +45,14 @@ pub(super) enum Done {
     },
 }
 
+/// What woke the shard's loop.
+enum Wake {
+    Done,
+    TypingTick,
+    TypingExpiry,
+    Commands,
+}
+
 pub(super) struct Shard {
     rooms: HashMap<ConversationId, Room>,
     commands: mpsc::Receiver<Command>,
@@ -106,42 +114,43 @@ impl Shard {
                 }
             }
             // Every arm is cancel-safe: `recv_many` on an mpsc receiver and
-            // `Interval::tick` lose nothing when another arm wins. The
-            // clock is read after the wake-up, so idle time is not counted.
-            // Each arm gives back when it started working.
-            let woke = tokio::select! {
+            // `Interval::tick` lose nothing when another arm wins. The arms
+            // only say what woke the shard; the work comes after, timed
+            // from the wake-up, so idle time is not counted as busy.
+            let wake = tokio::select! {
                 biased;
                 n = self.done_rx.recv_many(&mut done, BATCH) => {
                     debug_assert!(n > 0, "the shard holds a sender of its own done lane");
-                    let woke = std::time::Instant::now();
-                    for item in done.drain(..) {
-                        self.on_done(item);
-                    }
-                    woke
+                    Wake::Done
                 }
                 // Timers before commands: a flood of commands must not
                 // starve them (ticks are rare and cheap).
-                _ = typing_tick.tick(), if !self.typing_held.is_empty() => {
-                    let woke = std::time::Instant::now();
-                    self.flush_typing();
-                    woke
-                }
+                _ = typing_tick.tick(), if !self.typing_held.is_empty() => Wake::TypingTick,
                 () = typing_expiry.as_mut(), if !self.typing_deadlines.is_empty() => {
-                    let woke = std::time::Instant::now();
-                    self.expire_typing();
-                    woke
+                    Wake::TypingExpiry
                 }
                 n = self.commands.recv_many(&mut commands, BATCH) => {
                     if n == 0 {
                         break;
                     }
-                    let woke = std::time::Instant::now();
+                    Wake::Commands
+                }
+            };
+            let woke = std::time::Instant::now();
+            match wake {
+                Wake::Done => {
+                    for item in done.drain(..) {
+                        self.on_done(item);
+                    }
+                }
+                Wake::TypingTick => self.flush_typing(),
+                Wake::TypingExpiry => self.expire_typing(),
+                Wake::Commands => {
                     for command in commands.drain(..) {
                         self.on_command(command);
                     }
-                    woke
                 }
-            };
+            }
             metrics::add_seconds(&self.metrics.busy, woke.elapsed());
         }
     }
